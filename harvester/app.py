@@ -1,0 +1,167 @@
+"""Running a harvest for a person or a Job: reporters, signals, summaries, the exit code.
+
+Takes `Settings` and how to talk (`Output`); gives the process's `ExitCode`. This is the one
+place that knows the terminal from `kubectl logs`: the stages below only count, the reporters
+chosen here print, and the report is rendered here once the harvest is over.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Literal, TextIO
+
+from rich.console import Console
+
+from harvester.api import KerutaApi
+from harvester.errors import ConfigError
+from harvester.exitcodes import ExitCode, exit_code_for
+from harvester.harvest import Harvest, PvcStep, run_harvest
+from harvester.report import (
+    JsonReporter,
+    LogReporter,
+    TerminalReporter,
+    plan_to_json,
+    render_plan,
+    render_summary,
+    report_to_json,
+    write_summary_json,
+    write_termination_log,
+)
+from harvester.settings import Settings
+from harvester.stats import Level, LevelFilter
+
+TERMINATION_LOG = Path("/dev/termination-log")
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where and how a run reports. `interactive=None` means: ask whether stderr is a TTY."""
+
+    log_format: LogFormat = "text"
+    progress_interval: float = 5.0
+    log_level: Level = Level.INFO
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    interactive: bool | None = None
+    termination_log: Path = TERMINATION_LOG
+
+    @property
+    def is_interactive(self) -> bool:
+        if self.interactive is not None:
+            return self.interactive
+        return self.stderr.isatty()
+
+    def console(self, stream: TextIO) -> Console:
+        if self.is_interactive:
+            return Console(file=stream)
+        # Not a terminal (kubectl logs): no colour codes, and wide enough for one plain line.
+        return Console(file=stream, force_terminal=False, no_color=True, width=80)
+
+
+def make_reporter(output: Output) -> TerminalReporter | LogReporter | JsonReporter:
+    if output.log_format == "json":
+        return JsonReporter(output.stdout, interval=output.progress_interval)
+    if output.is_interactive:
+        return TerminalReporter(output.console(output.stderr))
+    return LogReporter(output.stderr, interval=output.progress_interval)
+
+
+def run_cleanup(
+    settings: Settings,
+    output: Output,
+    *,
+    api: KerutaApi | None = None,
+    pvc_step: PvcStep | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[ExitCode, Harvest | None]:
+    """Run one harvest with the reporters `output` asks for; render and record its result."""
+    reporter = make_reporter(output)
+    try:
+        with reporter:
+            harvest = run_harvest(
+                settings,
+                LevelFilter(reporter, output.log_level),
+                api=api,
+                pvc_step=pvc_step,
+                stop=stop,
+            )
+    except ConfigError as exc:
+        fail(output, str(exc))
+        return ExitCode.USAGE, None
+
+    report = harvest.report
+    if output.log_format == "json":
+        document = (
+            plan_to_json(harvest.plan, settings.task_id, settings.root)
+            if settings.dry_run
+            else report_to_json(report)
+        )
+        print(
+            json.dumps({"event": "plan" if settings.dry_run else "summary", **document}),
+            file=output.stdout,
+            flush=True,
+        )
+    else:
+        console = output.console(output.stdout)
+        console.print(render_plan(harvest.plan) if settings.dry_run else render_summary(report))
+
+    code = exit_code_for(report)
+    if settings.summary_json is not None:
+        try:
+            write_summary_json(report, settings.summary_json)
+        except OSError as exc:
+            fail(
+                output,
+                f"--summary-json {settings.summary_json}: cannot be written ({exc.strerror})",
+            )
+            code = code if code is not ExitCode.OK else ExitCode.UNEXPECTED
+    if not settings.dry_run:
+        write_termination_log(report, str(output.termination_log))
+    return code, harvest
+
+
+def fail(output: Output, message: str) -> None:
+    """Tell a person (and the pod's termination message) that the run could not start."""
+    if output.log_format == "json":
+        print(json.dumps({"event": "error", "message": message}), file=output.stdout, flush=True)
+    else:
+        output.console(output.stderr).print(
+            f"error: {message}", style="bold red", markup=False, highlight=False
+        )
+    try:
+        if output.termination_log.exists():
+            output.termination_log.write_text(f"error: {message}\n"[:4096], encoding="utf-8")
+    except OSError:
+        pass
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM/SIGINT set the returned event: in-flight uploads finish, no new ones start, the
+    summary is still written. A second signal stops at once (the default behaviour)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+        signal.signal(signum, previous[signal.Signals(signum)])
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

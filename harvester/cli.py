@@ -1,0 +1,178 @@
+"""The command line: flags and environment variables wired to settings and runners, nothing else.
+
+`harvester` and `keruta-agent` are the same program, so the seed's cleanup Job command
+`keruta-agent cleanup --task-id ... --api-url ... --source-pod ...` works unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from harvester import __version__
+from harvester.app import Output, fail, run_cleanup, stop_on_signals
+from harvester.errors import ConfigError
+from harvester.exitcodes import ExitCode
+from harvester.settings import (
+    DEFAULT_DOCUMENTS_PATH,
+    DEFAULT_ROOT,
+    DEFAULT_STATUS_PATH,
+    OPTIONS,
+    Settings,
+    megabytes,
+    parse_duration,
+    read_token,
+)
+from harvester.stats import Level
+
+app = typer.Typer(
+    help="Harvest a keruta task's documents from its volume into keruta-api.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _opt(
+    name: str,
+    *flags: str,
+    min: float | None = None,
+    max: float | None = None,
+    case_sensitive: bool = True,
+) -> Any:
+    """A typer option whose help and environment variable come from `settings.OPTIONS`."""
+    option = OPTIONS[name]
+    return typer.Option(
+        *flags,
+        help=option.help,
+        envvar=option.envvar,
+        show_envvar=bool(option.envvar),
+        min=min,
+        max=max,
+        case_sensitive=case_sensitive,
+    )
+
+
+@app.command()
+def cleanup(
+    task_id: Annotated[str, _opt("task_id", "--task-id")] = "",
+    api_url: Annotated[str, _opt("api_url", "--api-url")] = "",
+    source_pod: Annotated[str | None, _opt("source_pod", "--source-pod")] = None,
+    pvc: Annotated[str | None, _opt("pvc", "--pvc")] = None,
+    keep_pvc: Annotated[bool, _opt("keep_pvc", "--keep-pvc")] = False,
+    root: Annotated[str, _opt("root", "--root")] = DEFAULT_ROOT,
+    dry_run: Annotated[bool, _opt("dry_run", "--dry-run")] = False,
+    concurrency: Annotated[int, _opt("concurrency", "--concurrency", min=1, max=256)] = 8,
+    include: Annotated[list[str] | None, _opt("include", "--include")] = None,
+    exclude: Annotated[list[str] | None, _opt("exclude", "--exclude")] = None,
+    include_hidden: Annotated[bool, _opt("include_hidden", "--include-hidden")] = False,
+    keep_duplicates: Annotated[bool, _opt("keep_duplicates", "--keep-duplicates")] = False,
+    max_file_size: Annotated[float, _opt("max_file_size", "--max-file-size")] = 100.0,
+    timeout: Annotated[str, _opt("timeout", "--timeout")] = "30s",
+    retries: Annotated[int, _opt("retries", "--retries", min=0)] = 3,
+    deadline: Annotated[str, _opt("deadline", "--deadline")] = "1h",
+    token_file: Annotated[Path | None, _opt("token_file", "--token-file")] = None,
+    summary_json: Annotated[Path | None, _opt("summary_json", "--summary-json")] = None,
+    log_format: Annotated[LogFormat, _opt("log_format", "--log-format")] = LogFormat.text,
+    progress_interval: Annotated[
+        float, _opt("progress_interval", "--progress-interval", min=0.1)
+    ] = 5.0,
+    log_level: Annotated[Level, _opt("log_level", "--log-level", case_sensitive=False)] = (
+        Level.INFO
+    ),
+    documents_path: Annotated[
+        str, _opt("documents_path", "--documents-path")
+    ] = DEFAULT_DOCUMENTS_PATH,
+    status_path: Annotated[str, _opt("status_path", "--status-path")] = DEFAULT_STATUS_PATH,
+) -> None:
+    """Harvest the documents folder into keruta-api, set the task status, release the PVC.
+
+    Exit codes: 0 done, 2 bad usage or configuration, 3 some uploads failed, 4 status update
+    failed, 5 PVC deletion failed or refused, 6 authentication rejected, 1 anything unexpected.
+    The token comes from KERUTA_API_TOKEN or --token-file, never from a flag.
+    """
+    output = Output(
+        log_format=log_format.value, progress_interval=progress_interval, log_level=log_level
+    )
+    try:
+        settings = Settings(
+            task_id=task_id,
+            api_url=api_url,
+            token=None if dry_run else read_token(token_file, os.environ.get("KERUTA_API_TOKEN")),
+            root=root,
+            source_pod=source_pod or None,
+            pvc=pvc or None,
+            keep_pvc=keep_pvc,
+            dry_run=dry_run,
+            concurrency=concurrency,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            include_hidden=include_hidden,
+            keep_duplicates=keep_duplicates,
+            max_file_size=megabytes(max_file_size),
+            timeout=parse_duration(timeout, what="--timeout"),
+            retries=retries,
+            deadline=parse_duration(deadline, what="--deadline") or None,
+            summary_json=summary_json,
+            documents_path=documents_path,
+            status_path=status_path,
+        )
+    except ConfigError as exc:
+        fail(output, str(exc))
+        raise typer.Exit(ExitCode.USAGE) from None
+    with stop_on_signals() as stop:
+        code, _harvest = run_cleanup(settings, output, stop=stop)
+    raise typer.Exit(code)
+
+
+@app.command("dev-api")
+def dev_api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where documents are stored (default: a temporary folder).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="KERUTA_API_TOKEN", help="Require this Bearer token (401 without it)."),
+    ] = None,
+    latency: Annotated[
+        float, typer.Option(help="Seconds added to every answer (a remote API).", min=0)
+    ] = 0.0,
+) -> None:
+    """Serve a small keruta-api stand-in that stores what it receives."""
+    from harvester.demo import serve_dev_api
+
+    serve_dev_api(host=host, port=port, data_dir=data_dir, token=token, latency=latency)
+
+
+@app.command()
+def demo(
+    root: Annotated[
+        Path | None, typer.Option(help="Documents tree to harvest (default: examples/doc).")
+    ] = None,
+) -> None:
+    """Start dev-api on loopback, harvest the sample documents, show what the server got."""
+    from harvester.demo import run_demo
+
+    raise typer.Exit(run_demo(root))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(f"keruta-harvester {__version__}")
+
+
+def main() -> None:
+    app()

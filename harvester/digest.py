@@ -1,0 +1,243 @@
+"""Hashing the scanned files: the SHA-256 of content that held still while it was read.
+
+Takes the open `RootDir` and the scan's `FileEntry`s; gives one `Digest` per file, or a `Failed`
+for a file that could not be read safely. Each file is opened through `RootDir.open_regular` (no
+link followed anywhere on its path, refused unless it is a regular file), read in 1 MiB chunks into
+one reused buffer per thread, and checked: its size, mtime, ctime and inode must be the same
+before and after the read, the bytes read must equal its size, and the path must still name the
+same file. Otherwise it is read again after a pause; a file that never holds still is reported as
+changing, never hashed half-written. Files are hashed on a few threads, since hashlib and the
+reads release the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from harvester.errors import FileChanged, FileProblem
+from harvester.model import Digest, Failed, FileEntry
+from harvester.safeopen import RootDir
+from harvester.stats import Level, Listener, NullListener, Stage
+
+__all__ = ["CHUNK_SIZE", "hash_entries", "hash_file", "sha256_of_fd"]
+
+CHUNK_SIZE = 1024 * 1024
+INTERRUPTED = "not hashed: the harvest was interrupted"
+
+_NULL_LISTENER = NullListener()
+_buffers = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This thread's read buffer: allocated once, so memory stays flat for any number of files."""
+    view: memoryview | None = getattr(_buffers, "view", None)
+    if view is None:
+        view = memoryview(bytearray(CHUNK_SIZE))
+        _buffers.view = view
+    return view
+
+
+def sha256_of_fd(fd: int, *, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """Read `fd` from its current offset to the end; return the hex SHA-256 and the bytes read.
+
+    `progress` is called with the size of each chunk. Raises `OSError` as the read does.
+    """
+    view = _buffer()
+    hasher = hashlib.sha256()
+    total = 0
+    while True:
+        count = os.readv(fd, (view,))
+        if count == 0:
+            return hasher.hexdigest(), total
+        hasher.update(view[:count])
+        total += count
+        if progress is not None:
+            progress(count)
+
+
+class _NewBytes:
+    """Forwards progress, counting bytes that a later attempt reads again only once."""
+
+    __slots__ = ("_progress", "_seen", "reported")
+
+    def __init__(self, progress: Callable[[int], None] | None) -> None:
+        self._progress = progress
+        self._seen = 0
+        self.reported = 0
+
+    def new_attempt(self) -> None:
+        self._seen = 0
+
+    def __call__(self, count: int) -> None:
+        self._seen += count
+        if self._seen > self.reported:
+            if self._progress is not None:
+                self._progress(self._seen - self.reported)
+            self.reported = self._seen
+
+
+def hash_file(
+    root: RootDir,
+    entry: FileEntry,
+    *,
+    attempts: int = 3,
+    pause: Callable[[float], None] = time.sleep,
+    progress: Callable[[int], None] | None = None,
+) -> Digest:
+    """The digest of `entry`'s content, read while the file held still.
+
+    An unstable read is repeated after `pause(0.1 * n)` seconds, up to `attempts` reads in all.
+    The digest carries the size and mtime seen while hashing, which may differ from the scan's.
+    `progress` is called with the number of newly read bytes (a re-read is not counted twice).
+    Raises `FileChanged` when no read was stable, `NotRegularFile` when the path is no longer a
+    regular file, `FileProblem` when it cannot be opened or read.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
+    counter = _NewBytes(progress)
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            pause(0.1 * (attempt - 1))
+        counter.new_attempt()
+        fd = _open(root, entry)
+        try:
+            before = os.fstat(fd)
+            sha256, count = sha256_of_fd(fd, progress=counter)
+            after = os.fstat(fd)
+        except OSError as exc:
+            raise FileProblem(
+                f"{entry.rel_path}: cannot be read ({exc.strerror or exc}); check the volume"
+            ) from exc
+        finally:
+            os.close(fd)
+        if (
+            count == after.st_size
+            and before.st_size == after.st_size
+            and before.st_mtime_ns == after.st_mtime_ns
+            and before.st_ctime_ns == after.st_ctime_ns
+            and _still_at_path(root, entry, after)
+        ):
+            return Digest(entry, sha256, after.st_size, after.st_mtime_ns)
+    raise FileChanged(
+        f"{entry.rel_path}: kept changing while it was read ({attempts} attempts); "
+        "it is still being written — not uploaded"
+    )
+
+
+def _open(root: RootDir, entry: FileEntry) -> int:
+    try:
+        return root.open_regular(entry.os_path)
+    except FileProblem as exc:
+        # safeopen names the file by its OS path; a name that is not UTF-8 is shown as rel_path
+        # so that no message carries undecodable characters (they cannot be printed).
+        message = str(exc)
+        if entry.os_path != entry.rel_path and message.startswith(entry.os_path):
+            raise type(exc)(entry.rel_path + message[len(entry.os_path) :]) from exc
+        raise
+
+
+def _still_at_path(root: RootDir, entry: FileEntry, opened: os.stat_result) -> bool:
+    """Whether the path still names the file that was read (a writer may have renamed a new
+    version over it meanwhile)."""
+    try:
+        now = os.stat(entry.os_path, dir_fd=root.fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return now.st_ino == opened.st_ino and now.st_dev == opened.st_dev
+
+
+def hash_entries(
+    root: RootDir,
+    entries: Sequence[FileEntry],
+    *,
+    workers: int = 4,
+    listener: Listener = _NULL_LISTENER,
+    stop: threading.Event | None = None,
+) -> tuple[list[Digest], list[Failed]]:
+    """Hash `entries` on `workers` threads; give the digests and the failures, each in input order.
+
+    Every `FileProblem` becomes a `Failed` (and `listener.file_failed`). Once `stop` is set no
+    further file is started; those left become `Failed` with "not hashed: the harvest was
+    interrupted". Unexpected errors stop the other workers and are raised.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    total = len(entries)
+    listener.stage_started(Stage.HASH, total, sum(entry.size for entry in entries))
+    try:
+        results = _hash_all(root, entries, workers, listener, stop)
+        digests: list[Digest] = []
+        failed: list[Failed] = []
+        interrupted = 0
+        for entry, result in zip(entries, results, strict=True):
+            if isinstance(result, Digest):
+                digests.append(result)
+            elif isinstance(result, Failed):
+                failed.append(result)
+            else:
+                interrupted += 1
+                failed.append(
+                    Failed(entry.rel_path, f"{entry.rel_path}: {INTERRUPTED}", entry.size)
+                )
+        if interrupted:
+            listener.notice(
+                Level.WARNING,
+                f"hashing was interrupted: {interrupted} of {total} files were not hashed",
+            )
+        return digests, failed
+    finally:
+        listener.stage_finished(Stage.HASH)
+
+
+def _hash_all(
+    root: RootDir,
+    entries: Sequence[FileEntry],
+    workers: int,
+    listener: Listener,
+    stop: threading.Event | None,
+) -> list[Digest | Failed | None]:
+    results: list[Digest | Failed | None] = [None] * len(entries)
+    lock = threading.Lock()
+    indexes = iter(range(len(entries)))
+    abort = threading.Event()
+
+    def work() -> None:
+        # Workers take the next index themselves instead of one future per file: a harvest of a
+        # million small files would otherwise hold a million futures.
+        while not abort.is_set() and not (stop is not None and stop.is_set()):
+            with lock:
+                index = next(indexes, None)
+            if index is None:
+                return
+            results[index] = _hash_one(root, entries[index], listener)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvester-hash") as pool:
+        futures = [pool.submit(work) for _ in range(min(workers, len(entries)))]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            abort.set()
+            raise
+    return results
+
+
+def _hash_one(root: RootDir, entry: FileEntry, listener: Listener) -> Digest | Failed:
+    def progress(count: int) -> None:
+        listener.advanced(Stage.HASH, nbytes=count)
+
+    counter = _NewBytes(progress)
+    try:
+        result: Digest | Failed = hash_file(root, entry, progress=counter)
+    except FileProblem as exc:
+        message = str(exc)
+        result = Failed(entry.rel_path, message, entry.size)
+        listener.file_failed(entry.rel_path, message)
+    # A file that failed or shrank still completes its share of the stage's bytes.
+    listener.advanced(Stage.HASH, files=1, nbytes=max(0, entry.size - counter.reported))
+    return result

@@ -1,0 +1,57 @@
+"""Errors classified by what the caller should do about them.
+
+Raw httpcore/OS exceptions are translated into these at the seam where they happen, so the
+stages above only ever decide between: retry later, give up on this file, or stop the run.
+"""
+
+from __future__ import annotations
+
+
+class HarvesterError(Exception):
+    """Base of every expected failure; its message is a sentence meant for a person."""
+
+
+class ConfigError(HarvesterError):
+    """Bad usage or configuration: nothing was attempted (exit 2)."""
+
+
+class FileProblem(HarvesterError):
+    """A document could not be read safely (not regular, unreadable, changed while read)."""
+
+
+class NotRegularFile(FileProblem):
+    """The path is (or became) a link, FIFO, socket, device or folder; it is never opened."""
+
+
+class FileChanged(FileProblem):
+    """The file's size, mtime or content changed while it was being read."""
+
+
+class ApiError(HarvesterError):
+    """keruta-api did not accept a request."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RetryableError(ApiError):
+    """A transient failure: the same request may succeed later (5xx, 429, timeouts, resets)."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class RejectedError(ApiError):
+    """A permanent refusal of this one request (4xx other than auth): do not retry it."""
+
+
+class AuthRejected(ApiError):
+    """401/403: the token is missing or wrong; the whole run stops at once (exit 6)."""
+
+
+class Interrupted(HarvesterError):
+    """The run was asked to stop (SIGTERM/SIGINT) before this work could start."""

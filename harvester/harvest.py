@@ -1,0 +1,340 @@
+"""One harvest, end to end: scan → hash → plan → upload → status → PVC.
+
+Takes validated `Settings`, a `Listener` for progress and the outside world's seams (the
+keruta-api client, the PVC step, a stop event); gives a `HarvestReport`. It reads like the design's
+diagram on purpose: every stage is a call into its own module, and this module only decides what
+happens next. It never prints and never exits: `cli.py` renders the report and picks the exit code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+
+from harvester.api import KerutaApi
+from harvester.digest import hash_entries
+from harvester.errors import AuthRejected, HarvesterError, RetryableError
+from harvester.gate import Act, Gate
+from harvester.model import (
+    Action,
+    FileReport,
+    HarvestReport,
+    Outcome,
+    Receipt,
+    RemoteDocument,
+    StepResult,
+    StepState,
+    UploadPlan,
+)
+from harvester.plan import build_plan
+from harvester.retry import Retrier, RetryPolicy
+from harvester.safeopen import RootDir
+from harvester.scan import ScanOptions, scan
+from harvester.settings import Settings
+from harvester.stats import Level, Listener
+from harvester.upload import Uploader, UploadResult
+
+UPLOAD_FAILED_CODE = "HARVEST_UPLOAD_FAILED"
+_STATUS_MESSAGE_LIMIT = 500
+
+PvcStep = Callable[[], StepResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Harvest:
+    """What a harvest produced: the plan it followed and the report of what happened."""
+
+    plan: UploadPlan
+    report: HarvestReport
+
+
+def run_harvest(
+    settings: Settings,
+    listener: Listener,
+    *,
+    api: KerutaApi | None = None,
+    pvc_step: PvcStep | None = None,
+    stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] | None = None,
+) -> Harvest:
+    """Run one harvest. With `settings.dry_run` nothing is sent and nothing is changed."""
+    started = clock()
+    stop = stop or threading.Event()
+    gate = Gate(dry_run=settings.dry_run, keep_pvc=settings.keep_pvc)
+    deadline = started + settings.deadline if settings.deadline else None
+    options = ScanOptions(
+        include=settings.include,
+        exclude=settings.exclude,
+        include_hidden=settings.include_hidden,
+        max_file_size=settings.max_file_size,
+    )
+
+    scanned = scan(settings.root, options, listener)
+    if not scanned.root_exists:
+        listener.notice(Level.WARNING, f"{settings.root}: does not exist; no documents to harvest")
+
+    with ExitStack() as resources:
+        root = resources.enter_context(RootDir(settings.root)) if scanned.root_exists else None
+        digests, hash_failures = (
+            hash_entries(
+                root, scanned.entries, workers=settings.hash_workers, listener=listener, stop=stop
+            )
+            if root is not None
+            else ([], [])
+        )
+        if settings.dry_run:
+            plan = build_plan(
+                scanned, digests, hash_failures, keep_duplicates=settings.keep_duplicates
+            )
+            return Harvest(plan, _dry_run_report(settings, plan, clock() - started))
+
+        if api is None:
+            api = resources.enter_context(_new_api(settings, gate))
+        retrier = Retrier(
+            RetryPolicy(retries=settings.retries, deadline=deadline),
+            sleep=sleep or stop.wait,
+            clock=clock,
+        )
+        try:
+            remote = retrier.call(lambda _attempt: _already_uploaded(api, settings, listener))
+        except (AuthRejected, RetryableError) as exc:
+            # Nothing can be uploaded: say so once, rather than once for every file.
+            listener.notice(Level.ERROR, str(exc))
+            plan = build_plan(scanned, digests, hash_failures)
+            return Harvest(plan, _aborted_report(settings, plan, exc, clock() - started))
+        plan = build_plan(
+            scanned,
+            digests,
+            hash_failures,
+            keep_duplicates=settings.keep_duplicates,
+            remote=remote,
+        )
+        result = UploadResult(receipts=())
+        if root is not None and plan.uploads:
+            uploader = Uploader(
+                api,
+                root,
+                settings.task_id,
+                retrier,
+                concurrency=settings.concurrency,
+                listener=listener,
+                stop=stop,
+                deadline=deadline,
+                clock=clock,
+            )
+            result = uploader.upload_all(plan.uploads)
+        files = _file_reports(plan, result.receipts)
+        failures = [f for f in files if f.outcome in (Outcome.FAILED, Outcome.NOT_ATTEMPTED)]
+
+        if result.auth_error is not None:
+            status = StepResult(StepState.SKIPPED, "not updated: keruta-api rejected the token")
+        elif result.interrupted:
+            status = StepResult(
+                StepState.SKIPPED,
+                "not updated: the harvest was interrupted; a new run will finish it",
+            )
+        else:
+            message = (
+                None if scanned.root_exists else f"No documents: {settings.root} does not exist"
+            )
+            status = _update_status(api, settings, retrier, files, failures, listener, message)
+
+        if failures or status.state is not StepState.DONE:
+            pvc = StepResult(
+                StepState.SKIPPED,
+                "kept: the harvest is not complete, so the documents stay on the volume",
+            )
+        else:
+            pvc = _release_pvc(gate, pvc_step)
+        report = HarvestReport(
+            task_id=settings.task_id,
+            root=settings.root,
+            dry_run=False,
+            files=files,
+            elapsed_seconds=clock() - started,
+            bytes_uploaded=sum(f.size or 0 for f in files if f.outcome is Outcome.UPLOADED),
+            status=status,
+            pvc=pvc,
+            auth_rejected=result.auth_error is not None,
+            interrupted=result.interrupted,
+            notes=() if scanned.root_exists else (f"{settings.root} does not exist",),
+        )
+        return Harvest(plan, report)
+
+
+def _new_api(settings: Settings, gate: Gate) -> KerutaApi:
+    return KerutaApi(
+        settings.api_url,
+        token=settings.token,
+        concurrency=settings.concurrency,
+        timeout=settings.timeout,
+        documents_path=settings.documents_path,
+        status_path=settings.status_path,
+        gate=gate,
+    )
+
+
+def _already_uploaded(
+    api: KerutaApi, settings: Settings, listener: Listener
+) -> list[RemoteDocument] | None:
+    remote = api.list_documents(settings.task_id)
+    if remote is None:
+        listener.notice(
+            Level.DEBUG,
+            "keruta-api did not list the task's documents; relying on Idempotency-Key for re-runs",
+        )
+    elif remote:
+        listener.notice(Level.INFO, f"keruta-api already holds {len(remote)} documents of the task")
+    return remote
+
+
+def _file_reports(plan: UploadPlan, receipts: tuple[Receipt, ...]) -> tuple[FileReport, ...]:
+    by_path = {receipt.rel_path: receipt for receipt in receipts}
+    reports = []
+    for item in plan.items:
+        receipt = by_path.get(item.rel_path)
+        outcome = {
+            Action.DUPLICATE: Outcome.DUPLICATE,
+            Action.ALREADY_UPLOADED: Outcome.ALREADY_UPLOADED,
+            Action.SKIP: Outcome.SKIPPED,
+            Action.FAIL: Outcome.FAILED,
+        }.get(item.action, Outcome.NOT_ATTEMPTED)
+        reports.append(
+            FileReport(
+                path=item.rel_path,
+                action=item.action,
+                outcome=receipt.outcome if receipt else outcome,
+                size=item.size,
+                sha256=item.sha256,
+                duplicate_of=item.duplicate_of,
+                reason=item.reason,
+                document_id=receipt.document_id if receipt else None,
+                error=receipt.error
+                if receipt
+                else (item.reason if outcome is Outcome.FAILED else None),
+                attempts=receipt.attempts if receipt else 0,
+            )
+        )
+    return tuple(reports)
+
+
+def _update_status(
+    api: KerutaApi,
+    settings: Settings,
+    retrier: Retrier,
+    files: tuple[FileReport, ...],
+    failures: list[FileReport],
+    listener: Listener,
+    complete_message: str | None = None,
+) -> StepResult:
+    if failures:
+        first = failures[0].error or failures[0].path
+        status, progress, code = "FAILED", None, UPLOAD_FAILED_CODE
+        message = (
+            f"Harvest incomplete: {len(failures)} of {_harvestable(files)} documents could not be "
+            f"harvested; the volume was kept. First: {first}"
+        )
+    else:
+        status, progress, code = "COMPLETED", 100, None
+        message = complete_message or "Harvest complete: " + _counts_sentence(files)
+    message = _cut(message, _STATUS_MESSAGE_LIMIT)
+    try:
+        retrier.call(
+            lambda _attempt: api.set_status(
+                settings.task_id, status, message, progress=progress, error_code=code
+            ),
+            on_retry=lambda n, err, wait: listener.notice(
+                Level.WARNING, f"task status: {err}; retrying in {wait:.1f}s (attempt {n})"
+            ),
+        )
+    except HarvesterError as exc:
+        listener.notice(Level.ERROR, f"task status: {exc}")
+        return StepResult(StepState.FAILED, f"{status} not recorded: {exc}")
+    return StepResult(StepState.DONE, f"{status}: {message}")
+
+
+def _release_pvc(gate: Gate, pvc_step: PvcStep | None) -> StepResult:
+    reason = gate.why_closed(Act.DELETE_PVC)
+    if reason is not None:
+        return StepResult(StepState.SKIPPED, reason)
+    if pvc_step is None:
+        return StepResult(
+            StepState.SKIPPED,
+            "skipped: no Kubernetes access in this build; the PVC was left in place",
+        )
+    return pvc_step()
+
+
+def _dry_run_report(settings: Settings, plan: UploadPlan, elapsed: float) -> HarvestReport:
+    planned = _file_reports(plan, ())
+    files = tuple(
+        _replace_outcome(f, Outcome.PLANNED) if f.action is Action.UPLOAD else f for f in planned
+    )
+    nothing = StepResult(StepState.SKIPPED, "dry run (--dry-run)")
+    return HarvestReport(
+        task_id=settings.task_id,
+        root=settings.root,
+        dry_run=True,
+        files=files,
+        elapsed_seconds=elapsed,
+        bytes_uploaded=0,
+        status=nothing,
+        pvc=nothing,
+    )
+
+
+def _aborted_report(
+    settings: Settings, plan: UploadPlan, error: AuthRejected | RetryableError, elapsed: float
+) -> HarvestReport:
+    """The report of a harvest that found keruta-api unusable before uploading anything."""
+    auth = isinstance(error, AuthRejected)
+    reason = "keruta-api rejected the token" if auth else "keruta-api could not be reached"
+    files = tuple(
+        _replace_outcome(f, Outcome.NOT_ATTEMPTED, f"not attempted: {reason}")
+        if f.action is Action.UPLOAD
+        else f
+        for f in _file_reports(plan, ())
+    )
+    return HarvestReport(
+        task_id=settings.task_id,
+        root=settings.root,
+        dry_run=False,
+        files=files,
+        elapsed_seconds=elapsed,
+        bytes_uploaded=0,
+        status=StepResult(StepState.SKIPPED, f"not updated: {reason}"),
+        pvc=StepResult(StepState.SKIPPED, "kept: the harvest is not complete"),
+        auth_rejected=auth,
+        notes=(str(error),),
+    )
+
+
+def _replace_outcome(report: FileReport, outcome: Outcome, error: str | None = None) -> FileReport:
+    return replace(report, outcome=outcome, error=error or report.error)
+
+
+def _harvestable(files: tuple[FileReport, ...]) -> int:
+    return sum(1 for f in files if f.action is not Action.SKIP)
+
+
+def _counts_sentence(files: tuple[FileReport, ...]) -> str:
+    counts = {outcome: 0 for outcome in Outcome}
+    for f in files:
+        counts[f.outcome] += 1
+    parts = [f"{counts[Outcome.UPLOADED]} documents uploaded"]
+    for outcome, label in (
+        (Outcome.ALREADY_UPLOADED, "already uploaded"),
+        (Outcome.DUPLICATE, "duplicates"),
+        (Outcome.SKIPPED, "skipped"),
+    ):
+        if counts[outcome]:
+            parts.append(f"{counts[outcome]} {label}")
+    return ", ".join(parts)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,210 @@
+"""Plain data passed between the stages of a harvest.
+
+scan gives `FileEntry`s and `Skipped`s, digest turns entries into `Digest`s (or `Failed`s),
+plan gives an `UploadPlan` of `PlanItem`s, upload gives one `Receipt` per planned upload, and the
+orchestrator folds all of it into a `HarvestReport`. Everything here is frozen and printable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class SkipReason(StrEnum):
+    """Why the scan left a path out. The value is the phrase shown to people."""
+
+    HIDDEN = "hidden (use --include-hidden to harvest it)"
+    SYMLINK = "symbolic link (never followed)"
+    FIFO = "named pipe (never opened)"
+    SOCKET = "socket"
+    DEVICE = "device file"
+    OTHER_TYPE = "not a regular file"
+    TOO_LARGE = "larger than --max-file-size"
+    EXCLUDED = "matches --exclude"
+    NOT_INCLUDED = "matches no --include"
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A regular file found under the documents root.
+
+    `rel_path` is the POSIX path relative to the root as it is sent to keruta-api; `os_path` is
+    the same path as the operating system names it (they differ only for names that are not valid
+    UTF-8, whose odd bytes appear as %XX in `rel_path`).
+    """
+
+    rel_path: str
+    os_path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A path the scan deliberately left out, with the reason."""
+
+    rel_path: str
+    reason: SkipReason
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A path that should have been harvested but could not be read; it blocks PVC deletion."""
+
+    rel_path: str
+    error: str
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """Everything the scan saw, each list in sorted path order."""
+
+    entries: tuple[FileEntry, ...]
+    skipped: tuple[Skipped, ...]
+    failed: tuple[Failed, ...]
+    root_exists: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A file entry with the SHA-256 of its content, read while size and mtime held still."""
+
+    entry: FileEntry
+    sha256: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def rel_path(self) -> str:
+        return self.entry.rel_path
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteDocument:
+    """A document keruta-api already holds for the task, as far as its listing tells."""
+
+    path: str
+    sha256: str
+
+
+class Action(StrEnum):
+    """What the plan does with a path."""
+
+    UPLOAD = "upload"
+    DUPLICATE = "duplicate"
+    ALREADY_UPLOADED = "already-uploaded"
+    SKIP = "skip"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    """One path of the plan: its action and, for uploads, the digest to send."""
+
+    rel_path: str
+    action: Action
+    size: int | None = None
+    sha256: str | None = None
+    digest: Digest | None = None
+    duplicate_of: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadPlan:
+    """Every path seen, in sorted order, each with its action."""
+
+    items: tuple[PlanItem, ...]
+
+    def with_action(self, action: Action) -> tuple[PlanItem, ...]:
+        return tuple(item for item in self.items if item.action is action)
+
+    @property
+    def uploads(self) -> tuple[PlanItem, ...]:
+        return self.with_action(Action.UPLOAD)
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(item.size or 0 for item in self.uploads)
+
+
+class Outcome(StrEnum):
+    """What finally happened to a path."""
+
+    UPLOADED = "uploaded"
+    DUPLICATE = "duplicate"
+    ALREADY_UPLOADED = "already-uploaded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    NOT_ATTEMPTED = "not-attempted"
+    PLANNED = "planned"  # dry run: nothing was sent
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The result of uploading one planned item."""
+
+    rel_path: str
+    outcome: Outcome
+    attempts: int = 0
+    document_id: str | None = None
+    status_code: int | None = None
+    error: str | None = None
+
+
+class StepState(StrEnum):
+    """The state of a step after the uploads: the status update and the PVC deletion."""
+
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    state: StepState
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileReport:
+    """One line of the final report: a path with its plan and its outcome."""
+
+    path: str
+    action: Action
+    outcome: Outcome
+    size: int | None = None
+    sha256: str | None = None
+    duplicate_of: str | None = None
+    reason: str | None = None
+    document_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HarvestReport:
+    """The whole result of one harvest, from which every summary is rendered."""
+
+    task_id: str
+    root: str
+    dry_run: bool
+    files: tuple[FileReport, ...]
+    elapsed_seconds: float
+    bytes_uploaded: int
+    status: StepResult
+    pvc: StepResult
+    auth_rejected: bool = False
+    interrupted: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for f in self.files if f.outcome is outcome)
+
+    @property
+    def failures(self) -> tuple[FileReport, ...]:
+        return tuple(f for f in self.files if f.outcome in (Outcome.FAILED, Outcome.NOT_ATTEMPTED))

@@ -1,0 +1,133 @@
+"""The multipart/form-data shape of one document upload, and the filename encoding it uses.
+
+Takes a relative path, its digest and size; gives the bytes that surround the file's content
+(`MultipartBody.head` and `.tail`) so the content itself can be streamed from disk between them
+with a Content-Length known up front. Also decodes a part's Content-Disposition (used by dev-api).
+
+Filenames: RFC 7578 lets `filename` carry UTF-8 as is, which Tomcat/Spring and browsers read; some
+parsers unescape backslashes in quoted strings and others do not. So a name that is plain ASCII
+without quote, backslash or percent is sent as `filename="..."` alone, and any other name also
+gets the unambiguous RFC 5987 `filename*=UTF-8''...` form, which Spring prefers when present.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import secrets
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+mimetypes.init()
+
+_PLAIN_FILENAME_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !#$&'()*+,-./:;<=>?@[]^_`{|}~"
+)
+_WHATWG_ESCAPES = {'"': "%22", "\r": "%0D", "\n": "%0A"}
+
+
+def guess_content_type(rel_path: str) -> str:
+    guessed, _encoding = mimetypes.guess_type(rel_path, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def filename_params(rel_path: str) -> str:
+    """The Content-Disposition parameters that name the file, e.g. `filename="a/b.md"`."""
+    fallback = "".join(_WHATWG_ESCAPES.get(ch, ch) for ch in rel_path)
+    params = f'filename="{fallback}"'
+    if not set(rel_path) <= _PLAIN_FILENAME_CHARS:
+        params += "; filename*=UTF-8''" + quote(rel_path, safe="", encoding="utf-8")
+    return params
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartBody:
+    """Everything of a document upload's body except the file's content."""
+
+    content_type: str
+    head: bytes
+    tail: bytes
+    file_size: int
+
+    @property
+    def content_length(self) -> int:
+        return len(self.head) + self.file_size + len(self.tail)
+
+
+def document_body(
+    rel_path: str, sha256: str, size: int, *, boundary: str | None = None
+) -> MultipartBody:
+    """The multipart body for one document: parts `path`, `sha256`, `size`, then `file`."""
+    boundary = boundary or "keruta-" + secrets.token_hex(16)
+    dash = f"--{boundary}\r\n".encode("ascii")
+    head = bytearray()
+    for name, value in (("path", rel_path), ("sha256", sha256), ("size", str(size))):
+        head += dash
+        head += f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode("ascii")
+        head += value.encode("utf-8") + b"\r\n"
+    head += dash
+    head += (
+        f'Content-Disposition: form-data; name="file"; {filename_params(rel_path)}\r\n'
+        f"Content-Type: {guess_content_type(rel_path)}\r\n\r\n"
+    ).encode()
+    return MultipartBody(
+        content_type=f"multipart/form-data; boundary={boundary}",
+        head=bytes(head),
+        tail=f"\r\n--{boundary}--\r\n".encode("ascii"),
+        file_size=size,
+    )
+
+
+def parse_content_disposition(value: str) -> dict[str, str]:
+    """Parameters of a part's Content-Disposition, with `filename*` decoded into `filename`.
+
+    Accepts what browsers, curl, httpx and this module send: quoted or bare values, WHATWG's
+    %22/%0D/%0A escapes inside a quoted filename, and RFC 5987 `filename*` (which wins).
+    """
+    params: dict[str, str] = {}
+    extended: str | None = None
+    for raw_name, raw_value in _split_params(value):
+        name = raw_name.strip().lower()
+        if name == "filename*":
+            charset, _, rest = raw_value.partition("'")
+            _language, _, encoded = rest.partition("'")
+            extended = unquote(encoded, encoding=charset or "utf-8", errors="strict")
+        elif name == "filename":
+            params["filename"] = (
+                raw_value.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
+            )
+        else:
+            params[name] = raw_value
+    if extended is not None:
+        params["filename"] = extended
+    return params
+
+
+def _split_params(value: str) -> list[tuple[str, str]]:
+    """`form-data; name="a"; filename="b;c"` -> [("name", "a"), ("filename", "b;c")]."""
+    pairs: list[tuple[str, str]] = []
+    i, n = value.find(";"), len(value)
+    while 0 <= i < n:
+        i += 1
+        eq = value.find("=", i)
+        if eq < 0:
+            break
+        name = value[i:eq].strip()
+        j = eq + 1
+        while j < n and value[j] == " ":
+            j += 1
+        if j < n and value[j] == '"':
+            j += 1
+            chars: list[str] = []
+            while j < n and value[j] != '"':
+                if value[j] == "\\" and j + 1 < n and value[j + 1] in '"\\':
+                    j += 1
+                chars.append(value[j])
+                j += 1
+            pairs.append((name, "".join(chars)))
+            i = value.find(";", j + 1)
+        else:
+            end = value.find(";", j)
+            end = n if end < 0 else end
+            pairs.append((name, value[j:end].strip()))
+            i = end
+    return pairs

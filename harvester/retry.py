@@ -1,0 +1,110 @@
+"""Retrying a transient failure: exponential backoff with full jitter, Retry-After, a deadline.
+
+Takes an operation that raises `RetryableError` when it may succeed later; gives its result, or
+the last error once the attempts or the overall deadline are spent. The clock, the sleep and the
+random source are injected so tests can assert the delays asked for without waiting.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+from harvester.errors import RetryableError
+
+T = TypeVar("T")
+
+# A server asking for more than this is treated as asking for this: a cleanup Job that sleeps
+# for an hour because of one header is worse than one that tries again and fails clearly.
+MAX_RETRY_AFTER = 300.0
+
+
+class GaveUp(RetryableError):
+    """The retries or the deadline ran out; the message says which, and the last error."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retries: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    deadline: float | None = None  # on the injected clock's scale (time.monotonic by default)
+
+
+def parse_retry_after(
+    value: str | None, *, now: Callable[[], datetime] | None = None
+) -> float | None:
+    """A Retry-After header (delta-seconds or an HTTP date) -> seconds to wait, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now() if now else datetime.now(UTC)
+    return min(max(0.0, (when - current).total_seconds()), MAX_RETRY_AFTER)
+
+
+class Retrier:
+    """Runs an operation until it succeeds, fails permanently, or the policy is spent."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        sleep: Callable[[float], object] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.policy = policy
+        self._sleep = sleep
+        self._clock = clock
+        self._rand = rand
+
+    def delay(self, retry_number: int, error: RetryableError) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2^(n-1))], at least what the server asked."""
+        ceiling = min(self.policy.max_delay, self.policy.base_delay * 2.0 ** (retry_number - 1))
+        jittered = self._rand() * ceiling
+        if error.retry_after is not None:
+            return max(error.retry_after, jittered)
+        return jittered
+
+    def call(
+        self,
+        operation: Callable[[int], T],
+        *,
+        on_retry: Callable[[int, RetryableError, float], None] | None = None,
+    ) -> T:
+        """Call `operation(attempt)` (attempt counts from 1); retry it on `RetryableError`."""
+        attempt = 1
+        while True:
+            try:
+                return operation(attempt)
+            except RetryableError as error:
+                if attempt > self.policy.retries:
+                    raise GaveUp(
+                        f"{error} (gave up after {attempt} attempts)",
+                        status_code=error.status_code,
+                    ) from error
+                wait = self.delay(attempt, error)
+                deadline = self.policy.deadline
+                if deadline is not None and self._clock() + wait > deadline:
+                    raise GaveUp(
+                        f"{error} (gave up after {attempt} attempts: the overall deadline "
+                        "would pass before the next one; raise --deadline to wait longer)",
+                        status_code=error.status_code,
+                    ) from error
+                if on_retry is not None:
+                    on_retry(attempt, error, wait)
+                self._sleep(wait)
+                attempt += 1

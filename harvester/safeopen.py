@@ -1,0 +1,101 @@
+"""Opening documents without ever leaving the root or following a link.
+
+Takes a root folder and a relative path; gives an open file descriptor of a regular file. Every
+path component is opened with `O_NOFOLLOW` relative to its parent's descriptor (openat), so a link
+swapped in anywhere along the path after the scan cannot lead outside the root. The final open
+adds `O_NONBLOCK` so that a FIFO swapped in after the scan cannot hang the pod on open; `fstat`
+then refuses it before a single byte is read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from types import TracebackType
+
+from harvester.errors import ConfigError, FileProblem, NotRegularFile
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class RootDir:
+    """The documents root, held open for the length of a harvest."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError as exc:
+            raise ConfigError(f"{path}: the documents root is not a folder") from exc
+        except PermissionError as exc:
+            raise ConfigError(
+                f"{path}: the documents root cannot be read (permission denied); "
+                "check the volume mount and the pod's user"
+            ) from exc
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RootDir:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open_regular(self, os_rel_path: str) -> int:
+        """Open a regular file below the root for reading and return its descriptor.
+
+        Raises `NotRegularFile` for links, FIFOs, sockets, devices and folders, `FileProblem`
+        when the file cannot be read (gone, permission denied).
+        """
+        parts = os_rel_path.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise NotRegularFile(f"{os_rel_path}: not a plain path below the root")
+        opened: list[int] = []
+        try:
+            parent = self.fd
+            for part in parts[:-1]:
+                parent = os.open(part, _DIR_FLAGS, dir_fd=parent)
+                opened.append(parent)
+            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise _translate(os_rel_path, exc) from exc
+        finally:
+            for fd_to_close in opened:
+                os.close(fd_to_close)
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as exc:
+            os.close(fd)
+            raise _translate(os_rel_path, exc) from exc
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise NotRegularFile(f"{os_rel_path}: is no longer a regular file; not read")
+        os.set_blocking(fd, True)
+        return fd
+
+
+def _translate(os_rel_path: str, exc: OSError) -> FileProblem:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return NotRegularFile(
+            f"{os_rel_path}: a symbolic link appeared on its path after the scan; not followed"
+        )
+    if exc.errno == errno.ENXIO:
+        # What open() says of a socket (and of a device without a driver).
+        return NotRegularFile(f"{os_rel_path}: is no longer a regular file; not read")
+    if exc.errno == errno.ENOENT:
+        return FileProblem(f"{os_rel_path}: disappeared after the scan")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return FileProblem(
+            f"{os_rel_path}: cannot be read (permission denied); fix its mode or --exclude it"
+        )
+    return FileProblem(f"{os_rel_path}: cannot be opened: {exc.strerror or exc}")

@@ -1,0 +1,157 @@
+"""One settings object for a harvest, every option documented once.
+
+Takes the values the CLI collected (flags, then keruta environment variables, then the defaults
+below); gives a validated, frozen `Settings`. `OPTIONS` holds the help text and environment name of
+each option, so `cli.py` only wires flags to it. Nothing else in the package reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from harvester.errors import ConfigError
+
+DEFAULT_ROOT = "/.keruta/doc"
+DEFAULT_DOCUMENTS_PATH = "/api/tasks/{taskId}/documents"
+DEFAULT_STATUS_PATH = "/api/v1/tasks/{taskId}/status"
+MB = 1024 * 1024
+
+
+class Option(NamedTuple):
+    envvar: str | None
+    help: str
+
+
+OPTIONS: dict[str, Option] = {
+    "task_id": Option("KERUTA_TASK_ID", "The keruta task whose documents are harvested."),
+    "api_url": Option("KERUTA_API_URL", "Base URL of keruta-api, e.g. http://keruta-api:8080."),
+    "source_pod": Option(
+        "KERUTA_SOURCE_POD", "The main Job's pod; used to find the PVC to delete."
+    ),
+    "pvc": Option("KERUTA_PVC", "The PVC to delete after a complete harvest (default: found)."),
+    "keep_pvc": Option(None, "Never delete the PVC, even after a complete harvest."),
+    "root": Option("KERUTA_ARTIFACTS_DIR", "The documents folder (mounted read-only)."),
+    "dry_run": Option(None, "Show the plan as a table; send nothing, change nothing."),
+    "concurrency": Option("KERUTA_CONCURRENCY", "Uploads in flight at once."),
+    "include": Option(None, "Only harvest files matching this glob (repeatable; ** crosses /)."),
+    "exclude": Option(None, "Skip files and folders matching this glob (repeatable)."),
+    "include_hidden": Option(None, "Also harvest hidden files and folders (names with a dot)."),
+    "keep_duplicates": Option(None, "Upload every path, even when its content was already sent."),
+    "max_file_size": Option(
+        "KERUTA_MAX_FILE_SIZE", "Skip files larger than this many MB (0: no limit)."
+    ),
+    "timeout": Option(
+        "KERUTA_TIMEOUT", "Timeout of one request without progress: 30s, 2m, 1.5 (seconds)."
+    ),
+    "retries": Option("KERUTA_RETRY_COUNT", "Retries of a request that failed transiently."),
+    "deadline": Option(
+        "KERUTA_DEADLINE", "Give up retrying after this long in all (e.g. 30m; 0: no deadline)."
+    ),
+    "token_file": Option(
+        "KERUTA_API_TOKEN_FILE",
+        "Read the keruta-api token from this file (else from KERUTA_API_TOKEN).",
+    ),
+    "summary_json": Option(None, "Write the machine-readable result of the harvest here."),
+    "log_format": Option("KERUTA_LOG_FORMAT", "Progress and results as text or json lines."),
+    "progress_interval": Option(
+        None, "Seconds between progress lines when not on a terminal (kubectl logs)."
+    ),
+    "log_level": Option("KERUTA_LOG_LEVEL", "debug, info, warning or error."),
+    "documents_path": Option(
+        "KERUTA_DOCUMENTS_PATH", "Upload endpoint path; {taskId} is replaced."
+    ),
+    "status_path": Option("KERUTA_STATUS_PATH", "Status endpoint path; {taskId} is replaced."),
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str, *, what: str) -> float:
+    """'30s', '2m', '1h', '500ms' or plain seconds -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{what}: {text!r} is not a duration; write e.g. 30s, 2m or 1.5")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A validated harvest configuration. The token never shows in repr()."""
+
+    task_id: str
+    api_url: str
+    token: str | None = field(default=None, repr=False)
+    root: str = DEFAULT_ROOT
+    source_pod: str | None = None
+    pvc: str | None = None
+    keep_pvc: bool = False
+    dry_run: bool = False
+    concurrency: int = 8
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include_hidden: bool = False
+    keep_duplicates: bool = False
+    max_file_size: int | None = 100 * MB
+    timeout: float = 30.0
+    retries: int = 3
+    deadline: float | None = 3600.0
+    summary_json: Path | None = None
+    documents_path: str = DEFAULT_DOCUMENTS_PATH
+    status_path: str = DEFAULT_STATUS_PATH
+    hash_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.task_id.strip():
+            raise ConfigError("--task-id (KERUTA_TASK_ID) is required and must not be empty")
+        if any(ch in self.task_id for ch in "/?#") or self.task_id in (".", ".."):
+            raise ConfigError(f"--task-id {self.task_id!r}: a task id cannot contain / ? or #")
+        if not self.dry_run:
+            check_api_url(self.api_url)
+        if not 1 <= self.concurrency <= 256:
+            raise ConfigError(f"--concurrency {self.concurrency}: choose between 1 and 256")
+        if self.retries < 0:
+            raise ConfigError(f"--retries {self.retries}: cannot be negative")
+        if self.timeout <= 0:
+            raise ConfigError("--timeout must be longer than 0")
+        for name in ("documents_path", "status_path"):
+            value = getattr(self, name)
+            if not value.startswith("/") or "{taskId}" not in value:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} {value!r}: must start with / and contain {{taskId}}")
+
+
+def check_api_url(url: str) -> None:
+    if not url:
+        raise ConfigError("--api-url (KERUTA_API_URL) is required, e.g. http://keruta-api:8080")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--api-url {url!r}: not an http(s) URL; write e.g. http://keruta-api:8080"
+        )
+    if parts.username or parts.password:
+        raise ConfigError("--api-url must not carry credentials; use KERUTA_API_TOKEN")
+
+
+def megabytes(value: float) -> int | None:
+    """--max-file-size in MB -> bytes; 0 or less means no limit."""
+    return int(value * MB) if value > 0 else None
+
+
+def read_token(token_file: Path | None, env_token: str | None) -> str | None:
+    """The bearer token: from --token-file when given, else KERUTA_API_TOKEN; empty -> None."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"--token-file {token_file}: cannot be read ({reason})") from exc
+        if not token:
+            raise ConfigError(f"--token-file {token_file}: the file is empty")
+        return token
+    token = (env_token or "").strip()
+    return token or None

@@ -1,0 +1,212 @@
+"""Uploading the planned documents: bounded concurrency, retries, verified streaming.
+
+Takes the plan's upload items, the open documents root and a `KerutaApi`; gives one `Receipt` per
+item, in plan order. Each file is re-opened for every attempt (never rewound from a consumed
+stream) and streamed in chunks while its size, mtime and SHA-256 are checked against the digest:
+a file that changed since it was hashed aborts the request mid-body, is hashed again and sent
+again, and after a few changes is reported as failed, never uploaded half-written.
+
+A rejected token (401/403) stops every worker at once; the remaining items are "not attempted".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from harvester.api import KerutaApi
+from harvester.digest import hash_file
+from harvester.errors import (
+    ApiError,
+    AuthRejected,
+    FileChanged,
+    FileProblem,
+    Interrupted,
+    RetryableError,
+)
+from harvester.model import Digest, Outcome, PlanItem, Receipt
+from harvester.retry import Retrier
+from harvester.safeopen import RootDir
+from harvester.stats import Level, Listener, NullListener, Stage
+
+CHUNK_SIZE = 1024 * 1024
+# How often a file may change under our feet before it counts as still being written.
+MAX_CONTENT_CHANGES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    receipts: tuple[Receipt, ...]
+    auth_error: AuthRejected | None = None
+    interrupted: bool = False
+
+
+class Uploader:
+    """Uploads plan items on a pool of `concurrency` threads sharing one connection pool."""
+
+    def __init__(
+        self,
+        api: KerutaApi,
+        root: RootDir,
+        task_id: str,
+        retrier: Retrier,
+        *,
+        concurrency: int = 8,
+        listener: Listener | None = None,
+        stop: threading.Event | None = None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._root = root
+        self._task_id = task_id
+        self._retrier = retrier
+        self._concurrency = concurrency
+        self._listener = listener or NullListener()
+        self._stop = stop or threading.Event()
+        self._deadline = deadline
+        self._clock = clock
+        self._abort = threading.Event()
+        self._auth_error: AuthRejected | None = None
+
+    def upload_all(self, items: Sequence[PlanItem]) -> UploadResult:
+        total_bytes = sum(item.size or 0 for item in items)
+        self._listener.stage_started(Stage.UPLOAD, len(items), total_bytes)
+        try:
+            with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
+                receipts = tuple(pool.map(self._upload_one, items))
+        finally:
+            self._listener.stage_finished(Stage.UPLOAD)
+        return UploadResult(receipts, auth_error=self._auth_error, interrupted=self._stop.is_set())
+
+    def _upload_one(self, item: PlanItem) -> Receipt:
+        assert item.digest is not None, "only planned uploads reach the uploader"
+        digest = item.digest
+        attempts = 0
+        for _change in range(MAX_CONTENT_CHANGES + 1):
+
+            def attempt(_number: int, current: Digest = digest) -> Receipt:
+                nonlocal attempts
+                self._check_may_start()
+                attempts += 1
+                return self._send(current, attempts)
+
+            try:
+                return self._retrier.call(attempt, on_retry=self._on_retry(item.rel_path))
+            except FileChanged:
+                try:
+                    digest = hash_file(self._root, digest.entry)
+                except FileProblem as exc:
+                    return self._failed(item, str(exc), attempts)
+                self._listener.notice(
+                    Level.WARNING,
+                    f"{item.rel_path}: changed after it was hashed; hashed again and resending",
+                )
+            except Interrupted as exc:
+                return Receipt(item.rel_path, Outcome.NOT_ATTEMPTED, attempts, error=str(exc))
+            except AuthRejected as exc:
+                if self._auth_error is None:
+                    self._auth_error = exc
+                self._abort.set()
+                return self._failed(item, f"{item.rel_path}: {exc}", attempts, exc.status_code)
+            except ApiError as exc:
+                return self._failed(item, f"{item.rel_path}: {exc}", attempts, exc.status_code)
+            except FileProblem as exc:
+                return self._failed(item, str(exc), attempts)
+        message = (
+            f"{item.rel_path}: kept changing while it was uploaded "
+            f"({MAX_CONTENT_CHANGES + 1} tries); it is still being written, not uploaded"
+        )
+        return self._failed(item, message, attempts)
+
+    def _check_may_start(self) -> None:
+        if self._abort.is_set():
+            raise Interrupted("not attempted: keruta-api rejected the token")
+        if self._stop.is_set():
+            raise Interrupted("not attempted: the harvest was interrupted")
+        if self._deadline is not None and self._clock() > self._deadline:
+            raise Interrupted("not attempted: the overall --deadline passed")
+
+    def _send(self, digest: Digest, attempts: int) -> Receipt:
+        fd = self._root.open_regular(digest.entry.os_path)
+        sent = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal sent
+            for chunk in verified_chunks(fd, digest):
+                yield chunk
+                sent += len(chunk)
+                self._listener.advanced(Stage.UPLOAD, nbytes=len(chunk))
+
+        try:
+            answer = self._api.upload_document(
+                self._task_id, digest.rel_path, digest.sha256, digest.size, counted()
+            )
+        except BaseException:
+            if sent:
+                self._listener.advanced(Stage.UPLOAD, nbytes=-sent)
+            raise
+        finally:
+            os.close(fd)
+        self._listener.advanced(Stage.UPLOAD, files=1)
+        return Receipt(
+            digest.rel_path,
+            Outcome.UPLOADED,
+            attempts,
+            document_id=answer.document_id,
+            status_code=answer.status_code,
+        )
+
+    def _on_retry(self, rel_path: str) -> Callable[[int, RetryableError, float], None]:
+        def notice(attempt: int, error: RetryableError, wait: float) -> None:
+            self._listener.notice(
+                Level.WARNING, f"{rel_path}: {error}; retrying in {wait:.1f}s (attempt {attempt})"
+            )
+
+        return notice
+
+    def _failed(
+        self, item: PlanItem, message: str, attempts: int, status_code: int | None = None
+    ) -> Receipt:
+        self._listener.file_failed(item.rel_path, message)
+        self._listener.advanced(Stage.UPLOAD, files=1)
+        return Receipt(
+            item.rel_path, Outcome.FAILED, attempts, status_code=status_code, error=message
+        )
+
+
+def verified_chunks(fd: int, digest: Digest, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """The file's content in chunks, raising `FileChanged` before the last byte is handed on
+    if the file is not exactly the one that was hashed (size, mtime or SHA-256)."""
+    before = os.fstat(fd)
+    if before.st_size != digest.size or before.st_mtime_ns != digest.mtime_ns:
+        raise FileChanged(f"{digest.rel_path}: changed after it was hashed")
+    hasher = hashlib.sha256()
+    remaining = digest.size
+    pending: bytes | None = None
+    while remaining > 0:
+        data = os.read(fd, min(chunk_size, remaining))
+        if not data:
+            raise FileChanged(f"{digest.rel_path}: shrank while it was uploaded")
+        hasher.update(data)
+        remaining -= len(data)
+        if pending is not None:
+            yield pending
+        pending = data
+    # The last chunk is held back until the whole content is verified, so a wrong file aborts
+    # the request before the server could see a complete body.
+    after = os.fstat(fd)
+    if (
+        os.read(fd, 1)
+        or after.st_size != digest.size
+        or after.st_mtime_ns != digest.mtime_ns
+        or hasher.hexdigest() != digest.sha256
+    ):
+        raise FileChanged(f"{digest.rel_path}: changed while it was uploaded")
+    if pending is not None:
+        yield pending

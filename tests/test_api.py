@@ -1,0 +1,226 @@
+"""The keruta-api client against real loopback servers: the wire shape and the error classes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Iterator
+
+import httpcore
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from harvester import USER_AGENT
+from harvester.api import KerutaApi, idempotency_key
+from harvester.errors import AuthRejected, FileChanged, RejectedError, RetryableError
+from harvester.gate import Gate, GateClosed
+from tests.servers import ResettingProxy
+
+TOKEN = "s3cr3t-token-value"
+
+
+def api_for(server: HTTPServer, **kwargs: object) -> KerutaApi:
+    return KerutaApi(server.url_for("/").rstrip("/"), **kwargs)  # type: ignore[arg-type]
+
+
+def test_upload_sends_the_contract_shape(httpserver: HTTPServer) -> None:
+    seen: list[Request] = []
+
+    def handler(request: Request) -> Response:
+        request.get_data()  # read the stream before the form parser would
+        seen.append(request)
+        return Response(json.dumps({"id": "doc-1"}), status=201, content_type="application/json")
+
+    httpserver.expect_request("/api/tasks/task-7/documents", method="POST").respond_with_handler(
+        handler
+    )
+    content = "# 結果\nall good\n".encode()
+    sha = hashlib.sha256(content).hexdigest()
+    with api_for(httpserver, token=TOKEN) as api:
+        answer = api.upload_document("task-7", "レポート/結果.md", sha, len(content), [content])
+
+    assert answer.document_id == "doc-1"
+    assert answer.status_code == 201
+    (request,) = seen
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["User-Agent"] == USER_AGENT
+    assert request.headers["Idempotency-Key"] == idempotency_key("task-7", "レポート/結果.md", sha)
+    assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert int(request.headers["Content-Length"]) == len(request.get_data())
+    assert "Transfer-Encoding" not in request.headers
+    # werkzeug's own multipart parser, independent of ours, must read the same parts back.
+    body = request.get_data()
+    with Request.from_values(
+        input_stream=io.BytesIO(body),
+        content_type=request.headers["Content-Type"],
+        content_length=len(body),
+        method="POST",
+    ) as reparsed:
+        assert reparsed.form["path"] == "レポート/結果.md"
+        assert reparsed.form["sha256"] == sha
+        assert reparsed.form["size"] == str(len(content))
+        file = reparsed.files["file"]
+        assert file.filename == "レポート/結果.md"
+        assert file.mimetype == "text/markdown"
+        assert file.read() == content
+
+
+def test_no_token_means_no_authorization_header(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/tasks/t/documents").respond_with_data("", status=204)
+    with api_for(httpserver) as api:
+        answer = api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
+    assert answer.document_id is None
+    request, _response = httpserver.log[0]
+    assert "Authorization" not in request.headers
+
+
+def test_status_update_sends_only_the_accepted_keys(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v1/tasks/t 1/status", method="PUT").respond_with_json(
+        {"id": "t 1", "status": "FAILED"}
+    )
+    with api_for(httpserver, token=TOKEN) as api:
+        api.set_status("t 1", "FAILED", "2 failed", error_code="HARVEST_UPLOAD_FAILED")
+    request, _response = httpserver.log[0]
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.get_data()) == {
+        "status": "FAILED",
+        "message": "2 failed",
+        "errorCode": "HARVEST_UPLOAD_FAILED",
+    }
+
+
+def test_status_outside_the_contract_is_refused_locally(httpserver: HTTPServer) -> None:
+    with api_for(httpserver) as api, pytest.raises(ValueError, match="PROCESSING"):
+        api.set_status("t", "PROCESSING", "old docs used this")
+    assert httpserver.log == []
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_auth_rejection_is_fatal_and_never_echoes_the_token(
+    httpserver: HTTPServer, code: int
+) -> None:
+    httpserver.expect_request("/api/tasks/t/documents").respond_with_json(
+        {"error": "unauthorized", "message": f"bad token {TOKEN}"[:10]}, status=code
+    )
+    with api_for(httpserver, token=TOKEN) as api, pytest.raises(AuthRejected) as info:
+        api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
+    assert info.value.status_code == code
+    assert str(code) in str(info.value)
+    assert TOKEN not in str(info.value)
+    assert "KERUTA_API_TOKEN" in str(info.value)
+
+
+@pytest.mark.parametrize("code", [408, 425, 429, 500, 502, 503, 504])
+def test_transient_statuses_are_retryable(httpserver: HTTPServer, code: int) -> None:
+    httpserver.expect_request("/api/tasks/t/documents").respond_with_data(
+        "busy", status=code, headers={"Retry-After": "3"}
+    )
+    with api_for(httpserver) as api, pytest.raises(RetryableError) as info:
+        api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
+    assert info.value.status_code == code
+    assert info.value.retry_after == 3.0
+    assert "busy" in str(info.value)
+
+
+def test_payload_too_large_is_permanent_and_says_what_to_do(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/tasks/t/documents").respond_with_json(
+        {"message": "Maximum upload size exceeded"}, status=413
+    )
+    with api_for(httpserver) as api, pytest.raises(RejectedError) as info:
+        api.upload_document("t", "big.bin", "0" * 64, 1, [b"x"])
+    assert not isinstance(info.value, RetryableError)
+    message = str(info.value)
+    assert "413 Payload Too Large" in message
+    assert "Maximum upload size exceeded" in message
+    assert "--max-file-size" in message
+
+
+def test_long_server_bodies_are_cut(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/tasks/t/documents").respond_with_data("x" * 5000, status=400)
+    with api_for(httpserver) as api, pytest.raises(RejectedError) as info:
+        api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
+    assert len(str(info.value)) < 500
+
+
+def test_slow_server_times_out_as_retryable(httpserver: HTTPServer) -> None:
+    def slow(_request: Request) -> Response:
+        time.sleep(1.0)
+        return Response("late", status=200)
+
+    httpserver.expect_request("/api/v1/tasks/t/status").respond_with_handler(slow)
+    with api_for(httpserver, timeout=0.2) as api, pytest.raises(RetryableError) as info:
+        api.set_status("t", "COMPLETED", "done")
+    assert "timed out" in str(info.value)
+    assert "--timeout" in str(info.value)
+
+
+def test_connection_reset_is_retryable(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v1/tasks/t/status").respond_with_json({"id": "t"})
+    with ResettingProxy(httpserver.host, httpserver.port, resets=1) as proxy:
+        with KerutaApi(proxy.url) as api:
+            with pytest.raises(RetryableError, match="connection"):
+                api.set_status("t", "COMPLETED", "done")
+            api.set_status("t", "COMPLETED", "done")  # the next connection goes through
+        assert proxy.resets_done == 1
+
+
+def test_refused_connection_is_retryable_and_names_the_url() -> None:
+    with KerutaApi("http://127.0.0.1:9") as api, pytest.raises(RetryableError) as info:
+        api.set_status("t", "COMPLETED", "done")
+    assert "http://127.0.0.1:9" in str(info.value)
+
+
+def test_a_failing_body_aborts_the_request_before_it_completes(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/tasks/t/documents").respond_with_json({"id": "x"})
+
+    def changing() -> Iterator[bytes]:
+        yield b"first half "
+        raise FileChanged("a.txt: changed while it was uploaded")
+
+    with api_for(httpserver) as api:
+        with pytest.raises(FileChanged):
+            api.upload_document("t", "a.txt", "0" * 64, 100, changing())
+        # The pool is still usable afterwards.
+        api.upload_document("t", "b.txt", "0" * 64, 1, [b"x"])
+    completed = [request.get_data() for request, _response in httpserver.log]
+    assert all(b"first half" not in body for body in completed)
+
+
+def test_listing_is_optional(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/tasks/a/documents", method="GET").respond_with_json(
+        [{"path": "x.md", "sha256": "AB" * 32, "id": "1"}, {"path": "y.md"}]
+    )
+    httpserver.expect_request("/api/tasks/b/documents", method="GET").respond_with_data(
+        "", status=405
+    )
+    httpserver.expect_request("/api/tasks/c/documents", method="GET").respond_with_data(
+        "<html>", status=200
+    )
+    with api_for(httpserver) as api:
+        listed = api.list_documents("a")
+        assert listed is not None
+        assert [(d.path, d.sha256) for d in listed] == [("x.md", "ab" * 32)]
+        assert api.list_documents("b") is None
+        assert api.list_documents("c") is None
+
+
+def test_dry_run_gate_blocks_every_write(httpserver: HTTPServer) -> None:
+    with api_for(httpserver, gate=Gate(dry_run=True)) as api:
+        with pytest.raises(GateClosed):
+            api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
+        with pytest.raises(GateClosed):
+            api.set_status("t", "COMPLETED", "done")
+    assert httpserver.log == []
+
+
+def test_custom_endpoint_paths(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/v2/t/docs", method="POST").respond_with_json({"id": 42})
+    api = KerutaApi(
+        httpserver.url_for("/").rstrip("/"),
+        pool=httpcore.ConnectionPool(),
+        documents_path="/v2/{taskId}/docs",
+    )
+    assert api.upload_document("t", "a", "0" * 64, 1, [b"x"]).document_id == "42"

@@ -1,0 +1,242 @@
+"""The real CLI run as a subprocess: exit codes, output for kubectl logs, summaries, the alias."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from harvester.devapi import DevApiServer
+from tests.devapi_fixture import DevApiFactory
+from tests.fstree import make_fifo, write_tree
+
+BIN = Path(sys.executable).parent
+TOKEN = "tok-3f9a1c-very-secret"
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, program: str = "harvester", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KERUTA_")}
+    base.update(env or {})
+    return subprocess.run(
+        [str(BIN / program), *args],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    root = write_tree(
+        tmp_path / "doc",
+        {
+            "reports/summary.md": "# summary\n",
+            "reports/copy.md": "# summary\n",
+            "results/out.json": "{}",
+            "notes/メモ.md": "メモ\n",
+            ".env": "TOKEN=x\n",
+        },
+    )
+    make_fifo(root / "fifo")
+    return root
+
+
+def test_seed_manifest_command_line_works_unchanged(
+    docs: Path, dev_api_factory: DevApiFactory
+) -> None:
+    server = dev_api_factory(token=TOKEN)
+    # The seed's Job: keruta-agent cleanup --task-id $(KERUTA_TASK_ID) --api-url $(KERUTA_API_URL)
+    # --source-pod $(KERUTA_SOURCE_POD), with the token and the artifacts dir from the environment.
+    env = {
+        "KERUTA_TASK_ID": "123",
+        "KERUTA_API_URL": server.url,
+        "KERUTA_API_TOKEN": TOKEN,
+        "KERUTA_SOURCE_POD": "keruta-job-123-abcde",
+        "KERUTA_ARTIFACTS_DIR": str(docs),
+    }
+    result = run(
+        "cleanup",
+        "--task-id",
+        env["KERUTA_TASK_ID"],
+        "--api-url",
+        env["KERUTA_API_URL"],
+        "--source-pod",
+        env["KERUTA_SOURCE_POD"],
+        env=env,
+        program="keruta-agent",
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert sorted(d.path for d in server.store.documents("123")) == [
+        "notes/メモ.md",
+        "reports/copy.md",
+        "results/out.json",
+    ]
+    task = server.store.task("123")
+    assert task is not None and task.status == "COMPLETED"
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_plain_progress_lines_for_kubectl_logs(
+    tmp_path: Path, dev_api_factory: DevApiFactory
+) -> None:
+    root = write_tree(tmp_path / "doc", {f"d{i:03}.md": f"doc {i}" for i in range(60)})
+    server = dev_api_factory(latency=0.02)
+    summary = tmp_path / "out" / "summary.json"
+    summary.parent.mkdir()
+    result = run(
+        "cleanup",
+        "--task-id=t1",
+        f"--api-url={server.url}",
+        f"--root={root}",
+        "--concurrency=2",
+        "--progress-interval=0.1",
+        f"--summary-json={summary}",
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "\x1b" not in output
+    progress = [line for line in result.stderr.splitlines() if line.startswith("upload: ")]
+    assert any("/60 files" in line and "ETA" in line for line in progress), result.stderr
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    data = json.loads(summary.read_text())
+    assert data["task_id"] == "t1"
+    assert data["counts"]["uploaded"] == 60
+    assert data["status"]["state"] == "done"
+    first = data["files"][0]
+    assert {"path", "size", "sha256", "action", "outcome", "document_id", "error"} <= set(first)
+    assert first["document_id"]
+
+
+def test_json_log_format_gives_json_lines(docs: Path, dev_api: DevApiServer) -> None:
+    result = run(
+        "cleanup", "--task-id=t", f"--api-url={dev_api.url}", f"--root={docs}", "--log-format=json"
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1]["event"] == "summary"
+    assert events[-1]["counts"]["uploaded"] == 3
+    assert any(e["event"] == "stage_started" for e in events)
+
+
+def test_dry_run_prints_the_plan_and_sends_nothing(docs: Path) -> None:
+    result = run(
+        "cleanup", "--task-id=t", "--api-url=http://127.0.0.1:9", f"--root={docs}", "--dry-run"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "reports/copy.md" in result.stdout
+    assert "duplicate of reports/copy.md" in result.stdout  # summary.md duplicates copy.md
+    assert "named pipe" in result.stdout
+    assert "hidden" in result.stdout
+
+    as_json = run("cleanup", "--task-id=t", f"--root={docs}", "--dry-run", "--log-format=json")
+    assert as_json.returncode == 0, as_json.stderr
+    plan = json.loads(as_json.stdout.splitlines()[-1])
+    actions = {item["path"]: item["action"] for item in plan["items"]}
+    assert actions["reports/copy.md"] == "upload"
+    assert actions["reports/summary.md"] == "duplicate"
+    assert actions["fifo"] == "skip"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--api-url=http://x"], "--task-id"),
+        (["--task-id=t"], "--api-url"),
+        (["--task-id=t", "--api-url=ftp://x"], "not an http(s) URL"),
+        (["--task-id=t", "--api-url=http://x", "--timeout=soon"], "--timeout"),
+        (["--task-id=t", "--api-url=http://x", "--token-file=/nonexistent/token"], "token-file"),
+    ],
+)
+def test_bad_configuration_exits_2_with_a_sentence(args: list[str], message: str) -> None:
+    result = run("cleanup", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_root_that_is_a_file_exits_2(tmp_path: Path, dev_api: DevApiServer) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    result = run("cleanup", "--task-id=t", f"--api-url={dev_api.url}", f"--root={not_a_folder}")
+    assert result.returncode == 2
+    assert "not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_root_exits_0_with_completed(tmp_path: Path, dev_api: DevApiServer) -> None:
+    result = run(
+        "cleanup", "--task-id=t", f"--api-url={dev_api.url}", f"--root={tmp_path / 'nothing'}"
+    )
+    assert result.returncode == 0, result.stderr
+    task = dev_api.store.task("t")
+    assert task is not None and task.status == "COMPLETED"
+
+
+def test_wrong_token_exits_6_and_never_shows_it(
+    docs: Path, dev_api_factory: DevApiFactory, tmp_path: Path
+) -> None:
+    server = dev_api_factory(token="the-right-one")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    summary = tmp_path / "summary.json"
+    result = run(
+        "cleanup",
+        "--task-id=t",
+        f"--api-url={server.url}",
+        f"--root={docs}",
+        f"--token-file={token_file}",
+        f"--summary-json={summary}",
+    )
+    assert result.returncode == 6
+    assert "401" in result.stdout + result.stderr
+    assert TOKEN not in result.stdout + result.stderr + summary.read_text()
+    assert server.store.documents("t") == ()
+
+
+def test_failed_upload_exits_3_and_status_failure_exits_4(
+    docs: Path, httpserver: HTTPServer, dev_api: DevApiServer
+) -> None:
+    httpserver.expect_request("/api/tasks/t/documents", method="POST").respond_with_data(
+        "no", status=400
+    )
+    httpserver.expect_request("/api/v1/tasks/t/status").respond_with_json({})
+    failed = run("cleanup", "--task-id=t", f"--api-url={httpserver.url_for('/')}", f"--root={docs}")
+    assert failed.returncode == 3
+    assert "FAILED" in failed.stderr
+    assert "400 Bad Request" in failed.stderr + failed.stdout
+
+    no_status = run(
+        "cleanup",
+        "--task-id=t",
+        f"--api-url={dev_api.url}",
+        f"--root={docs}",
+        "--status-path=/nope/{taskId}",
+        "--retries=0",
+    )
+    assert no_status.returncode == 4
+    assert "404" in no_status.stdout + no_status.stderr
+
+
+def test_help_names_every_keruta_variable() -> None:
+    result = run("cleanup", "--help")
+    assert result.returncode == 0
+    for name in (
+        "KERUTA_TASK_ID",
+        "KERUTA_API_URL",
+        "KERUTA_SOURCE_POD",
+        "KERUTA_ARTIFACTS_DIR",
+        "KERUTA_MAX_FILE_SIZE",
+        "KERUTA_TIMEOUT",
+        "KERUTA_RETRY_COUNT",
+    ):
+        assert name in result.stdout

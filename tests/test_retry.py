@@ -1,0 +1,117 @@
+"""Backoff, jitter, Retry-After and the deadline, asserted through the sleeps asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from harvester.errors import RejectedError, RetryableError
+from harvester.retry import MAX_RETRY_AFTER, GaveUp, Retrier, RetryPolicy, parse_retry_after
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+def failing(
+    times: int, error: Exception, result: str = "ok"
+) -> tuple[list[int], Callable[[int], str]]:
+    calls: list[int] = []
+
+    def operation(attempt: int) -> str:
+        calls.append(attempt)
+        if len(calls) <= times:
+            raise error
+        return result
+
+    return calls, operation
+
+
+def test_succeeds_after_transient_failures_with_growing_jittered_delays() -> None:
+    rec = Recorder()
+    retrier = Retrier(
+        RetryPolicy(retries=3, base_delay=1.0, max_delay=30.0),
+        sleep=rec.sleep,
+        clock=rec.clock,
+        rand=lambda: 1.0,  # the top of the jitter range shows the exponential ceiling
+    )
+    calls, operation = failing(3, RetryableError("503"))
+    assert retrier.call(operation) == "ok"
+    assert calls == [1, 2, 3, 4]
+    assert rec.sleeps == [1.0, 2.0, 4.0]
+
+
+def test_full_jitter_draws_from_zero_to_the_ceiling() -> None:
+    rec = Recorder()
+    retrier = Retrier(RetryPolicy(retries=2, base_delay=2.0), sleep=rec.sleep, rand=lambda: 0.25)
+    _calls, operation = failing(2, RetryableError("reset"))
+    retrier.call(operation)
+    assert rec.sleeps == [0.5, 1.0]
+
+
+def test_retry_after_is_a_floor_for_the_delay() -> None:
+    rec = Recorder()
+    retrier = Retrier(RetryPolicy(retries=1, base_delay=0.5), sleep=rec.sleep, rand=lambda: 0.5)
+    _calls, operation = failing(1, RetryableError("429", status_code=429, retry_after=7.0))
+    retrier.call(operation)
+    assert rec.sleeps == [7.0]
+
+
+def test_gives_up_after_the_bounded_attempts_naming_them() -> None:
+    rec = Recorder()
+    retrier = Retrier(RetryPolicy(retries=2), sleep=rec.sleep, rand=lambda: 0.0)
+    calls, operation = failing(10, RetryableError("500 Internal Server Error", status_code=500))
+    with pytest.raises(GaveUp, match="gave up after 3 attempts") as info:
+        retrier.call(operation)
+    assert calls == [1, 2, 3]
+    assert info.value.status_code == 500
+
+
+def test_deadline_stops_before_a_sleep_that_would_pass_it() -> None:
+    rec = Recorder()
+    retrier = Retrier(
+        RetryPolicy(retries=10, deadline=5.0), sleep=rec.sleep, clock=rec.clock, rand=lambda: 0.0
+    )
+    _calls, operation = failing(10, RetryableError("429", retry_after=3.0))
+    with pytest.raises(GaveUp, match="deadline"):
+        retrier.call(operation)
+    assert rec.sleeps == [3.0]  # a second 3 s wait would end at 6 s, past the 5 s deadline
+
+
+def test_permanent_errors_are_not_retried() -> None:
+    rec = Recorder()
+    retrier = Retrier(RetryPolicy(retries=5), sleep=rec.sleep)
+    calls, operation = failing(1, RejectedError("413"))
+    with pytest.raises(RejectedError):
+        retrier.call(operation)
+    assert calls == [1]
+    assert rec.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("12", 12.0),
+        (" 0 ", 0.0),
+        ("Wed, 26 Nov 2026 12:00:30 GMT", 30.0),
+        ("Wed, 26 Nov 2026 11:59:00 GMT", 0.0),  # in the past: go now
+        ("99999", MAX_RETRY_AFTER),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after(header, now=lambda: now) == expected
