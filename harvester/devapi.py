@@ -649,6 +649,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+async def _server_error(request: Request, exc: Exception) -> Response:
+    # Still logged by uvicorn (Starlette re-raises after answering); the client gets JSON too.
+    return _error(500, f"{request.method} {request.url.path}: {type(exc).__name__}: {exc}")
+
+
 def create_app(data_dir: Path, *, token: str | None = None, latency: float = 0.0) -> Starlette:
     """The dev-api as an ASGI app storing into `data_dir`; its store is `store_of(app)`.
 
@@ -670,7 +675,7 @@ def create_app(data_dir: Path, *, token: str | None = None, latency: float = 0.0
             Route(task + "/status", api.guarded(api.put_status), methods=["PUT"]),
             Route(task, api.guarded(api.get_task), methods=["GET"]),
         ],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.state.store = api.store
     return app

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from harvester.errors import FileChanged, FileProblem
 from harvester.model import Digest, Failed, FileEntry
@@ -42,22 +42,27 @@ def _buffer() -> memoryview:
     return view
 
 
-def sha256_of_fd(fd: int, *, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """Read `fd` from its current offset to the end; return the hex SHA-256 and the bytes read.
+def sha256_of_fd(
+    fd: int, *, limit: int | None = None, progress: Callable[[int], None] | None = None
+) -> tuple[str, int]:
+    """Read `fd` from its current offset to the end, or to `limit` bytes; return the hex
+    SHA-256 and the number of bytes read.
 
     `progress` is called with the size of each chunk. Raises `OSError` as the read does.
     """
     view = _buffer()
     hasher = hashlib.sha256()
     total = 0
-    while True:
-        count = os.readv(fd, (view,))
+    while limit is None or total < limit:
+        want = view if limit is None or limit - total >= CHUNK_SIZE else view[: limit - total]
+        count = os.readv(fd, (want,))
         if count == 0:
-            return hasher.hexdigest(), total
+            break
         hasher.update(view[:count])
         total += count
         if progress is not None:
             progress(count)
+    return hasher.hexdigest(), total
 
 
 class _NewBytes:
@@ -107,7 +112,9 @@ def hash_file(
         fd = _open(root, entry)
         try:
             before = os.fstat(fd)
-            sha256, count = sha256_of_fd(fd, progress=counter)
+            # One byte past the size shows growth; reading on would never end while a
+            # writer keeps appending faster than the file is read.
+            sha256, count = sha256_of_fd(fd, limit=before.st_size + 1, progress=counter)
             after = os.fstat(fd)
         except OSError as exc:
             raise FileProblem(
@@ -130,20 +137,16 @@ def hash_file(
 
 
 def _open(root: RootDir, entry: FileEntry) -> int:
-    try:
-        return root.open_regular(entry.os_path)
-    except FileProblem as exc:
-        # safeopen names the file by its OS path; a name that is not UTF-8 is shown as rel_path
-        # so that no message carries undecodable characters (they cannot be printed).
-        message = str(exc)
-        if entry.os_path != entry.rel_path and message.startswith(entry.os_path):
-            raise type(exc)(entry.rel_path + message[len(entry.os_path) :]) from exc
-        raise
+    # Named by rel_path: an OS path that is not UTF-8 could not be printed in a message.
+    return root.open_regular(entry.os_path, shown_as=entry.rel_path)
 
 
 def _still_at_path(root: RootDir, entry: FileEntry, opened: os.stat_result) -> bool:
-    """Whether the path still names the file that was read (a writer may have renamed a new
-    version over it meanwhile)."""
+    """Whether the path still names the file that was read.
+
+    A new version renamed over the path after the read began bumps the old file's ctime, but one
+    renamed over it between the open and the first fstat does not: only this check sees it.
+    """
     try:
         now = os.stat(entry.os_path, dir_fd=root.fd, follow_symlinks=False)
     except OSError:
@@ -219,8 +222,8 @@ def _hash_all(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvester-hash") as pool:
         futures = [pool.submit(work) for _ in range(min(workers, len(entries)))]
         try:
-            for future in futures:
-                future.result()
+            for future in as_completed(futures):
+                future.result()  # the first unexpected error stops the other workers at once
         except BaseException:
             abort.set()
             raise

@@ -22,7 +22,9 @@ mimetypes.init()
 _PLAIN_FILENAME_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !#$&'()*+,-./:;<=>?@[]^_`{|}~"
 )
-_WHATWG_ESCAPES = {'"': "%22", "\r": "%0D", "\n": "%0A"}
+# WHATWG's escapes, plus the backslash: parsers that unescape quoted strings would otherwise
+# read a trailing backslash as escaping the closing quote. Such names also carry filename*.
+_FALLBACK_ESCAPES = {'"': "%22", "\r": "%0D", "\n": "%0A", "\\": "%5C"}
 
 
 def guess_content_type(rel_path: str) -> str:
@@ -32,7 +34,7 @@ def guess_content_type(rel_path: str) -> str:
 
 def filename_params(rel_path: str) -> str:
     """The Content-Disposition parameters that name the file, e.g. `filename="a/b.md"`."""
-    fallback = "".join(_WHATWG_ESCAPES.get(ch, ch) for ch in rel_path)
+    fallback = "".join(_FALLBACK_ESCAPES.get(ch, ch) for ch in rel_path)
     params = f'filename="{fallback}"'
     if not set(rel_path) <= _PLAIN_FILENAME_CHARS:
         params += "; filename*=UTF-8''" + quote(rel_path, safe="", encoding="utf-8")

@@ -20,6 +20,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+class RootMissing(ConfigError):
+    """The documents root does not exist (for a harvest: there are no documents)."""
+
+
 class RootDir:
     """The documents root, held open for the length of a harvest."""
 
@@ -27,6 +31,8 @@ class RootDir:
         self.path = path
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise RootMissing(f"{path}: the documents root does not exist") from exc
         except NotADirectoryError as exc:
             raise ConfigError(f"{path}: the documents root is not a folder") from exc
         except PermissionError as exc:
@@ -51,15 +57,17 @@ class RootDir:
     ) -> None:
         self.close()
 
-    def open_regular(self, os_rel_path: str) -> int:
+    def open_regular(self, os_rel_path: str, *, shown_as: str | None = None) -> int:
         """Open a regular file below the root for reading and return its descriptor.
 
         Raises `NotRegularFile` for links, FIFOs, sockets, devices and folders, `FileProblem`
-        when the file cannot be read (gone, permission denied).
+        when the file cannot be read (gone, permission denied). Messages name the file as
+        `shown_as` (the printable relative path) when given, else by its OS path.
         """
+        name = shown_as or os_rel_path
         parts = os_rel_path.split("/")
         if any(part in ("", ".", "..") for part in parts):
-            raise NotRegularFile(f"{os_rel_path}: not a plain path below the root")
+            raise NotRegularFile(f"{name}: not a plain path below the root")
         opened: list[int] = []
         try:
             parent = self.fd
@@ -68,7 +76,7 @@ class RootDir:
                 opened.append(parent)
             fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=parent)
         except OSError as exc:
-            raise _translate(os_rel_path, exc) from exc
+            raise _translate(name, exc) from exc
         finally:
             for fd_to_close in opened:
                 os.close(fd_to_close)
@@ -76,26 +84,26 @@ class RootDir:
             mode = os.fstat(fd).st_mode
         except OSError as exc:
             os.close(fd)
-            raise _translate(os_rel_path, exc) from exc
+            raise _translate(name, exc) from exc
         if not stat.S_ISREG(mode):
             os.close(fd)
-            raise NotRegularFile(f"{os_rel_path}: is no longer a regular file; not read")
+            raise NotRegularFile(f"{name}: is no longer a regular file; not read")
         os.set_blocking(fd, True)
         return fd
 
 
-def _translate(os_rel_path: str, exc: OSError) -> FileProblem:
+def _translate(name: str, exc: OSError) -> FileProblem:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return NotRegularFile(
-            f"{os_rel_path}: a symbolic link appeared on its path after the scan; not followed"
+            f"{name}: a symbolic link appeared on its path after the scan; not followed"
         )
     if exc.errno == errno.ENXIO:
         # What open() says of a socket (and of a device without a driver).
-        return NotRegularFile(f"{os_rel_path}: is no longer a regular file; not read")
+        return NotRegularFile(f"{name}: is no longer a regular file; not read")
     if exc.errno == errno.ENOENT:
-        return FileProblem(f"{os_rel_path}: disappeared after the scan")
+        return FileProblem(f"{name}: disappeared after the scan")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return FileProblem(
-            f"{os_rel_path}: cannot be read (permission denied); fix its mode or --exclude it"
+            f"{name}: cannot be read (permission denied); fix its mode or --exclude it"
         )
-    return FileProblem(f"{os_rel_path}: cannot be opened: {exc.strerror or exc}")
+    return FileProblem(f"{name}: cannot be opened: {exc.strerror or exc}")

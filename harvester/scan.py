@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from harvester.errors import ConfigError
-from harvester.model import FileEntry, Failed, ScanResult, SkipReason, Skipped
-from harvester.safeopen import RootDir
+from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
+from harvester.safeopen import RootDir, RootMissing
 from harvester.stats import Listener, NullListener, Stage
 
 __all__ = ["GlobSet", "ScanOptions", "display_path", "scan"]
@@ -58,7 +58,7 @@ def scan(root: str, options: ScanOptions, listener: Listener = _NULL_LISTENER) -
         raise ConfigError(f"--max-file-size must be zero or more, not {options.max_file_size}")
     try:
         root_dir = RootDir(root)
-    except FileNotFoundError:
+    except RootMissing:
         return ScanResult((), (), (), root_exists=False)
     except OSError as exc:
         raise ConfigError(

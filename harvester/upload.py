@@ -133,7 +133,7 @@ class Uploader:
             raise Interrupted("not attempted: the overall --deadline passed")
 
     def _send(self, digest: Digest, attempts: int) -> Receipt:
-        fd = self._root.open_regular(digest.entry.os_path)
+        fd = self._root.open_regular(digest.entry.os_path, shown_as=digest.rel_path)
         sent = 0
 
         def counted() -> Iterator[bytes]:

@@ -1,6 +1,6 @@
 """pytest fixtures that serve the dev-api on a real loopback port.
 
-Wire them into `tests/conftest.py` with `from devapi_fixture import dev_api, dev_api_factory`.
+Wired into `tests/conftest.py` (`from tests.devapi_fixture import dev_api, dev_api_factory`).
 `dev_api` is a started `DevApiServer` without token or latency, storing under the test's
 `tmp_path`; `dev_api_factory(token=..., latency=...)` starts more (each in its own folder). Every
 server started here is stopped when the test ends.

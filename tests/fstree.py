@@ -131,7 +131,9 @@ def run_unprivileged(cwd: Path, fn: Callable[[], T], *, denied: Sequence[str] = 
     return result
 
 
-def _child_outcome(cwd: Path, fn: Callable[[], object], denied: Sequence[str]) -> tuple[str, object]:
+def _child_outcome(
+    cwd: Path, fn: Callable[[], object], denied: Sequence[str]
+) -> tuple[str, object]:
     try:
         os.chdir(cwd)
         if os.geteuid() == 0:

@@ -15,6 +15,7 @@ from werkzeug import Request, Response
 
 from harvester import USER_AGENT
 from harvester.api import KerutaApi, idempotency_key
+from harvester.devapi import DevApiServer
 from harvester.errors import AuthRejected, FileChanged, RejectedError, RetryableError
 from harvester.gate import Gate, GateClosed
 from tests.servers import ResettingProxy
@@ -224,3 +225,17 @@ def test_custom_endpoint_paths(httpserver: HTTPServer) -> None:
         documents_path="/v2/{taskId}/docs",
     )
     assert api.upload_document("t", "a", "0" * 64, 1, [b"x"]).document_id == "42"
+
+
+def test_a_retried_upload_is_stored_once_thanks_to_the_idempotency_key(
+    dev_api: DevApiServer,
+) -> None:
+    content = b"the same document, sent twice"
+    sha = hashlib.sha256(content).hexdigest()
+    with KerutaApi(dev_api.url) as api:
+        first = api.upload_document("t", "a/b.md", sha, len(content), [content])
+        again = api.upload_document("t", "a/b.md", sha, len(content), [content])
+    assert not first.replayed
+    assert again.replayed
+    assert again.document_id == first.document_id
+    assert len(dev_api.store.documents("t")) == 1

@@ -240,3 +240,46 @@ def test_help_names_every_keruta_variable() -> None:
         "KERUTA_RETRY_COUNT",
     ):
         assert name in result.stdout
+
+
+def test_sigterm_finishes_in_flight_uploads_and_writes_the_summary(
+    tmp_path: Path, dev_api_factory: DevApiFactory
+) -> None:
+    import signal
+
+    root = write_tree(tmp_path / "doc", {f"d{i:03}.md": f"doc {i}" for i in range(200)})
+    server = dev_api_factory(latency=0.05)
+    summary = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERUTA_")}
+    process = subprocess.Popen(
+        [
+            str(BIN / "harvester"),
+            "cleanup",
+            "--task-id=t",
+            f"--api-url={server.url}",
+            f"--root={root}",
+            "--concurrency=2",
+            "--log-format=json",
+            "--progress-interval=0.1",
+            f"--summary-json={summary}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:  # wait until uploads are under way
+        event = json.loads(line)
+        if event.get("stage") == "upload" and event.get("files_done", 0) > 0:
+            break
+    process.send_signal(signal.SIGTERM)
+    _stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 3, stderr
+    data = json.loads(summary.read_text())
+    assert data["interrupted"] is True
+    assert data["counts"]["not-attempted"] > 0
+    stored = len(server.store.documents("t"))
+    assert stored == data["counts"]["uploaded"]  # nothing half-sent, nothing unaccounted for
+    assert data["status"]["state"] == "skipped"

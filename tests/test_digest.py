@@ -74,7 +74,9 @@ class Recorder:
 # -- hash_file ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 5 * CHUNK_SIZE // 2])
+@pytest.mark.parametrize(
+    "size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 5 * CHUNK_SIZE // 2]
+)
 def test_sha256_matches_hashlib(tmp_path: Path, size: int) -> None:
     data = random.Random(size).randbytes(size)
     write_tree(tmp_path, {"d/file.bin": data})
@@ -93,6 +95,19 @@ def test_sha256_of_fd_reads_from_the_offset_to_the_end(tmp_path: Path) -> None:
     try:
         os.lseek(fd, 7, os.SEEK_SET)
         assert sha256_of_fd(fd) == (sha(b"body"), 4)
+    finally:
+        os.close(fd)
+
+
+def test_sha256_of_fd_stops_at_its_limit(tmp_path: Path) -> None:
+    data = random.Random(1).randbytes(CHUNK_SIZE + 10)
+    write_tree(tmp_path, {"f": data})
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert sha256_of_fd(fd, limit=CHUNK_SIZE + 3) == (
+            sha(data[: CHUNK_SIZE + 3]),
+            CHUNK_SIZE + 3,
+        )
     finally:
         os.close(fd)
 
@@ -143,9 +158,7 @@ def swap_target(tmp_path: Path) -> tuple[Path, FileEntry]:
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("kind", ["link-outside", "link-inside", "fifo", "socket", "folder"])
-def test_file_swapped_after_the_scan_is_refused_without_blocking(
-    tmp_path: Path, kind: str
-) -> None:
+def test_file_swapped_after_the_scan_is_refused_without_blocking(tmp_path: Path, kind: str) -> None:
     root, entry = swap_target(tmp_path)
     target = root / "docs" / "a.txt"
     if kind == "link-outside":
@@ -195,6 +208,7 @@ class Writer:
             self.path.write_bytes(self.final)
 
 
+@pytest.mark.timeout(10)  # a reader that followed the appends would never finish
 def test_file_that_keeps_changing_is_refused(tmp_path: Path) -> None:
     write_tree(tmp_path, {"log.txt": "start\n"})
     entry = entries_of(tmp_path)["log.txt"]

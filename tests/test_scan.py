@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harvester.errors import ConfigError
-from harvester.model import Failed, FileEntry, ScanResult, SkipReason, Skipped
+from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
 from harvester.scan import GlobSet, ScanOptions, display_path, scan
 from harvester.stats import Level, Stage
 from tests.fstree import (
