@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from harvester.api import KerutaApi
 from harvester.digest import hash_entries
@@ -39,6 +39,7 @@ from harvester.upload import Uploader, UploadResult
 
 UPLOAD_FAILED_CODE = "HARVEST_UPLOAD_FAILED"
 _STATUS_MESSAGE_LIMIT = 500
+_KEPT_INCOMPLETE = "the harvest is not complete, so the documents stay on the volume"
 
 PvcStep = Callable[[], StepResult]
 
@@ -131,11 +132,11 @@ def run_harvest(
         failures = [f for f in files if f.outcome in (Outcome.FAILED, Outcome.NOT_ATTEMPTED)]
 
         if result.auth_error is not None:
-            status = StepResult(StepState.SKIPPED, "not updated: keruta-api rejected the token")
+            status = StepResult(StepState.SKIPPED, "keruta-api rejected the token")
         elif result.interrupted:
             status = StepResult(
                 StepState.SKIPPED,
-                "not updated: the harvest was interrupted; a new run will finish it",
+                "the harvest was interrupted; a new run will finish it",
             )
         else:
             message = (
@@ -144,10 +145,7 @@ def run_harvest(
             status = _update_status(api, settings, retrier, files, failures, listener, message)
 
         if failures or status.state is not StepState.DONE:
-            pvc = StepResult(
-                StepState.SKIPPED,
-                "kept: the harvest is not complete, so the documents stay on the volume",
-            )
+            pvc = StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE)
         else:
             pvc = _release_pvc(gate, pvc_step)
         report = HarvestReport(
@@ -192,31 +190,45 @@ def _already_uploaded(
     return remote
 
 
-def _file_reports(plan: UploadPlan, receipts: tuple[Receipt, ...]) -> tuple[FileReport, ...]:
+# What a path that never reached the uploader ends as, by its planned action.
+_OUTCOME_OF_ACTION = {
+    Action.DUPLICATE: Outcome.DUPLICATE,
+    Action.ALREADY_UPLOADED: Outcome.ALREADY_UPLOADED,
+    Action.SKIP: Outcome.SKIPPED,
+    Action.FAIL: Outcome.FAILED,
+}
+
+
+def _file_reports(
+    plan: UploadPlan,
+    receipts: tuple[Receipt, ...],
+    *,
+    unsent: Outcome = Outcome.NOT_ATTEMPTED,
+    unsent_error: str | None = None,
+) -> tuple[FileReport, ...]:
+    """One report per planned path; planned uploads without a receipt end as `unsent`."""
     by_path = {receipt.rel_path: receipt for receipt in receipts}
     reports = []
     for item in plan.items:
         receipt = by_path.get(item.rel_path)
-        outcome = {
-            Action.DUPLICATE: Outcome.DUPLICATE,
-            Action.ALREADY_UPLOADED: Outcome.ALREADY_UPLOADED,
-            Action.SKIP: Outcome.SKIPPED,
-            Action.FAIL: Outcome.FAILED,
-        }.get(item.action, Outcome.NOT_ATTEMPTED)
+        if receipt is None:
+            if item.action is Action.UPLOAD:
+                receipt = Receipt(item.rel_path, unsent, error=unsent_error)
+            else:
+                error = item.reason if item.action is Action.FAIL else None
+                receipt = Receipt(item.rel_path, _OUTCOME_OF_ACTION[item.action], error=error)
         reports.append(
             FileReport(
                 path=item.rel_path,
                 action=item.action,
-                outcome=receipt.outcome if receipt else outcome,
+                outcome=receipt.outcome,
                 size=item.size,
                 sha256=item.sha256,
                 duplicate_of=item.duplicate_of,
                 reason=item.reason,
-                document_id=receipt.document_id if receipt else None,
-                error=receipt.error
-                if receipt
-                else (item.reason if outcome is Outcome.FAILED else None),
-                attempts=receipt.attempts if receipt else 0,
+                document_id=receipt.document_id,
+                error=receipt.error,
+                attempts=receipt.attempts,
             )
         )
     return tuple(reports)
@@ -254,7 +266,7 @@ def _update_status(
     except HarvesterError as exc:
         listener.notice(Level.ERROR, f"task status: {exc}")
         return StepResult(StepState.FAILED, f"{status} not recorded: {exc}")
-    return StepResult(StepState.DONE, f"{status}: {message}")
+    return StepResult(StepState.DONE, f"set to {status}: {message}")
 
 
 def _release_pvc(gate: Gate, pvc_step: PvcStep | None) -> StepResult:
@@ -264,16 +276,13 @@ def _release_pvc(gate: Gate, pvc_step: PvcStep | None) -> StepResult:
     if pvc_step is None:
         return StepResult(
             StepState.SKIPPED,
-            "skipped: no Kubernetes access in this build; the PVC was left in place",
+            "no Kubernetes access in this build; the PVC was left in place",
         )
     return pvc_step()
 
 
 def _dry_run_report(settings: Settings, plan: UploadPlan, elapsed: float) -> HarvestReport:
-    planned = _file_reports(plan, ())
-    files = tuple(
-        _replace_outcome(f, Outcome.PLANNED) if f.action is Action.UPLOAD else f for f in planned
-    )
+    files = _file_reports(plan, (), unsent=Outcome.PLANNED)
     nothing = StepResult(StepState.SKIPPED, "dry run (--dry-run)")
     return HarvestReport(
         task_id=settings.task_id,
@@ -293,12 +302,7 @@ def _aborted_report(
     """The report of a harvest that found keruta-api unusable before uploading anything."""
     auth = isinstance(error, AuthRejected)
     reason = "keruta-api rejected the token" if auth else "keruta-api could not be reached"
-    files = tuple(
-        _replace_outcome(f, Outcome.NOT_ATTEMPTED, f"not attempted: {reason}")
-        if f.action is Action.UPLOAD
-        else f
-        for f in _file_reports(plan, ())
-    )
+    files = _file_reports(plan, (), unsent_error=f"not attempted: {reason}")
     return HarvestReport(
         task_id=settings.task_id,
         root=settings.root,
@@ -306,15 +310,11 @@ def _aborted_report(
         files=files,
         elapsed_seconds=elapsed,
         bytes_uploaded=0,
-        status=StepResult(StepState.SKIPPED, f"not updated: {reason}"),
-        pvc=StepResult(StepState.SKIPPED, "kept: the harvest is not complete"),
+        status=StepResult(StepState.SKIPPED, reason),
+        pvc=StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE),
         auth_rejected=auth,
         notes=(str(error),),
     )
-
-
-def _replace_outcome(report: FileReport, outcome: Outcome, error: str | None = None) -> FileReport:
-    return replace(report, outcome=outcome, error=error or report.error)
 
 
 def _harvestable(files: tuple[FileReport, ...]) -> int:
