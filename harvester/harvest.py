@@ -325,10 +325,11 @@ def _counts_sentence(files: tuple[FileReport, ...]) -> str:
     counts = {outcome: 0 for outcome in Outcome}
     for f in files:
         counts[f.outcome] += 1
-    parts = [f"{counts[Outcome.UPLOADED]} documents uploaded"]
+    uploaded = counts[Outcome.UPLOADED]
+    parts = [f"{uploaded} document{'' if uploaded == 1 else 's'} uploaded"]
     for outcome, label in (
         (Outcome.ALREADY_UPLOADED, "already uploaded"),
-        (Outcome.DUPLICATE, "duplicates"),
+        (Outcome.DUPLICATE, "duplicate" if counts[Outcome.DUPLICATE] == 1 else "duplicates"),
         (Outcome.SKIPPED, "skipped"),
     ):
         if counts[outcome]:
