@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -20,10 +20,11 @@ from typing import Literal, TextIO
 
 from rich.console import Console
 
-from harvester.api import KerutaApi
 from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode, exit_code_for
 from harvester.harvest import Harvest, PvcStep, run_harvest
+from harvester.kube import NoCluster, connect
+from harvester.model import StepResult, StepState
 from harvester.report import (
     JsonReporter,
     LogReporter,
@@ -36,7 +37,8 @@ from harvester.report import (
     write_termination_log,
 )
 from harvester.settings import Settings
-from harvester.stats import Level, LevelFilter
+from harvester.stats import Level, LevelFilter, Listener
+from harvester.volume import Volume, VolumeOptions
 
 TERMINATION_LOG = Path("/dev/termination-log")
 LogFormat = Literal["text", "json"]
@@ -79,21 +81,25 @@ def run_cleanup(
     settings: Settings,
     output: Output,
     *,
-    api: KerutaApi | None = None,
-    pvc_step: PvcStep | None = None,
     stop: threading.Event | None = None,
+    kubernetes: bool = True,
 ) -> tuple[ExitCode, Harvest | None]:
-    """Run one harvest with the reporters `output` asks for; render and record its result."""
+    """Run one harvest with the reporters `output` asks for; render and record its result.
+
+    With `kubernetes` (and not a dry run) the task's PVC is located before the harvest and
+    released after a complete one; without a cluster that step is skipped with one line.
+    """
     reporter = make_reporter(output)
+    listener = LevelFilter(reporter, output.log_level)
     try:
-        with reporter:
-            harvest = run_harvest(
-                settings,
-                LevelFilter(reporter, output.log_level),
-                api=api,
-                pvc_step=pvc_step,
-                stop=stop,
-            )
+        with reporter, ExitStack() as resources:
+            volume: Volume | None = None
+            pvc_step: PvcStep | None = None
+            if kubernetes and not settings.dry_run:
+                volume, pvc_step = _volume_step(settings, listener, resources)
+            harvest = run_harvest(settings, listener, pvc_step=pvc_step, stop=stop)
+            if volume is not None:
+                volume.record_outcome(harvest.report)
     except ConfigError as exc:
         fail(output, str(exc))
         return ExitCode.USAGE, None
@@ -127,6 +133,33 @@ def run_cleanup(
     if not settings.dry_run:
         write_termination_log(report, str(output.termination_log))
     return code, harvest
+
+
+def _volume_step(
+    settings: Settings, listener: Listener, resources: ExitStack
+) -> tuple[Volume | None, PvcStep]:
+    """Connect to the cluster and locate the PVC now, so its UID is known before the harvest."""
+    try:
+        cluster = resources.enter_context(connect(namespace=settings.namespace))
+    except NoCluster as exc:
+        message = f"{exc}; the PVC was left in place"
+        listener.notice(Level.INFO, f"PVC: {message}")
+        return None, lambda: StepResult(StepState.SKIPPED, message)
+    volume = Volume(
+        cluster,
+        VolumeOptions(
+            task_id=settings.task_id,
+            root=settings.root,
+            source_pod=settings.source_pod,
+            pvc=settings.pvc,
+            own_pod=settings.own_pod,
+            force_delete=settings.force_delete_pvc,
+            release_finalizer=settings.release_pvc_finalizer,
+        ),
+        listener,
+    )
+    volume.locate()
+    return volume, volume.release
 
 
 def fail(output: Output, message: str) -> None:

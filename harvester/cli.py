@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,6 +71,12 @@ def cleanup(
     source_pod: Annotated[str | None, _opt("source_pod", "--source-pod")] = None,
     pvc: Annotated[str | None, _opt("pvc", "--pvc")] = None,
     keep_pvc: Annotated[bool, _opt("keep_pvc", "--keep-pvc")] = False,
+    namespace: Annotated[str | None, _opt("namespace", "--namespace", "-n")] = None,
+    own_pod: Annotated[str | None, _opt("own_pod", "--pod-name")] = None,
+    force_delete_pvc: Annotated[bool, _opt("force_delete_pvc", "--force-delete-pvc")] = False,
+    release_pvc_finalizer: Annotated[
+        bool, _opt("release_pvc_finalizer", "--release-pvc-finalizer")
+    ] = False,
     root: Annotated[str, _opt("root", "--root")] = DEFAULT_ROOT,
     dry_run: Annotated[bool, _opt("dry_run", "--dry-run")] = False,
     concurrency: Annotated[int, _opt("concurrency", "--concurrency", min=1, max=256)] = 8,
@@ -113,6 +120,11 @@ def cleanup(
             source_pod=source_pod or None,
             pvc=pvc or None,
             keep_pvc=keep_pvc,
+            namespace=namespace or None,
+            # In a pod the hostname is the pod's name, should the downward API not say.
+            own_pod=own_pod or socket.gethostname(),
+            force_delete_pvc=force_delete_pvc,
+            release_pvc_finalizer=release_pvc_finalizer,
             dry_run=dry_run,
             concurrency=concurrency,
             include=tuple(include or ()),

@@ -55,7 +55,7 @@ def run_demo(root: Path | None = None, *, console: Console | None = None) -> int
             highlight=False,
         )
         settings = Settings(task_id=DEMO_TASK_ID, api_url=server.url, root=str(root), keep_pvc=True)
-        code, _harvest = run_cleanup(settings, Output(progress_interval=1.0))
+        code, _harvest = run_cleanup(settings, Output(progress_interval=1.0), kubernetes=False)
 
         console.print()
         console.rule("[bold]What keruta-api received")

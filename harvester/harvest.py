@@ -276,7 +276,7 @@ def _release_pvc(gate: Gate, pvc_step: PvcStep | None) -> StepResult:
     if pvc_step is None:
         return StepResult(
             StepState.SKIPPED,
-            "no Kubernetes access in this build; the PVC was left in place",
+            "no Kubernetes access was configured; the PVC was left in place",
         )
     return pvc_step()
 

@@ -1,11 +1,28 @@
 """Everything the harvester asks of Kubernetes (the only module that imports `kubernetes`).
 
-(Being written: see PERMISSIONS for the calls it makes.)
+Takes cluster access (in-cluster config in a pod, else a kubeconfig) and a namespace; gives a
+`Cluster` whose methods answer in plain dataclasses (`PodInfo`, `JobInfo`, `PvcInfo`) and whose
+failures are `KubeError`s with a sentence naming the object, the API's answer and what to do.
+No bytes of any document ever go through this module: it only finds, deletes and annotates.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from urllib3.exceptions import HTTPError
+
+from harvester.errors import ConfigError, HarvesterError
 
 
 class Permission(NamedTuple):
@@ -28,3 +45,333 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "persistentvolumeclaims", "patch"),  # --release-pvc-finalizer
     Permission("", "events", "create"),  # the story `kubectl describe pvc` tells
 )
+
+PVC_PROTECTION = "kubernetes.io/pvc-protection"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
+EVENT_SOURCE = "keruta-harvester"
+
+
+class KubeError(HarvesterError):
+    """A Kubernetes request failed; the message says which object, why, and what to do."""
+
+
+class KubeForbidden(KubeError):
+    """RBAC denied a verb: the message names the verb and resource the Role must grant."""
+
+
+class NoCluster(HarvesterError):
+    """Neither in-cluster configuration nor a kubeconfig is available."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMount:
+    """A PersistentVolumeClaim a pod (template) mounts, and where."""
+
+    claim: str
+    mount_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    name: str
+    uid: str
+    phase: str
+    labels: Mapping[str, str]
+    claims: tuple[ClaimMount, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    claims: tuple[ClaimMount, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PvcInfo:
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    finalizers: tuple[str, ...]
+    terminating: bool
+
+
+class DeleteResult(StrEnum):
+    DELETED = "deleted"
+    ALREADY_GONE = "already gone"
+    UID_CHANGED = "uid changed"
+
+
+def connect(*, namespace: str | None = None, kubeconfig: str | None = None) -> Cluster:
+    """Cluster access: in-cluster when running in a pod, else the kubeconfig.
+
+    The namespace is, in order: `namespace` (--namespace / POD_NAMESPACE), the pod's own
+    namespace file, the kubeconfig context's namespace, then "default".
+    """
+    configuration = client.Configuration()
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and kubeconfig is None
+    context_namespace: str | None = None
+    try:
+        if in_cluster:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        else:
+            config_file = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            config_file = config_file.split(os.pathsep)[0]
+            if not Path(config_file).expanduser().is_file():
+                raise NoCluster(
+                    "no Kubernetes cluster configured (not in a pod, no KUBECONFIG or "
+                    "~/.kube/config)"
+                )
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=config_file, client_configuration=configuration, persist_config=False
+            )
+            _contexts, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+                config_file=config_file
+            )
+            context_namespace = (active or {}).get("context", {}).get("namespace")
+    except ConfigException as exc:
+        raise ConfigError(f"Kubernetes configuration cannot be loaded: {exc}") from exc
+    configuration.retries = 2
+    if namespace is None and in_cluster and IN_CLUSTER_NAMESPACE.is_file():
+        namespace = IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or None
+    return Cluster(client.ApiClient(configuration), namespace or context_namespace or "default")
+
+
+class Cluster:
+    """The namespaced Kubernetes calls a harvest makes, translated into plain data."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.namespace = namespace
+        self._api_client = api_client
+        self._core = client.CoreV1Api(api_client)
+        self._batch = client.BatchV1Api(api_client)
+
+    def close(self) -> None:
+        self._api_client.close()  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def read_pod(self, name: str) -> PodInfo | None:
+        """The pod, or None when it does not exist (any more)."""
+        pod = self._call("get", "pods", name, self._core.read_namespaced_pod, name, self.namespace)
+        return None if pod is None else _pod_info(pod)
+
+    def read_job(self, name: str) -> JobInfo | None:
+        job = self._call("get", "jobs", name, self._batch.read_namespaced_job, name, self.namespace)
+        if job is None:
+            return None
+        template = job.spec.template if job.spec else None
+        return JobInfo(
+            name=job.metadata.name,
+            uid=job.metadata.uid,
+            labels=dict(job.metadata.labels or {}),
+            claims=_claims(template.spec if template else None),
+        )
+
+    def read_pvc(self, name: str) -> PvcInfo | None:
+        pvc = self._call(
+            "get",
+            "persistentvolumeclaims",
+            name,
+            self._core.read_namespaced_persistent_volume_claim,
+            name,
+            self.namespace,
+        )
+        return None if pvc is None else _pvc_info(pvc)
+
+    def list_pvcs(self, label_selector: str) -> list[PvcInfo]:
+        answer = self._call(
+            "list",
+            "persistentvolumeclaims",
+            label_selector,
+            self._core.list_namespaced_persistent_volume_claim,
+            self.namespace,
+            label_selector=label_selector,
+        )
+        return [_pvc_info(item) for item in (answer.items if answer else [])]
+
+    def pods_using_claim(self, claim: str) -> list[PodInfo]:
+        """Every pod of the namespace that mounts `claim` (the API cannot filter by volume)."""
+        answer = self._call("list", "pods", claim, self._core.list_namespaced_pod, self.namespace)
+        pods = [_pod_info(item) for item in (answer.items if answer else [])]
+        return [pod for pod in pods if any(mount.claim == claim for mount in pod.claims)]
+
+    def delete_pvc(self, name: str, uid: str) -> DeleteResult:
+        """Delete the claim only if it is still the object with `uid` (a UID precondition)."""
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        try:
+            self._core.delete_namespaced_persistent_volume_claim(
+                name, self.namespace, body=options, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return DeleteResult.ALREADY_GONE
+            if exc.status == 409:
+                return DeleteResult.UID_CHANGED
+            raise self._translate(exc, "delete", "persistentvolumeclaims", name) from exc
+        except HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        return DeleteResult.DELETED
+
+    def remove_pvc_protection(self, name: str, uid: str) -> bool:
+        """Drop `kubernetes.io/pvc-protection` from the claim; False when it is already gone.
+
+        A JSON patch that first tests the UID, so a claim recreated under the same name is
+        never touched, then rewrites the finalizers without the protection.
+        """
+        pvc = self.read_pvc(name)
+        if pvc is None or pvc.uid != uid:
+            return False
+        remaining = [f for f in pvc.finalizers if f != PVC_PROTECTION]
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
+        ]
+        try:
+            self._core.patch_namespaced_persistent_volume_claim(
+                name,
+                self.namespace,
+                patch,
+                _content_type="application/json-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):
+                return False
+            raise self._translate(exc, "patch", "persistentvolumeclaims", name) from exc
+        except HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        return True
+
+    def record_event(
+        self,
+        kind: str,
+        name: str,
+        uid: str | None,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        reporting_instance: str | None = None,
+    ) -> str | None:
+        """Write a core/v1 Event about an object. Returns None, or why it could not be written:
+        an Event is a courtesy to the operator and must never fail a harvest."""
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=self.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version="v1", kind=kind, name=name, namespace=self.namespace, uid=uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component=EVENT_SOURCE),
+            reporting_component=EVENT_SOURCE,
+            reporting_instance=reporting_instance or EVENT_SOURCE,
+        )
+        try:
+            self._core.create_namespaced_event(
+                self.namespace, event, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            return str(self._translate(exc, "create", "events", name))
+        except HTTPError as exc:
+            return str(self._unreachable(exc))
+        return None
+
+    def _call(
+        self, verb: str, resource: str, name: str, method: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        """One read; None for 404, a `KubeError` sentence for anything else."""
+        try:
+            return method(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._translate(exc, verb, resource, name) from exc
+        except HTTPError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _translate(self, exc: ApiException, verb: str, resource: str, name: str) -> KubeError:
+        what = f"{resource}/{name} in namespace {self.namespace}"
+        if exc.status == 403:
+            group = "batch" if resource == "jobs" else '"" (core)'
+            return KubeForbidden(
+                f"{what}: {verb} forbidden by RBAC; the ServiceAccount's Role must grant verb "
+                f'"{verb}" on "{resource}" in API group {group} (see deploy/role.yaml)'
+            )
+        if exc.status == 401:
+            return KubeError(
+                f"{what}: the Kubernetes API rejected the credentials (401); check the "
+                "ServiceAccount token or kubeconfig"
+            )
+        return KubeError(
+            f"{what}: {verb} failed: {exc.status} {exc.reason}: {_status_message(exc)}"
+        )
+
+    def _unreachable(self, exc: Exception) -> KubeError:
+        host = self._api_client.configuration.host
+        return KubeError(
+            f"the Kubernetes API at {host} cannot be reached ({type(exc).__name__}); check the "
+            "NetworkPolicy allows the API server"
+        )
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        return (str(exc.body or "") or "no details")[:300]
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])[:300]
+    return str(body)[:300]
+
+
+def _claims(pod_spec: Any) -> tuple[ClaimMount, ...]:
+    """The claims a pod spec mounts, each with the mount paths of every container using it."""
+    if pod_spec is None:
+        return ()
+    volume_claims: dict[str, str] = {}
+    for volume in pod_spec.volumes or []:
+        claim = volume.persistent_volume_claim
+        if claim is not None and claim.claim_name:
+            volume_claims[volume.name] = claim.claim_name
+    paths: dict[str, list[str]] = {claim: [] for claim in volume_claims.values()}
+    containers = [*(pod_spec.init_containers or []), *(pod_spec.containers or [])]
+    for container in containers:
+        for mount in container.volume_mounts or []:
+            if mount.name in volume_claims:
+                mount_path = mount.mount_path
+                paths[volume_claims[mount.name]].append(mount_path)
+    return tuple(ClaimMount(claim, tuple(sorted(set(p)))) for claim, p in paths.items())
+
+
+def _pod_info(pod: Any) -> PodInfo:
+    return PodInfo(
+        name=pod.metadata.name,
+        uid=pod.metadata.uid,
+        phase=(pod.status.phase if pod.status else None) or "Unknown",
+        labels=dict(pod.metadata.labels or {}),
+        claims=_claims(pod.spec),
+    )
+
+
+def _pvc_info(pvc: Any) -> PvcInfo:
+    return PvcInfo(
+        name=pvc.metadata.name,
+        uid=pvc.metadata.uid,
+        labels=dict(pvc.metadata.labels or {}),
+        finalizers=tuple(pvc.metadata.finalizers or ()),
+        terminating=pvc.metadata.deletion_timestamp is not None,
+    )

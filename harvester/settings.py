@@ -34,6 +34,20 @@ OPTIONS: dict[str, Option] = {
     ),
     "pvc": Option("KERUTA_PVC", "The PVC to delete after a complete harvest (default: found)."),
     "keep_pvc": Option(None, "Never delete the PVC, even after a complete harvest."),
+    "namespace": Option(
+        "POD_NAMESPACE", "Kubernetes namespace (default: the pod's, else the kubeconfig's)."
+    ),
+    "own_pod": Option(
+        "POD_NAME", "This cleanup pod's name (downward API); never counted as a user."
+    ),
+    "force_delete_pvc": Option(
+        None, "Delete the PVC even when its task-id label names another task."
+    ),
+    "release_pvc_finalizer": Option(
+        None,
+        "After the delete, remove kubernetes.io/pvc-protection so the volume is released "
+        "although the main Job's finished pods still name it (see deploy/README.md).",
+    ),
     "root": Option("KERUTA_ARTIFACTS_DIR", "The documents folder (mounted read-only)."),
     "dry_run": Option(None, "Show the plan as a table; send nothing, change nothing."),
     "concurrency": Option("KERUTA_CONCURRENCY", "Uploads in flight at once."),
@@ -90,6 +104,10 @@ class Settings:
     source_pod: str | None = None
     pvc: str | None = None
     keep_pvc: bool = False
+    namespace: str | None = None
+    own_pod: str | None = None
+    force_delete_pvc: bool = False
+    release_pvc_finalizer: bool = False
     dry_run: bool = False
     concurrency: int = 8
     include: tuple[str, ...] = ()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +12,15 @@ from pytest_httpserver import HTTPServer
 from harvester.devapi import DevApiServer
 from tests.devapi_fixture import DevApiFactory
 from tests.fstree import make_fifo, write_tree
+from tests.process import BIN, isolated_env
 
-BIN = Path(sys.executable).parent
 TOKEN = "tok-3f9a1c-very-secret"
 
 
 def run(
     *args: str, env: dict[str, str] | None = None, program: str = "harvester", timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("KERUTA_")}
+    base = isolated_env()
     base.update(env or {})
     return subprocess.run(
         [str(BIN / program), *args],
@@ -250,7 +248,7 @@ def test_sigterm_finishes_in_flight_uploads_and_writes_the_summary(
     root = write_tree(tmp_path / "doc", {f"d{i:03}.md": f"doc {i}" for i in range(200)})
     server = dev_api_factory(latency=0.05)
     summary = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KERUTA_")}
+    env = isolated_env()
     process = subprocess.Popen(
         [
             str(BIN / "harvester"),

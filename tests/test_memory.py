@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from harvester.devapi import DevApiServer
+from tests.process import BIN, isolated_env
 
-BIN = Path(sys.executable).parent
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -37,6 +36,7 @@ def peak_rss_of_harvest(root: Path, api_url: str, task_id: str) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        env=isolated_env(),
     )
     _pid, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
