@@ -1,0 +1,526 @@
+"""deploy/: the kustomize base and its examples, checked against the schemas and the code.
+
+- every Kubernetes object under deploy/ validates (kubernetes-validate, strict) for every minor
+  version from 1.29 to the newest the installed kubernetes-validate ships;
+- the Role grants exactly `harvester.kube.PERMISSIONS`, bound to the cleanup Job's ServiceAccount;
+- the cleanup Job runs the seed's command line, mounts the main Job's volume read-only where the
+  harvester looks, takes the token from the Secret, and is locked down (non-root, read-only root
+  filesystem, no capabilities, bounded in time and memory);
+- the NetworkPolicy selects the cleanup pods and lets them reach DNS, keruta-api and the
+  Kubernetes API on their ports only;
+- the kustomization lists every manifest, and applying it starts no Job.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml  # type: ignore[import-untyped]
+from kubernetes_validate import utils as kv_utils
+
+from harvester import cli
+from harvester.app import TERMINATION_LOG
+from harvester.exitcodes import ExitCode
+from harvester.kube import PERMISSIONS, Permission
+from harvester.settings import DEFAULT_ROOT, OPTIONS, parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+KUSTOMIZATION = DEPLOY / "kustomization.yaml"
+CLEANUP_JOB = DEPLOY / "cleanup-job.yaml"
+MAIN_JOB = DEPLOY / "examples" / "main-job.yaml"
+EXAMPLE_PVC = DEPLOY / "examples" / "pvc.yaml"
+
+OLDEST_SUPPORTED = (1, 29)
+
+# The seed's sample (seed-cleanup-job-spec.md): it must run unchanged.
+SEED_COMMAND = [
+    "keruta-agent",
+    "cleanup",
+    "--task-id",
+    "$(KERUTA_TASK_ID)",
+    "--api-url",
+    "$(KERUTA_API_URL)",
+    "--source-pod",
+    "$(KERUTA_SOURCE_POD)",
+]
+CLEANUP_POD_LABELS = {
+    "app.kubernetes.io/name": "keruta-harvester",
+    "app.kubernetes.io/component": "cleanup",
+}
+
+Doc = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def kubernetes_versions() -> list[str]:
+    """Every minor version kubernetes-validate ships schemas for, from OLDEST_SUPPORTED up."""
+    minors = {kv_utils.major_minor(version) for version in kv_utils.all_versions()}
+    return sorted((v for v in minors if _version_key(v) >= OLDEST_SUPPORTED), key=_version_key)
+
+
+def manifest_files() -> list[Path]:
+    """Every YAML file under deploy/ (examples included) but the kustomization."""
+    files = [p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+    return sorted(p for p in files if p.name != KUSTOMIZATION.name)
+
+
+@cache
+def load(path: Path) -> tuple[Doc, ...]:
+    """The non-empty YAML documents of a file."""
+    docs = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+    assert all(isinstance(doc, dict) for doc in docs), f"{path}: a document is not a mapping"
+    return tuple(docs)
+
+
+def only(path: Path, kind: str) -> Doc:
+    """The one object of `kind` in `path`."""
+    found = [doc for doc in load(path) if doc.get("kind") == kind]
+    assert len(found) == 1, f"{path.relative_to(ROOT)}: expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def objects(kind: str) -> list[Doc]:
+    """Every object of `kind` in the base (examples excluded)."""
+    return [
+        doc
+        for path in manifest_files()
+        if "examples" not in path.relative_to(DEPLOY).parts
+        for doc in load(path)
+        if doc.get("kind") == kind
+    ]
+
+
+def single(kind: str) -> Doc:
+    found = objects(kind)
+    assert len(found) == 1, f"deploy/: expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(job: Doc) -> Doc:
+    spec: Doc = job["spec"]["template"]["spec"]
+    return spec
+
+
+def container(job: Doc, name: str) -> Doc:
+    found: list[Doc] = [c for c in pod_spec(job)["containers"] if c["name"] == name]
+    assert len(found) == 1, f"{job['metadata']['name']}: expected one container {name!r}"
+    return found[0]
+
+
+def cleanup_job() -> Doc:
+    return only(CLEANUP_JOB, "Job")
+
+
+def cleanup_container() -> Doc:
+    return container(cleanup_job(), "cleanup-container")
+
+
+def env_of(c: Doc) -> dict[str, Doc]:
+    names = [entry["name"] for entry in c.get("env", [])]
+    assert len(names) == len(set(names)), f"{c['name']}: an environment variable is set twice"
+    return {entry["name"]: entry for entry in c.get("env", [])}
+
+
+def env_value(c: Doc, name: str) -> str:
+    value = env_of(c)[name].get("value")
+    assert isinstance(value, str), f"{c['name']}: {name} has no literal value"
+    return value
+
+
+def volume_path(job: Doc, c: Doc, path: str) -> tuple[str, str] | None:
+    """(claim, path inside the claim's volume) that `path` in container `c` lands on, if any."""
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod_spec(job).get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+    best: tuple[int, str, str] | None = None
+    target = PurePosixPath(path)
+    for mount in c.get("volumeMounts", []):
+        mount_path = PurePosixPath(mount["mountPath"])
+        if mount["name"] not in claims or not target.is_relative_to(mount_path):
+            continue
+        inside = PurePosixPath(mount.get("subPath", "")) / target.relative_to(mount_path)
+        depth = len(mount_path.parts)
+        if best is None or depth > best[0]:  # the deepest mount hides the others
+            best = (depth, claims[mount["name"]], inside.as_posix())
+    return None if best is None else (best[1], best[2])
+
+
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|k|M|G)?$")
+_FACTORS = {None: 1.0, "m": 0.001, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024.0}
+_FACTORS |= {"Mi": 1024.0**2, "Gi": 1024.0**3}
+
+
+def quantity(value: object) -> float:
+    """A Kubernetes resource quantity (the forms used here) as a number."""
+    match = _QUANTITY.match(str(value))
+    assert match, f"unexpected quantity {value!r}"
+    return float(match.group(1)) * _FACTORS[match.group(2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas
+
+
+def test_versions_cover_the_supported_range() -> None:
+    """If kubernetes-validate dropped 1.29, the parametrisation below would shrink silently."""
+    versions = kubernetes_versions()
+    assert versions[0] == "1.29"
+    expected = [f"1.{minor}" for minor in range(29, _version_key(versions[-1])[1] + 1)]
+    assert versions == expected
+
+
+def test_manifests_found() -> None:
+    names = {p.relative_to(DEPLOY).as_posix() for p in manifest_files()}
+    assert {"cleanup-job.yaml", "role.yaml", "examples/main-job.yaml"} <= names
+
+
+@pytest.mark.parametrize("version", kubernetes_versions(), ids=lambda v: f"v{v}")
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_manifest_validates_strictly(path: Path, version: str) -> None:
+    docs = load(path)
+    assert docs, f"{path.relative_to(ROOT)}: no YAML documents"
+    for doc in docs:
+        what = f"{path.relative_to(ROOT)}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        try:
+            validated = kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(part) for part in exc.path) or "(top)"
+            pytest.fail(f"{what}: invalid for Kubernetes {version} at {where}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            pytest.fail(f"{what}: {exc.message}")
+        # The schema used is the version asked for, not an older fallback.
+        assert validated == version, f"{what}: validated against {validated}, not {version}"
+
+
+# ---------------------------------------------------------------------------------------------
+# RBAC
+
+
+def granted(role: Doc) -> set[Permission]:
+    """Every (group, resource, verb) a Role grants; rules that restrict by name fail."""
+    grants: set[Permission] = set()
+    for rule in role["rules"]:
+        extra = set(rule) - {"apiGroups", "resources", "verbs"}
+        assert not extra, f"Role rule {rule} uses {sorted(extra)}: not needed by the harvester"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    grants.add(Permission(group, resource, verb))
+    return grants
+
+
+def test_role_grants_exactly_what_the_code_calls() -> None:
+    role = single("Role")
+    grants = granted(role)
+    wanted = set(PERMISSIONS)
+    assert not wanted - grants, f"the Role misses {sorted(wanted - grants)} (harvester/kube.py)"
+    assert not grants - wanted, f"the Role grants more than the code needs: {grants - wanted}"
+
+
+def test_role_has_no_wildcards_and_rbac_stays_namespaced() -> None:
+    for permission in granted(single("Role")):
+        assert "*" not in permission, f"wildcard in the Role: {permission}"
+    assert not objects("ClusterRole")
+    assert not objects("ClusterRoleBinding")
+
+
+def test_role_binding_binds_the_role_to_the_jobs_service_account() -> None:
+    role, binding, account = single("Role"), single("RoleBinding"), single("ServiceAccount")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    # No namespace: in a RoleBinding that means the binding's own, wherever the base is applied.
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"]}]
+    spec = pod_spec(cleanup_job())
+    assert spec["serviceAccountName"] == account["metadata"]["name"] == "keruta-harvester"
+    # The harvester calls the Kubernetes API: the token must be mounted.
+    assert account.get("automountServiceAccountToken") is True
+    assert spec.get("automountServiceAccountToken", True) is True
+
+
+# ---------------------------------------------------------------------------------------------
+# The cleanup Job
+
+
+def test_cleanup_job_runs_the_seeds_command_line() -> None:
+    job, c = cleanup_job(), cleanup_container()
+    assert c["command"] == SEED_COMMAND
+    assert "args" not in c, "args would be appended to the seed's command line"
+    assert c["image"] == "keruta-harvester:latest"
+    # Kubernetes leaves $(NAME) as it is when NAME is not in the container's environment.
+    env = env_of(c)
+    for reference in re.findall(r"\$\((\w+)\)", " ".join(c["command"])):
+        assert reference in env, f"command references $({reference}), which env does not set"
+    task = env_value(c, "KERUTA_TASK_ID")
+    assert job["metadata"]["name"] == f"cleanup-job-for-task-{task}"
+    assert job["metadata"]["labels"]["app"] == "keruta"
+    assert job["metadata"]["labels"]["task-id"] == task
+
+
+def test_cleanup_job_environment() -> None:
+    c = cleanup_container()
+    env = env_of(c)
+    assert env["KERUTA_API_TOKEN"] == {
+        "name": "KERUTA_API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "keruta-api-token", "key": "token"}},
+    }
+    for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        assert env[name]["valueFrom"]["fieldRef"]["fieldPath"] == field
+        assert "value" not in env[name]
+    assert env_value(c, "KERUTA_API_URL") == "http://keruta-api:8080"
+    assert env_value(c, "KERUTA_LOG_FORMAT") == "text"
+    assert env_value(c, "KERUTA_SOURCE_POD").startswith("keruta-job-")
+    # Every variable is one the harvester reads (a typo would be ignored silently).
+    known = {option.envvar for option in OPTIONS.values() if option.envvar}
+    known.add("KERUTA_API_TOKEN")  # read from the environment only, never from a flag
+    assert set(env) <= known, f"variables the harvester does not read: {set(env) - known}"
+
+
+def test_cleanup_job_mounts_the_task_volume_read_only_where_the_harvester_looks() -> None:
+    job, c = cleanup_job(), cleanup_container()
+    volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
+    claim_volumes = {n for n, v in volumes.items() if "persistentVolumeClaim" in v}
+    assert claim_volumes == {"task-volume"}
+    assert volumes["task-volume"]["persistentVolumeClaim"] == {
+        "claimName": "pvc-123",
+        "readOnly": True,
+    }
+    mounts = [m for m in c["volumeMounts"] if m["name"] == "task-volume"]
+    assert mounts == [
+        {"name": "task-volume", "mountPath": "/.keruta", "subPath": ".keruta", "readOnly": True}
+    ]
+    root = env_of(c).get("KERUTA_ARTIFACTS_DIR", {}).get("value", DEFAULT_ROOT)
+    assert root == DEFAULT_ROOT == "/.keruta/doc"
+    assert volume_path(job, c, root) == ("pvc-123", ".keruta/doc")
+    # The claim mounted is the claim released.
+    assert env_value(c, "KERUTA_PVC") == "pvc-123"
+
+
+def test_cleanup_job_writes_only_to_an_empty_dir_at_tmp() -> None:
+    job, c = cleanup_job(), cleanup_container()
+    volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
+    writable = [m for m in c["volumeMounts"] if not m.get("readOnly", False)]
+    assert [m["mountPath"] for m in writable] == ["/tmp"]
+    assert "emptyDir" in volumes[writable[0]["name"]]
+
+
+def test_cleanup_job_security_context() -> None:
+    spec, c = pod_spec(cleanup_job()), cleanup_container()
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] == pod["runAsGroup"] == 10001
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    # fsGroup would only be needed to write, and makes the kubelet chown the volume.
+    assert "fsGroup" not in pod
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    for key in ("runAsUser", "runAsGroup", "runAsNonRoot"):
+        assert key not in sc or sc[key] == pod[key], f"container {key} overrides the pod's"
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+
+
+def test_cleanup_job_lifecycle_and_resources() -> None:
+    job, c = cleanup_job(), cleanup_container()
+    spec = job["spec"]
+    assert pod_spec(job)["restartPolicy"] == "Never"
+    assert spec["backoffLimit"] == 2
+    assert spec["ttlSecondsAfterFinished"] == 3600
+    # The harvester's own --deadline must run out first, so it reports its own timeout.
+    default_deadline = inspect.signature(cli.cleanup).parameters["deadline"].default
+    deadline = parse_duration(default_deadline, what="--deadline")
+    assert deadline < spec["activeDeadlineSeconds"] <= deadline + 600
+    resources = c["resources"]
+    for kind in ("cpu", "memory"):
+        request, limit = resources["requests"][kind], resources["limits"][kind]
+        assert 0 < quantity(request) <= quantity(limit), f"{kind}: {request} > {limit}"
+    # Measured peak RSS for a 1 GiB file: ~49 MiB. Leave room for rich, httpx and kubernetes.
+    assert quantity(resources["limits"]["memory"]) >= 128 * 1024**2
+    assert c["terminationMessagePolicy"] == "File"
+    assert c.get("terminationMessagePath", "/dev/termination-log") == str(TERMINATION_LOG)
+
+
+def test_cleanup_job_fails_at_once_when_a_retry_cannot_help() -> None:
+    rules = cleanup_job()["spec"]["podFailurePolicy"]["rules"]
+    fail_job = [r for r in rules if r["action"] == "FailJob"]
+    assert len(fail_job) == 1
+    on_codes = fail_job[0]["onExitCodes"]
+    assert on_codes["containerName"] == "cleanup-container"
+    assert on_codes["operator"] == "In"
+    assert set(on_codes["values"]) == {ExitCode.USAGE, ExitCode.AUTH_REJECTED}
+
+
+def test_cleanup_pods_are_told_apart_from_the_main_jobs() -> None:
+    template_labels = cleanup_job()["spec"]["template"]["metadata"]["labels"]
+    assert CLEANUP_POD_LABELS.items() <= template_labels.items()
+    # Whatever finds a task's pods by app=keruta/task-id must find only the main Job's.
+    assert "app" not in template_labels
+    assert "task-id" not in template_labels
+
+
+# ---------------------------------------------------------------------------------------------
+# The examples: the main Job writes where the cleanup Job reads
+
+
+def test_main_job_example_writes_where_the_cleanup_job_reads() -> None:
+    main, cleanup = only(MAIN_JOB, "Job"), cleanup_job()
+    task = env_value(cleanup_container(), "KERUTA_TASK_ID")
+    assert main["metadata"]["name"] == f"keruta-job-{task}"
+    for labels in (main["metadata"]["labels"], main["spec"]["template"]["metadata"]["labels"]):
+        assert labels == {"app": "keruta", "task-id": task}
+    assert pod_spec(main)["restartPolicy"] == "Never"
+    assert main["spec"]["backoffLimit"] == 4
+    assert "ttlSecondsAfterFinished" not in main["spec"]
+    assert env_value(cleanup_container(), "KERUTA_SOURCE_POD").startswith(
+        main["metadata"]["name"] + "-"
+    )
+    main_container = pod_spec(main)["containers"][0]
+    written = volume_path(main, main_container, DEFAULT_ROOT)
+    assert written is not None, f"the main Job's {DEFAULT_ROOT} is not on its volume"
+    assert written == volume_path(cleanup, cleanup_container(), DEFAULT_ROOT)
+    assert DEFAULT_ROOT in " ".join(main_container["command"])
+
+
+def test_example_pvc_is_the_one_both_jobs_mount() -> None:
+    pvc = only(EXAMPLE_PVC, "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == "pvc-123"
+    assert pvc["metadata"]["labels"] == {"app": "keruta", "task-id": "123"}
+    for job in (only(MAIN_JOB, "Job"), cleanup_job()):
+        volumes = pod_spec(job)["volumes"]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v
+        ]
+        assert pvc["metadata"]["name"] in claims
+
+
+# ---------------------------------------------------------------------------------------------
+# NetworkPolicy
+
+
+def ports_of(rule: Doc) -> set[tuple[str, int]]:
+    ports = rule.get("ports")
+    assert ports, f"egress rule {rule} has no ports: it would allow every port"
+    for port in ports:
+        assert "endPort" not in port, f"egress rule opens a port range: {port}"
+    return {(port.get("protocol", "TCP"), port["port"]) for port in ports}
+
+
+def test_network_policy_selects_the_cleanup_pods_only() -> None:
+    policy = single("NetworkPolicy")
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) == {"matchLabels"}, "only matchLabels: easy to compare with the Job"
+    assert selector["matchLabels"] == CLEANUP_POD_LABELS
+    cleanup_labels = cleanup_job()["spec"]["template"]["metadata"]["labels"]
+    assert selector["matchLabels"].items() <= cleanup_labels.items()
+    main_labels = only(MAIN_JOB, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert not selector["matchLabels"].items() <= main_labels.items()
+
+
+def test_network_policy_denies_ingress_and_allows_only_the_needed_egress() -> None:
+    spec = single("NetworkPolicy")["spec"]
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert not spec.get("ingress")
+    api_port = urlsplit(env_value(cleanup_container(), "KERUTA_API_URL")).port
+    assert api_port == 8080
+    expected = {
+        "dns": {("UDP", 53), ("TCP", 53)},
+        "keruta-api": {("TCP", api_port)},
+        "kubernetes-api": {("TCP", 443), ("TCP", 6443)},
+    }
+    found: dict[str, set[tuple[str, int]]] = {}
+    for rule in spec["egress"]:
+        peers = rule.get("to")
+        assert peers, f"egress rule {rule} has no destination: it would allow every address"
+        if peers == [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ]:
+            name = "dns"
+        elif peers == [{"podSelector": {"matchLabels": {"app": "keruta-api"}}}]:
+            name = "keruta-api"
+        elif peers == [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]:
+            name = "kubernetes-api"
+        else:
+            pytest.fail(f"unexpected egress destination: {peers}")
+        assert name not in found, f"two egress rules for {name}"
+        found[name] = ports_of(rule)
+    assert found == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# The kustomization
+
+
+def kustomization() -> Doc:
+    docs = load(KUSTOMIZATION)
+    assert len(docs) == 1
+    return docs[0]
+
+
+def listed_files(k: Doc) -> list[str]:
+    files = list(k.get("resources", []))
+    for generator in k.get("configMapGenerator", []) + k.get("secretGenerator", []):
+        files += [entry.split("=", 1)[-1] for entry in generator.get("files", [])]
+    for patch in k.get("patches", []):
+        files += [patch["path"]] if "path" in patch else []
+    return files
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    k = kustomization()
+    assert k["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+    assert k["kind"] == "Kustomization"
+    listed = listed_files(k)
+    assert len(listed) == len(set(listed)), f"a file is listed twice: {listed}"
+    on_disk = {
+        p.name
+        for p in DEPLOY.iterdir()
+        if p.is_file() and p.suffix in (".yaml", ".yml") and p != KUSTOMIZATION
+    }
+    assert set(listed) == on_disk
+
+
+def test_kustomization_leaves_the_namespace_and_selectors_alone() -> None:
+    k = kustomization()
+    assert "namespace" not in k, "the namespace is the overlay's (or kubectl -n's) choice"
+    assert "commonLabels" not in k, "commonLabels rewrites selectors; use labels:"
+    for entry in k.get("labels", []):
+        assert entry.get("includeSelectors") is False
+
+
+def test_applying_the_base_starts_no_job() -> None:
+    """The cleanup Job is a template for task "123": applied, it would harvest and delete
+    pvc-123. It is published in a ConfigMap, under a fixed name, instead."""
+    k = kustomization()
+    for name in k["resources"]:
+        kinds = {doc["kind"] for doc in load(DEPLOY / name)}
+        assert not kinds & {"Job", "CronJob", "Pod"}, f"{name}: applying it would run something"
+    generators = {g["name"]: g for g in k["configMapGenerator"]}
+    template = generators["keruta-harvester-cleanup-job"]
+    assert template["files"] == [CLEANUP_JOB.name]
+    assert template["options"]["disableNameSuffixHash"] is True
