@@ -1,5 +1,6 @@
-"""Shared fixtures: the dev-api on a real loopback port (see devapi_fixture.py)."""
+"""Shared fixtures: the dev-api and a Kubernetes API, each on a real loopback port."""
 
 from tests.devapi_fixture import dev_api, dev_api_factory
+from tests.kube_fixture import kube
 
-__all__ = ["dev_api", "dev_api_factory"]
+__all__ = ["dev_api", "dev_api_factory", "kube"]

@@ -1,0 +1,427 @@
+"""Finding and releasing the task's PVC, through the official client against a loopback
+Kubernetes API (tests/kube_fixture.py). Each rule of the design's PVC safety has a test here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from harvester.devapi import DevApiServer
+from harvester.kube import PVC_PROTECTION, Cluster, DeleteResult, connect
+from harvester.model import HarvestReport, StepResult, StepState
+from harvester.stats import Level, NullListener
+from harvester.volume import Volume, VolumeOptions
+from tests.fstree import write_tree
+from tests.kube_fixture import FakeCluster
+from tests.process import BIN, isolated_env
+
+TASK = "123"
+SOURCE_POD = "keruta-job-123-abcde"
+OWN_POD = "cleanup-job-for-task-123-xyz"
+
+
+class Notices(NullListener):
+    def __init__(self) -> None:
+        self.lines: list[tuple[Level, str]] = []
+
+    def notice(self, level: Level, message: str) -> None:
+        self.lines.append((level, message))
+
+
+@pytest.fixture
+def cluster(kube: FakeCluster) -> Iterator[Cluster]:
+    with kube.api_client() as api_client:
+        yield Cluster(api_client, kube.namespace)
+
+
+def volume(cluster: Cluster, notices: Notices | None = None, **options: object) -> Volume:
+    """A Volume with the cleanup Job's usual options, telling `notices` what it says."""
+    values: dict[str, object] = {
+        "task_id": TASK,
+        "root": "/.keruta/doc",
+        "source_pod": SOURCE_POD,
+        "own_pod": OWN_POD,
+    }
+    values.update(options)
+    return Volume(cluster, VolumeOptions(**values), notices or Notices())  # type: ignore[arg-type]
+
+
+def deletes(kube: FakeCluster) -> list[object]:
+    return [r.body for r in kube.requests if r.method == "DELETE"]
+
+
+def main_job_volume(kube: FakeCluster, *, pvc_labels: dict[str, str] | None = None) -> str:
+    uid = kube.add_pvc("pvc-123", labels={"app": "keruta", "task-id": TASK} | (pvc_labels or {}))
+    kube.add_pod(
+        SOURCE_POD,
+        claims=["pvc-123"],
+        labels={"job-name": "keruta-job-123"},
+        phase="Succeeded",
+        mount_paths={"pvc-123": "/.keruta"},
+    )
+    kube.add_pod(OWN_POD, claims=["pvc-123"], phase="Running")
+    return uid
+
+
+def test_the_pvc_is_found_from_the_source_pod_and_deleted_with_its_uid(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    uid = main_job_volume(kube)
+    vol = volume(cluster)
+    target = vol.locate()
+    assert target is not None
+    assert (target.name, target.uid) == ("pvc-123", uid)
+    assert target.found_by == f"source pod {SOURCE_POD}"
+
+    result = vol.release()
+    assert result.state is StepState.DONE, result.message
+    assert "Terminating" in result.message
+    (body,) = deletes(kube)
+    assert isinstance(body, dict)
+    assert body["preconditions"] == {"uid": uid}
+    # pvc-protection keeps it (our own pod still mounts it): deletion requested, not waited for.
+    pvc = kube.get("persistentvolumeclaims", "pvc-123")
+    assert pvc is not None and pvc["metadata"].get("deletionTimestamp")
+
+
+def test_with_several_claims_the_one_holding_the_root_is_chosen(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    kube.add_pvc("cache-123")
+    uid = kube.add_pvc("pvc-123")
+    kube.add_pod(
+        SOURCE_POD,
+        claims=["cache-123", "pvc-123"],
+        mount_paths={"cache-123": "/cache", "pvc-123": "/.keruta"},
+    )
+    target = volume(cluster).locate()
+    assert target is not None and (target.name, target.uid) == ("pvc-123", uid)
+
+
+def test_several_claims_none_holding_the_root_is_a_clear_error(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    kube.add_pvc("a")
+    kube.add_pvc("b")
+    kube.add_pod(SOURCE_POD, claims=["a", "b"], mount_paths={"a": "/a", "b": "/b"})
+    vol = volume(cluster)
+    assert vol.locate() is None
+    assert vol.problem is not None
+    assert "several PVCs (a at /a, b at /b)" in vol.problem
+    assert "--pvc" in vol.problem
+    failed = vol.release()
+    assert failed.state is StepState.FAILED
+    assert deletes(kube) == []
+
+
+def test_source_pod_gone_falls_back_to_its_job(kube: FakeCluster, cluster: Cluster) -> None:
+    uid = kube.add_pvc("git-repo-pvc-123")
+    kube.add_job(
+        "keruta-job-123", claims=["git-repo-pvc-123"], mount_paths={"git-repo-pvc-123": "/"}
+    )
+    notices = Notices()
+    target = volume(cluster, notices).locate()
+    assert target is not None and (target.name, target.uid) == ("git-repo-pvc-123", uid)
+    assert target.found_by == "Job keruta-job-123"
+    assert any("no longer exists" in text for _level, text in notices.lines)
+
+
+def test_pod_and_job_gone_falls_back_to_the_one_labelled_pvc(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    uid = kube.add_pvc("pvc-123", labels={"task-id": TASK})
+    kube.add_pvc("pvc-999", labels={"task-id": "999"})
+    target = volume(cluster).locate()
+    assert target is not None and (target.name, target.uid) == ("pvc-123", uid)
+
+
+def test_nothing_to_go_on_names_where_it_looked(kube: FakeCluster, cluster: Cluster) -> None:
+    kube.add_pvc("x-1", labels={"task-id": TASK})
+    kube.add_pvc("x-2", labels={"task-id": TASK})
+    vol = volume(cluster)
+    assert vol.locate() is None
+    assert vol.problem is not None and "several PVCs are labelled task-id=123" in vol.problem
+    vol = volume(cluster, task_id="777", source_pod=None)
+    assert vol.locate() is None
+    assert vol.problem is not None
+    assert "no PVC found for task 777" in vol.problem and "--pvc" in vol.problem
+
+
+def test_explicit_pvc_flag_wins(kube: FakeCluster, cluster: Cluster) -> None:
+    main_job_volume(kube)
+    uid = kube.add_pvc("chosen")
+    target = volume(cluster, pvc="chosen").locate()
+    assert target is not None and (target.name, target.uid, target.found_by) == (
+        "chosen",
+        uid,
+        "--pvc",
+    )
+    vol = volume(cluster, pvc="missing")
+    assert vol.locate() is None
+    assert vol.problem == "PVC missing (--pvc) does not exist in namespace keruta"
+
+
+def test_a_pvc_recreated_between_locate_and_release_is_not_deleted(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    main_job_volume(kube)
+    vol = volume(cluster)
+    vol.locate()
+    new_uid = kube.recreate("persistentvolumeclaims", "pvc-123")
+    result = vol.release()
+    assert result.state is StepState.REFUSED
+    assert new_uid in result.message
+    assert deletes(kube) == []
+    assert kube.get("persistentvolumeclaims", "pvc-123") is not None
+
+
+def test_the_uid_precondition_itself_protects_a_replaced_pvc(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    uid = main_job_volume(kube)
+    # The server, not our re-read, must refuse: delete by the old UID after a recreate.
+    kube.recreate("persistentvolumeclaims", "pvc-123")
+    assert cluster.delete_pvc("pvc-123", uid) is DeleteResult.UID_CHANGED
+    assert kube.get("persistentvolumeclaims", "pvc-123") is not None
+
+
+def test_another_tasks_pvc_is_refused_unless_forced(kube: FakeCluster, cluster: Cluster) -> None:
+    kube.add_pvc("pvc-parent", labels={"task-id": "100"})
+    kube.add_pod(SOURCE_POD, claims=["pvc-parent"], phase="Succeeded")
+    vol = volume(cluster)
+    vol.locate()
+    refused = vol.release()
+    assert refused.state is StepState.REFUSED
+    assert "belongs to task 100" in refused.message
+    assert "--force-delete-pvc" in refused.message
+    assert deletes(kube) == []
+
+    forced = volume(cluster, force_delete=True)
+    forced.locate()
+    assert forced.release().state is StepState.DONE
+    assert len(deletes(kube)) == 1
+
+
+@pytest.mark.parametrize("phase", ["Running", "Pending"])
+def test_a_live_pod_using_the_pvc_blocks_the_delete(
+    kube: FakeCluster, cluster: Cluster, phase: str
+) -> None:
+    main_job_volume(kube)
+    kube.add_pod("debug-shell", claims=["pvc-123"], phase=phase)
+    kube.add_pod("keruta-job-123-older", claims=["pvc-123"], phase="Failed")
+    vol = volume(cluster)
+    vol.locate()
+    result = vol.release()
+    assert result.state is StepState.REFUSED
+    assert f"debug-shell ({phase})" in result.message
+    assert "keruta-job-123-older" not in result.message  # finished pods do not count
+    assert OWN_POD not in result.message  # nor does this cleanup pod
+    assert deletes(kube) == []
+
+
+def test_404_on_delete_counts_as_already_deleted(kube: FakeCluster, cluster: Cluster) -> None:
+    main_job_volume(kube)
+    vol = volume(cluster)
+    vol.locate()
+    kube.remove("persistentvolumeclaims", "pvc-123")
+    result = vol.release()
+    assert result.state is StepState.DONE
+    assert "already deleted" in result.message
+
+
+def test_403_names_the_missing_rbac_verb(kube: FakeCluster, cluster: Cluster) -> None:
+    main_job_volume(kube)
+    kube.forbid("delete", "persistentvolumeclaims")
+    vol = volume(cluster)
+    vol.locate()
+    result = vol.release()
+    assert result.state is StepState.FAILED
+    assert 'verb "delete" on "persistentvolumeclaims"' in result.message
+    assert "deploy/role.yaml" in result.message
+
+
+def test_403_while_locating_fails_the_pvc_step_not_the_harvest(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    main_job_volume(kube)
+    kube.forbid("get", "pods")
+    vol = volume(cluster)
+    assert vol.locate() is None
+    assert vol.problem is not None and 'verb "get" on "pods"' in vol.problem
+    assert vol.release().state is StepState.FAILED
+
+
+def test_release_finalizer_drops_pvc_protection_after_the_delete(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    main_job_volume(kube)
+    vol = volume(cluster, release_finalizer=True)
+    vol.locate()
+    result = vol.release()
+    assert result.state is StepState.DONE
+    assert PVC_PROTECTION in result.message
+    # With its only finalizer gone, the terminating claim disappears.
+    assert kube.get("persistentvolumeclaims", "pvc-123") is None
+
+
+def test_events_tell_the_story_on_the_pvc(kube: FakeCluster, cluster: Cluster) -> None:
+    uid = main_job_volume(kube)
+    vol = volume(cluster)
+    vol.locate()
+    report = _report(pvc=vol.release())
+    vol.record_outcome(report)
+    reasons = [(e["reason"], e["type"], e["involvedObject"]["uid"]) for e in kube.events]
+    assert reasons == [
+        ("HarvestSucceeded", "Normal", uid),
+        ("DeletionRequested", "Normal", uid),
+    ]
+    assert all(e["involvedObject"]["kind"] == "PersistentVolumeClaim" for e in kube.events)
+
+
+def test_failing_to_write_an_event_never_fails_the_harvest(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    main_job_volume(kube)
+    kube.forbid("create", "events")
+    notices = Notices()
+    vol = volume(cluster, notices)
+    vol.locate()
+    vol.record_outcome(_report(pvc=StepResult(StepState.REFUSED, "in use")))
+    assert any("Event not written" in text for _level, text in notices.lines)
+
+
+def test_namespace_comes_from_the_kubeconfig_context(kube: FakeCluster) -> None:
+    with connect(kubeconfig=str(kube.kubeconfig)) as found:
+        assert found.namespace == "keruta"
+    with connect(namespace="other", kubeconfig=str(kube.kubeconfig)) as chosen:
+        assert chosen.namespace == "other"
+
+
+def _report(pvc: StepResult) -> HarvestReport:
+    done = StepResult(StepState.DONE, "set to COMPLETED")
+    return HarvestReport(
+        task_id=TASK,
+        root="/.keruta/doc",
+        dry_run=False,
+        files=(),
+        elapsed_seconds=0.1,
+        bytes_uploaded=0,
+        status=done,
+        pvc=pvc,
+    )
+
+
+# ---------------------------------------------------------------- the whole cleanup, end to end
+
+
+def cleanup(
+    kube: FakeCluster, dev_api: DevApiServer, root: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    env = isolated_env() | {"KUBECONFIG": str(kube.kubeconfig), "POD_NAME": OWN_POD}
+    return subprocess.run(
+        [
+            str(BIN / "keruta-agent"),
+            "cleanup",
+            "--task-id",
+            TASK,
+            "--api-url",
+            dev_api.url,
+            "--source-pod",
+            SOURCE_POD,
+            f"--root={root}",
+            "--log-format=json",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def summary_of(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["event"] == "summary"
+    return dict(last)
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    return write_tree(tmp_path / "doc", {"a.md": "a", "b/c.md": "c"})
+
+
+def test_a_complete_cleanup_deletes_the_pvc(
+    kube: FakeCluster, dev_api: DevApiServer, docs: Path
+) -> None:
+    uid = main_job_volume(kube)
+    result = cleanup(kube, dev_api, docs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pvc = summary_of(result)["pvc"]
+    assert isinstance(pvc, dict) and pvc["state"] == "done"
+    (body,) = deletes(kube)
+    assert isinstance(body, dict) and body["preconditions"] == {"uid": uid}
+    assert [e["reason"] for e in kube.events] == ["HarvestSucceeded", "DeletionRequested"]
+
+
+def test_keep_pvc_deletes_nothing(kube: FakeCluster, dev_api: DevApiServer, docs: Path) -> None:
+    main_job_volume(kube)
+    result = cleanup(kube, dev_api, docs, "--keep-pvc")
+    assert result.returncode == 0, result.stderr
+    assert deletes(kube) == []
+    assert len(dev_api.store.documents(TASK)) == 2
+
+
+def test_a_failed_upload_deletes_nothing(kube: FakeCluster, docs: Path, tmp_path: Path) -> None:
+    main_job_volume(kube)
+    # An API that accepts nothing: every upload is rejected with 400.
+    with HTTPServer() as server:
+        server.expect_request("/api/tasks/123/documents", method="POST").respond_with_data(
+            "no", status=400
+        )
+        server.expect_request("/api/v1/tasks/123/status").respond_with_json({})
+        env = isolated_env() | {"KUBECONFIG": str(kube.kubeconfig), "POD_NAME": OWN_POD}
+        result = subprocess.run(
+            [
+                str(BIN / "harvester"),
+                "cleanup",
+                "--task-id=123",
+                f"--api-url={server.url_for('/')}",
+                f"--source-pod={SOURCE_POD}",
+                f"--root={docs}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 3, result.stderr
+    assert deletes(kube) == []
+    assert [e["reason"] for e in kube.events] == ["HarvestFailed"]
+
+
+def test_a_failed_status_update_deletes_nothing(
+    kube: FakeCluster, dev_api: DevApiServer, docs: Path
+) -> None:
+    main_job_volume(kube)
+    result = cleanup(kube, dev_api, docs, "--status-path=/nope/{taskId}", "--retries=0")
+    assert result.returncode == 4, result.stderr
+    assert deletes(kube) == []
+
+
+def test_a_refused_delete_exits_5_after_the_harvest_is_done(
+    kube: FakeCluster, dev_api: DevApiServer, docs: Path
+) -> None:
+    main_job_volume(kube, pvc_labels={"task-id": "100"})
+    result = cleanup(kube, dev_api, docs)
+    assert result.returncode == 5, result.stderr
+    assert len(dev_api.store.documents(TASK)) == 2
+    task = dev_api.store.task(TASK)
+    assert task is not None and task.status == "COMPLETED"
+    assert [e["reason"] for e in kube.events] == ["HarvestSucceeded", "DeletionRefused"]
