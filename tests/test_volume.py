@@ -12,7 +12,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from harvester.devapi import DevApiServer
-from harvester.kube import PVC_PROTECTION, Cluster, DeleteResult, connect
+from harvester.kube import PERMISSIONS, PVC_PROTECTION, Cluster, DeleteResult, connect
 from harvester.model import HarvestReport, StepResult, StepState
 from harvester.stats import Level, NullListener
 from harvester.volume import Volume, VolumeOptions
@@ -425,3 +425,22 @@ def test_a_refused_delete_exits_5_after_the_harvest_is_done(
     task = dev_api.store.task(TASK)
     assert task is not None and task.status == "COMPLETED"
     assert [e["reason"] for e in kube.events] == ["HarvestSucceeded", "DeletionRefused"]
+
+
+def test_the_calls_made_are_exactly_the_declared_permissions(
+    kube: FakeCluster, cluster: Cluster
+) -> None:
+    """PERMISSIONS is what deploy/role.yaml grants (tests/test_deploy.py checks that side);
+    this side checks that the code's real requests, over every path, are exactly those."""
+    # The fallback path: source pod gone, Job gone, the labelled PVC; then a full release.
+    kube.add_pvc("pvc-123", labels={"task-id": TASK})
+    kube.add_pod(OWN_POD, claims=["pvc-123"])
+    vol = volume(cluster, release_finalizer=True)
+    vol.locate()
+    vol.record_outcome(_report(pvc=vol.release()))
+    used = {
+        ("batch" if r.resource == "jobs" else "", r.resource, r.verb)
+        for r in kube.requests
+        if r.resource is not None
+    }
+    assert used == {tuple(p) for p in PERMISSIONS}
