@@ -37,7 +37,7 @@ from harvester.report import (
     write_termination_log,
 )
 from harvester.settings import Settings
-from harvester.stats import Level, LevelFilter, Listener
+from harvester.stats import Level, Listener
 from harvester.volume import Volume, VolumeOptions
 
 TERMINATION_LOG = Path("/dev/termination-log")
@@ -70,11 +70,12 @@ class Output:
 
 
 def make_reporter(output: Output) -> TerminalReporter | LogReporter | JsonReporter:
+    level = output.log_level
     if output.log_format == "json":
-        return JsonReporter(output.stdout, interval=output.progress_interval)
+        return JsonReporter(output.stdout, interval=output.progress_interval, level=level)
     if output.is_interactive:
-        return TerminalReporter(output.console(output.stderr))
-    return LogReporter(output.stderr, interval=output.progress_interval)
+        return TerminalReporter(output.console(output.stderr), level=level)
+    return LogReporter(output.stderr, interval=output.progress_interval, level=level)
 
 
 def run_cleanup(
@@ -90,14 +91,13 @@ def run_cleanup(
     released after a complete one; without a cluster that step is skipped with one line.
     """
     reporter = make_reporter(output)
-    listener = LevelFilter(reporter, output.log_level)
     try:
         with reporter, ExitStack() as resources:
             volume: Volume | None = None
             pvc_step: PvcStep | None = None
             if kubernetes and not settings.dry_run:
-                volume, pvc_step = _volume_step(settings, listener, resources)
-            harvest = run_harvest(settings, listener, pvc_step=pvc_step, stop=stop)
+                volume, pvc_step = _volume_step(settings, reporter, resources)
+            harvest = run_harvest(settings, reporter, pvc_step=pvc_step, stop=stop)
             if volume is not None:
                 volume.record_outcome(harvest.report)
     except ConfigError as exc:

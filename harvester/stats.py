@@ -57,30 +57,3 @@ class NullListener:
 
     def stage_finished(self, stage: Stage) -> None:
         pass
-
-
-_LEVEL_ORDER = {Level.DEBUG: 0, Level.INFO: 1, Level.WARNING: 2, Level.ERROR: 3}
-
-
-class LevelFilter:
-    """Passes everything on to `inner`, except notices below `minimum` (--log-level)."""
-
-    def __init__(self, inner: Listener, minimum: Level) -> None:
-        self._inner = inner
-        self._minimum = _LEVEL_ORDER[minimum]
-
-    def stage_started(self, stage: Stage, files: int, nbytes: int) -> None:
-        self._inner.stage_started(stage, files, nbytes)
-
-    def advanced(self, stage: Stage, files: int = 0, nbytes: int = 0) -> None:
-        self._inner.advanced(stage, files, nbytes)
-
-    def file_failed(self, rel_path: str, message: str) -> None:
-        self._inner.file_failed(rel_path, message)
-
-    def notice(self, level: Level, message: str) -> None:
-        if _LEVEL_ORDER[level] >= self._minimum:
-            self._inner.notice(level, message)
-
-    def stage_finished(self, stage: Stage) -> None:
-        self._inner.stage_finished(stage)
