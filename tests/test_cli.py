@@ -281,3 +281,17 @@ def test_sigterm_finishes_in_flight_uploads_and_writes_the_summary(
     stored = len(server.store.documents("t"))
     assert stored == data["counts"]["uploaded"]  # nothing half-sent, nothing unaccounted for
     assert data["status"]["state"] == "skipped"
+
+
+def test_log_level_chooses_which_notices_are_shown(docs: Path, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/tasks/t/documents", method="GET").respond_with_data(
+        "", status=404
+    )
+    httpserver.expect_request("/api/tasks/t/documents", method="POST").respond_with_json({})
+    httpserver.expect_request("/api/v1/tasks/t/status").respond_with_json({})
+    args = ["cleanup", "--task-id=t", f"--api-url={httpserver.url_for('/')}", f"--root={docs}"]
+    quiet = run(*args)
+    chatty = run(*args, "--log-level=debug")
+    assert quiet.returncode == chatty.returncode == 0, quiet.stderr + chatty.stderr
+    assert "relying on Idempotency-Key" not in quiet.stderr
+    assert "relying on Idempotency-Key" in chatty.stderr
