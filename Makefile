@@ -29,6 +29,10 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+## bench: harvester vs wrk/curl vs the old agent (BENCH_ARGS="--quick" for a short run)
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .

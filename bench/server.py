@@ -1,0 +1,113 @@
+"""The dev-api as a separate process, one fresh instance per measured run.
+
+Takes a work folder and an optional latency; gives `DevApiProcess`, a context manager that runs
+`harvester dev-api` on a free loopback port with a fresh data folder, tells its URL, lists a
+task's documents, and on exit stops the process and deletes what it stored. A separate process,
+so the server and the client under test never share a GIL; a fresh one per run, so runs never
+see each other's documents (nor the blob files an earlier run already wrote).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+from bench.tools import HARVESTER, BenchError, isolated_env
+
+__all__ = ["DevApiProcess"]
+
+_READY = re.compile(r"listening on (http://\S+?)[\s(]")
+
+
+class DevApiProcess:
+    """`harvester dev-api --port 0` with its own data folder under `workdir`."""
+
+    def __init__(self, workdir: Path, *, latency: float = 0.0) -> None:
+        self._workdir = workdir
+        self._latency = latency
+        self._process: subprocess.Popen[bytes] | None = None
+        self._data_dir: Path | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("the dev-api process is not started")
+        return self._url
+
+    def start(self, timeout: float = 30.0) -> Self:
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        self._data_dir = Path(tempfile.mkdtemp(prefix="dev-api-", dir=self._workdir))
+        log_path = self._data_dir / "server.log"
+        argv = [str(HARVESTER), "dev-api", "--host", "127.0.0.1", "--port", "0"]
+        argv += ["--data-dir", str(self._data_dir / "store"), "--latency", str(self._latency)]
+        with log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=isolated_env()
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            match = _READY.search(log_path.read_text(errors="replace"))
+            if match:
+                self._url = match.group(1).rstrip(".,")
+                return self
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                text = log_path.read_text(errors="replace")[-2000:]
+                self.stop()
+                raise BenchError(f"harvester dev-api did not start:\n{text}")
+            time.sleep(0.02)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the server has used so far; None where /proc cannot say."""
+        if self._process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        # After the command name: state is field 3, utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def documents(self, task_id: str) -> list[dict[str, Any]]:
+        """`GET /api/tasks/<task>/documents`: what the server holds for the task."""
+        url = f"{self.url}/api/tasks/{quote(task_id, safe='')}/documents"
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = json.load(response)
+        if not isinstance(data, list):
+            raise BenchError(f"GET {url}: expected a JSON list, got {type(data).__name__}")
+        return data
+
+    def stop(self) -> None:
+        process, self._process, self._url = self._process, None, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
