@@ -129,12 +129,18 @@ class KerutaApi:
         return self.base_url + self._status_path.replace("{taskId}", quote(task_id, safe=""))
 
     def upload_document(
-        self, task_id: str, rel_path: str, sha256: str, size: int, content: Iterable[bytes]
+        self,
+        task_id: str,
+        rel_path: str,
+        sha256: str,
+        size: int,
+        content: bytes | Iterable[bytes],
     ) -> UploadAnswer:
-        """POST one document. `content` yields exactly `size` bytes of the file.
+        """POST one document. `content` is, or yields, exactly `size` bytes of the file.
 
-        An exception raised by `content` (the file changed, say) aborts the request mid-body,
-        so the server never receives a complete, wrong document; it propagates unchanged.
+        Given as bytes, the whole body goes out in one write. An exception raised by an iterable
+        `content` (the file changed, say) aborts the request mid-body, so the server never
+        receives a complete, wrong document; it propagates unchanged.
         """
         self._gate.check(Act.UPLOAD)
         body = document_body(rel_path, sha256, size)
@@ -145,14 +151,12 @@ class KerutaApi:
             (b"Idempotency-Key", idempotency_key(task_id, rel_path, sha256).encode("ascii")),
             (b"Accept", b"application/json"),
         ]
-
-        def stream() -> Iterator[bytes]:
-            yield body.head
-            yield from content
-            yield body.tail
-
+        if isinstance(content, bytes):
+            payload: bytes | Iterator[bytes] = body.head + content + body.tail
+        else:
+            payload = _framed(body.head, content, body.tail)
         url = self.documents_url(task_id)
-        response = self._send("POST", url, headers, stream(), what="upload")
+        response = self._send("POST", url, headers, payload, what="upload")
         if not 200 <= response.status < 300:
             raise self._classify(response, what="upload")
         document_id = _document_id(response.content)
@@ -261,6 +265,12 @@ class KerutaApi:
             405: "; this server serves another path or method: see --documents-path/--status-path",
         }.get(code, "")
         return RejectedError(f"{what} failed: {answer}{hint}", status_code=code)
+
+
+def _framed(head: bytes, content: Iterable[bytes], tail: bytes) -> Iterator[bytes]:
+    yield head
+    yield from content
+    yield tail
 
 
 def _header(response: httpcore.Response, name: bytes) -> str | None:

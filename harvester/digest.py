@@ -27,6 +27,8 @@ from harvester.stats import Level, Listener, NullListener, Stage
 __all__ = ["CHUNK_SIZE", "hash_entries", "hash_file", "sha256_of_fd"]
 
 CHUNK_SIZE = 1024 * 1024
+# Files at least this large are hashed on the worker threads; smaller ones on the caller's.
+THREADED_MIN_SIZE = 256 * 1024
 INTERRUPTED = "not hashed: the harvest was interrupted"
 
 _NULL_LISTENER = NullListener()
@@ -129,7 +131,14 @@ def hash_file(
             and before.st_ctime_ns == after.st_ctime_ns
             and _still_at_path(root, entry, after)
         ):
-            return Digest(entry, sha256, after.st_size, after.st_mtime_ns)
+            return Digest(
+                entry,
+                sha256,
+                after.st_size,
+                after.st_mtime_ns,
+                ctime_ns=after.st_ctime_ns,
+                inode=after.st_ino,
+            )
     raise FileChanged(
         f"{entry.rel_path}: kept changing while it was read ({attempts} attempts); "
         "it is still being written — not uploaded"
@@ -206,13 +215,17 @@ def _hash_all(
 ) -> list[Digest | Failed | None]:
     results: list[Digest | Failed | None] = [None] * len(entries)
     lock = threading.Lock()
-    indexes = iter(range(len(entries)))
+    large = [i for i, entry in enumerate(entries) if entry.size >= THREADED_MIN_SIZE]
+    indexes = iter(large)
     abort = threading.Event()
+
+    def stopped() -> bool:
+        return abort.is_set() or (stop is not None and stop.is_set())
 
     def work() -> None:
         # Workers take the next index themselves instead of one future per file: a harvest of a
-        # million small files would otherwise hold a million futures.
-        while not abort.is_set() and not (stop is not None and stop.is_set()):
+        # million files would otherwise hold a million futures.
+        while not stopped():
             with lock:
                 index = next(indexes, None)
             if index is None:
@@ -220,8 +233,16 @@ def _hash_all(
             results[index] = _hash_one(root, entries[index], listener)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvester-hash") as pool:
-        futures = [pool.submit(work) for _ in range(min(workers, len(entries)))]
+        futures = [pool.submit(work) for _ in range(min(workers, len(large)))]
         try:
+            # Small files are hashed here, one after another, while the pool reads the large
+            # ones: for a small file the GIL hand-offs around every system call cost more than
+            # the hashing (hashlib keeps the GIL for inputs under 2 KiB), so threads slow it down.
+            for index, entry in enumerate(entries):
+                if stopped():
+                    break
+                if entry.size < THREADED_MIN_SIZE:
+                    results[index] = _hash_one(root, entry, listener)
             for future in as_completed(futures):
                 future.result()  # the first unexpected error stops the other workers at once
         except BaseException:

@@ -76,6 +76,10 @@ class Digest:
     sha256: str
     size: int
     mtime_ns: int
+    # The change time and inode seen while hashing: any write since changes the ctime, which
+    # no one can set back, so the uploader can prove it sends exactly the hashed content.
+    ctime_ns: int
+    inode: int
 
     @property
     def rel_path(self) -> str:

@@ -22,7 +22,7 @@ from harvester.plan import build_plan
 
 def digest(path: str, content: bytes) -> Digest:
     entry = FileEntry(path, path, len(content), 1)
-    return Digest(entry, hashlib.sha256(content).hexdigest(), len(content), 1)
+    return Digest(entry, hashlib.sha256(content).hexdigest(), len(content), 1, 1, 1)
 
 
 def scan_of(
