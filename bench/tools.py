@@ -1,7 +1,7 @@
 """Child processes and the external tools the benchmark relies on.
 
-Takes argv lists; gives `run_timed` (wall time, exit code and the child's peak RSS from the
-kernel's `wait4`), the path of the `harvester` CLI next to this interpreter, a clean environment
+Takes argv lists; gives `run_timed` (wall time, exit code, CPU time and the child's peak RSS),
+the path of the `harvester` CLI next to this interpreter, a clean environment
 for children (no keruta settings, no way to a cluster), and `find_tool`, which says how to get
 `wrk` or `curl` when they are missing instead of failing.
 """
@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = [
     "HARVESTER",
     "INSTALL_HINT",
     "BenchError",
+    "PeakRss",
     "Timed",
     "find_tool",
     "isolated_env",
@@ -68,15 +70,56 @@ def run_timed(
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env or isolated_env()
         )
+        peak = PeakRss(process.pid)
         _pid, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        peak.stop()
     finally:
         for handle in (out, err):
             if not isinstance(handle, int):
                 handle.close()
     process.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
-    return Timed(wall, process.returncode, int(usage.ru_maxrss) * 1024, cpu)  # Linux: KiB
+    rss = peak.value if peak.value is not None else int(usage.ru_maxrss) * 1024  # Linux: KiB
+    return Timed(wall, process.returncode, rss, cpu)
+
+
+class PeakRss:
+    """The peak RSS of a running child, read from /proc/PID/status (VmHWM) until it exits.
+
+    Not wait4's ru_maxrss: that counts the memory of the process that forked the child, before
+    it exec'd (the benchmark's, or pytest's), and so reports the parent's size for a small child.
+    VmHWM belongs to the exec'd program alone. `value` is None when /proc could not be read.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.value: int | None = None
+        self._path = Path(f"/proc/{pid}/status")
+        self._interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while True:
+            self._read()
+            if self._done.wait(self._interval):
+                return
+
+    def _read(self) -> None:
+        try:
+            text = self._path.read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                kib = int(line.split()[1])
+                self.value = max(self.value or 0, kib * 1024)
+                return
 
 
 def find_tool(name: str) -> tuple[str | None, str]:

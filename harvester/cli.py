@@ -23,6 +23,7 @@ from harvester.settings import (
     DEFAULT_ROOT,
     DEFAULT_STATUS_PATH,
     OPTIONS,
+    ClusterAccess,
     Settings,
     megabytes,
     parse_duration,
@@ -120,6 +121,7 @@ def cleanup(
             source_pod=source_pod or None,
             pvc=pvc or None,
             keep_pvc=keep_pvc,
+            cluster=ClusterAccess.from_environment(os.environ),
             namespace=namespace or None,
             # In a pod the hostname is the pod's name, should the downward API not say.
             own_pod=own_pod or socket.gethostname(),

@@ -9,7 +9,6 @@ No bytes of any document ever go through this module: it only finds, deletes and
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from harvester.errors import ConfigError, HarvesterError
+from harvester.settings import NO_CLUSTER, ClusterAccess
 
 
 class Permission(NamedTuple):
@@ -104,40 +104,36 @@ class DeleteResult(StrEnum):
     UID_CHANGED = "uid changed"
 
 
-def connect(*, namespace: str | None = None, kubeconfig: str | None = None) -> Cluster:
+def connect(access: ClusterAccess, *, namespace: str | None = None) -> Cluster:
     """Cluster access: in-cluster when running in a pod, else the kubeconfig.
 
     The namespace is, in order: `namespace` (--namespace / POD_NAMESPACE), the pod's own
     namespace file, the kubeconfig context's namespace, then "default".
     """
     configuration = client.Configuration()
-    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and kubeconfig is None
     context_namespace: str | None = None
     try:
-        if in_cluster:
+        if access.in_cluster:
             config.load_incluster_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration
             )
-        else:
-            config_file = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-            config_file = config_file.split(os.pathsep)[0]
-            if not Path(config_file).expanduser().is_file():
-                raise NoCluster(
-                    "no Kubernetes cluster configured (not in a pod, no KUBECONFIG or "
-                    "~/.kube/config)"
-                )
+            if namespace is None and IN_CLUSTER_NAMESPACE.is_file():
+                namespace = IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or None
+        elif access.kubeconfig is not None:
             config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=config_file, client_configuration=configuration, persist_config=False
+                config_file=access.kubeconfig,
+                client_configuration=configuration,
+                persist_config=False,
             )
             _contexts, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                config_file=config_file
+                config_file=access.kubeconfig
             )
             context_namespace = (active or {}).get("context", {}).get("namespace")
+        else:
+            raise NoCluster(NO_CLUSTER)
     except ConfigException as exc:
         raise ConfigError(f"Kubernetes configuration cannot be loaded: {exc}") from exc
     configuration.retries = 2
-    if namespace is None and in_cluster and IN_CLUSTER_NAMESPACE.is_file():
-        namespace = IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or None
     return Cluster(client.ApiClient(configuration), namespace or context_namespace or "default")
 
 

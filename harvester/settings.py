@@ -7,7 +7,9 @@ each option, so `cli.py` only wires flags to it. Nothing else in the package rea
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -93,6 +95,31 @@ def parse_duration(text: str, *, what: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+NO_CLUSTER = "no Kubernetes cluster configured (not in a pod, no KUBECONFIG or ~/.kube/config)"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAccess:
+    """How Kubernetes can be reached: from inside a pod, or through a kubeconfig file."""
+
+    in_cluster: bool = False
+    kubeconfig: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.in_cluster or self.kubeconfig is not None
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> ClusterAccess:
+        """In a pod when KUBERNETES_SERVICE_HOST is set; else the first KUBECONFIG file (or
+        ~/.kube/config) when it exists; else no cluster at all."""
+        if env.get("KUBERNETES_SERVICE_HOST"):
+            return cls(in_cluster=True)
+        first = (env.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)[0]
+        path = Path(first).expanduser()
+        return cls(kubeconfig=str(path) if path.is_file() else None)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """A validated harvest configuration. The token never shows in repr()."""
@@ -104,6 +131,7 @@ class Settings:
     source_pod: str | None = None
     pvc: str | None = None
     keep_pvc: bool = False
+    cluster: ClusterAccess = field(default_factory=ClusterAccess)
     namespace: str | None = None
     own_pod: str | None = None
     force_delete_pvc: bool = False

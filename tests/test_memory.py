@@ -1,28 +1,27 @@
 """Memory stays flat whatever the file size: a 1 GiB harvest peaks no higher than a 16 MiB one.
 
-Both harvests run the real CLI as a child process against the dev-api; the child's peak RSS comes
-from the kernel (wait4's ru_maxrss), so nothing here measures time. The files are sparse, so the
-test spends its time in hashing and on the wire, not on the disk.
+Both harvests run the real CLI as a child process against the dev-api; the child's peak RSS is
+its own high-water mark (VmHWM, see bench.tools.PeakRss), so nothing here measures time. The
+files are sparse, so the test spends its time in hashing and on the wire, not on the disk.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from bench.tools import run_timed
 from harvester.devapi import DevApiServer
 from tests.process import BIN, isolated_env
 
-KIB = 1024
-MIB = 1024 * KIB
+MIB = 1024 * 1024
 
 
-def peak_rss_of_harvest(root: Path, api_url: str, task_id: str) -> int:
+def peak_rss_of_harvest(root: Path, api_url: str, task_id: str, tmp_path: Path) -> int:
     """Run `harvester cleanup` over `root`; return the child's peak RSS in bytes."""
-    process = subprocess.Popen(
+    stderr = tmp_path / f"{task_id}.stderr"
+    timed = run_timed(
         [
             str(BIN / "harvester"),
             "cleanup",
@@ -33,18 +32,11 @@ def peak_rss_of_harvest(root: Path, api_url: str, task_id: str) -> int:
             "--log-format=json",
             "--progress-interval=60",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
+        stderr=stderr,
         env=isolated_env(),
     )
-    _pid, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    stderr = process.stderr.read().decode() if process.stderr else ""
-    if process.stderr:
-        process.stderr.close()
-    assert process.returncode == 0, stderr
-    return int(usage.ru_maxrss) * KIB  # Linux reports kilobytes
+    assert timed.returncode == 0, stderr.read_text()
+    return timed.peak_rss
 
 
 def sparse_file(path: Path, size: int) -> None:
@@ -59,8 +51,8 @@ def test_peak_rss_does_not_grow_with_the_file_size(tmp_path: Path, dev_api: DevA
     sparse_file(small / "data.bin", 16 * MIB)
     sparse_file(large / "data.bin", 1024 * MIB)
 
-    small_rss = peak_rss_of_harvest(small, dev_api.url, "small")
-    large_rss = peak_rss_of_harvest(large, dev_api.url, "large")
+    small_rss = peak_rss_of_harvest(small, dev_api.url, "small", tmp_path)
+    large_rss = peak_rss_of_harvest(large, dev_api.url, "large", tmp_path)
 
     (stored,) = dev_api.store.documents("large")
     assert stored.size == 1024 * MIB

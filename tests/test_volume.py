@@ -14,6 +14,7 @@ from pytest_httpserver import HTTPServer
 from harvester.devapi import DevApiServer
 from harvester.kube import PERMISSIONS, PVC_PROTECTION, Cluster, DeleteResult, connect
 from harvester.model import HarvestReport, StepResult, StepState
+from harvester.settings import ClusterAccess
 from harvester.stats import Level, NullListener
 from harvester.volume import Volume, VolumeOptions
 from tests.fstree import write_tree
@@ -296,9 +297,10 @@ def test_failing_to_write_an_event_never_fails_the_harvest(
 
 
 def test_namespace_comes_from_the_kubeconfig_context(kube: FakeCluster) -> None:
-    with connect(kubeconfig=str(kube.kubeconfig)) as found:
+    access = ClusterAccess(kubeconfig=str(kube.kubeconfig))
+    with connect(access) as found:
         assert found.namespace == "keruta"
-    with connect(namespace="other", kubeconfig=str(kube.kubeconfig)) as chosen:
+    with connect(access, namespace="other") as chosen:
         assert chosen.namespace == "other"
 
 
