@@ -252,9 +252,9 @@ def _claim_holding(claims: Sequence[ClaimMount], root: str) -> ClaimMount | None
     best: list[tuple[int, ClaimMount]] = []
     for claim in claims:
         for path in claim.mount_paths:
-            prefix = path.rstrip("/") + "/"
-            if root == path or root.startswith(prefix) or path == "/":
-                best.append((len(path.rstrip("/")), claim))
+            trimmed = path.rstrip("/")
+            if root == path or root.startswith(trimmed + "/"):
+                best.append((len(trimmed), claim))
     if not best:
         return None
     best.sort(key=lambda pair: pair[0], reverse=True)
