@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint pytest fmt bench clean
+.PHONY: demo test test-fast cluster lint pytest fmt bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/harvester demo
 
-## test: lint, type-check and run the whole test suite (what CI runs)
-test: lint pytest
+## test: lint, type-check, build the real control plane when Go is here, run every test (CI)
+test: lint cluster pytest
+
+## test-fast: the same without the real control plane (kmock only)
+test-fast: lint
+	KERUTA_SKIP_CLUSTER=1 $(BIN)/pytest
+
+## cluster: build kube-apiserver, kube-controller-manager and etcd (cold: ~7 min; cached: seconds)
+cluster:
+	@if command -v go >/dev/null 2>&1; then \
+		tests/cluster/build.sh; \
+	else \
+		echo "cluster: no Go toolchain; the real control-plane tests are skipped"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,10 @@
+//go:build tools
+
+// Package tools pins the Kubernetes release whose control plane the tests run against.
+// build.sh builds these commands; nothing here is part of the product.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
