@@ -19,11 +19,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from harvester.kube import PERMISSIONS, Cluster, DeleteResult, connect
-from harvester.model import HarvestReport, StepResult, StepState
+from harvester.model import StepResult, StepState
 from harvester.settings import ClusterAccess
-from harvester.stats import Level, NullListener
+from harvester.stats import Level
 from harvester.volume import Volume, VolumeOptions
 from tests.controlplane import ControlPlane, binaries_built, create
+from tests.volume_support import OWN_POD, SOURCE_POD, TASK, Notices, complete_harvest
 
 pytestmark = [
     pytest.mark.skipif(
@@ -35,9 +36,6 @@ pytestmark = [
 ]
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-TASK = "123"
-SOURCE_POD = "keruta-job-123-abcde"
-OWN_POD = "cleanup-job-for-task-123-xyz"
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +55,6 @@ def namespace(admin: client.ApiClient) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
     create(admin, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, "")
     return name
-
-
-class Notices(NullListener):
-    def __init__(self) -> None:
-        self.lines: list[tuple[Level, str]] = []
-
-    def notice(self, level: Level, message: str) -> None:
-        self.lines.append((level, message))
 
 
 def manifests(name: str) -> list[dict[str, Any]]:
@@ -146,19 +136,6 @@ def can(admin: client.ApiClient, namespace: str, group: str, resource: str, verb
     return bool(answer.status and answer.status.allowed)
 
 
-def report(pvc_step: StepResult) -> HarvestReport:
-    return HarvestReport(
-        task_id=TASK,
-        root="/.keruta/doc",
-        dry_run=False,
-        files=(),
-        elapsed_seconds=0.1,
-        bytes_uploaded=0,
-        status=StepResult(StepState.DONE, "set to COMPLETED"),
-        pvc=pvc_step,
-    )
-
-
 def run_cleanup_steps(
     plane: ControlPlane, namespace: str, *, release_finalizer: bool = False
 ) -> tuple[Volume, StepResult, Notices]:
@@ -179,7 +156,7 @@ def run_cleanup_steps(
         )
         volume.locate()
         result = volume.release()
-        volume.record_outcome(report(result))
+        volume.record_outcome(complete_harvest(result))
     return volume, result, notices
 
 

@@ -13,25 +13,13 @@ from pytest_httpserver import HTTPServer
 
 from harvester.devapi import DevApiServer
 from harvester.kube import PERMISSIONS, PVC_PROTECTION, Cluster, DeleteResult, connect
-from harvester.model import HarvestReport, StepResult, StepState
+from harvester.model import StepResult, StepState
 from harvester.settings import ClusterAccess
-from harvester.stats import Level, NullListener
 from harvester.volume import Volume, VolumeOptions
 from tests.fstree import write_tree
 from tests.kube_fixture import FakeCluster
 from tests.process import BIN, isolated_env
-
-TASK = "123"
-SOURCE_POD = "keruta-job-123-abcde"
-OWN_POD = "cleanup-job-for-task-123-xyz"
-
-
-class Notices(NullListener):
-    def __init__(self) -> None:
-        self.lines: list[tuple[Level, str]] = []
-
-    def notice(self, level: Level, message: str) -> None:
-        self.lines.append((level, message))
+from tests.volume_support import OWN_POD, SOURCE_POD, TASK, Notices, complete_harvest
 
 
 @pytest.fixture
@@ -274,7 +262,7 @@ def test_events_tell_the_story_on_the_pvc(kube: FakeCluster, cluster: Cluster) -
     uid = main_job_volume(kube)
     vol = volume(cluster)
     vol.locate()
-    report = _report(pvc=vol.release())
+    report = complete_harvest(pvc=vol.release())
     vol.record_outcome(report)
     reasons = [(e["reason"], e["type"], e["involvedObject"]["uid"]) for e in kube.events]
     assert reasons == [
@@ -292,7 +280,7 @@ def test_failing_to_write_an_event_never_fails_the_harvest(
     notices = Notices()
     vol = volume(cluster, notices)
     vol.locate()
-    vol.record_outcome(_report(pvc=StepResult(StepState.REFUSED, "in use")))
+    vol.record_outcome(complete_harvest(pvc=StepResult(StepState.REFUSED, "in use")))
     assert any("Event not written" in text for _level, text in notices.lines)
 
 
@@ -302,20 +290,6 @@ def test_namespace_comes_from_the_kubeconfig_context(kube: FakeCluster) -> None:
         assert found.namespace == "keruta"
     with connect(access, namespace="other") as chosen:
         assert chosen.namespace == "other"
-
-
-def _report(pvc: StepResult) -> HarvestReport:
-    done = StepResult(StepState.DONE, "set to COMPLETED")
-    return HarvestReport(
-        task_id=TASK,
-        root="/.keruta/doc",
-        dry_run=False,
-        files=(),
-        elapsed_seconds=0.1,
-        bytes_uploaded=0,
-        status=done,
-        pvc=pvc,
-    )
 
 
 # ---------------------------------------------------------------- the whole cleanup, end to end
@@ -439,7 +413,7 @@ def test_the_calls_made_are_exactly_the_declared_permissions(
     kube.add_pod(OWN_POD, claims=["pvc-123"])
     vol = volume(cluster, release_finalizer=True)
     vol.locate()
-    vol.record_outcome(_report(pvc=vol.release()))
+    vol.record_outcome(complete_harvest(pvc=vol.release()))
     used = {
         ("batch" if r.resource == "jobs" else "", r.resource, r.verb)
         for r in kube.requests
