@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harvester.kube import ClaimMount, Cluster, DeleteResult, KubeError
+from harvester.kube import PVC_PROTECTION, ClaimMount, Cluster, DeleteResult, KubeError, PodInfo
 from harvester.model import HarvestReport, Outcome, StepResult, StepState
 from harvester.stats import Level, Listener
 
@@ -95,10 +95,9 @@ class Volume:
                     f"{options.task_id}: a parent task's shared volume is not deleted "
                     "(--force-delete-pvc overrides)",
                 )
+            mounting = self._cluster.pods_using_claim(target.name)
             users = [
-                pod
-                for pod in self._cluster.pods_using_claim(target.name)
-                if pod.name != options.own_pod and pod.phase in LIVE_PHASES
+                pod for pod in mounting if pod.name != options.own_pod and pod.phase in LIVE_PHASES
             ]
             if users:
                 listed = ", ".join(f"{pod.name} ({pod.phase})" for pod in users)
@@ -116,15 +115,14 @@ class Volume:
                     f"{name} was replaced just before the delete (UID precondition failed); "
                     "the new claim was not deleted",
                 )
-            message = (
-                f"{name} deletion requested; it stays Terminating until the pods that mount it "
-                "are gone (this cleanup pod, and the main Job's finished pods)"
-            )
             if options.release_finalizer and self._cluster.remove_pvc_protection(
                 target.name, target.uid
             ):
-                message += "; kubernetes.io/pvc-protection removed (--release-pvc-finalizer)"
-            return StepResult(StepState.DONE, message)
+                return StepResult(
+                    StepState.DONE,
+                    f"{name} deleted; {PVC_PROTECTION} removed (--release-pvc-finalizer)",
+                )
+            return StepResult(StepState.DONE, _deletion_requested(name, mounting, options))
         except KubeError as exc:
             return StepResult(StepState.FAILED, f"{name} not deleted: {exc}")
 
@@ -261,3 +259,26 @@ def _claim_holding(claims: Sequence[ClaimMount], root: str) -> ClaimMount | None
     if len(best) > 1 and best[0][0] == best[1][0] and best[0][1] != best[1][1]:
         return None
     return best[0][1]
+
+
+def _deletion_requested(name: str, mounting: list[PodInfo], options: VolumeOptions) -> str:
+    # pvc-protection counts every scheduled pod that names the claim, finished ones included
+    # (the main Job's Succeeded pods: keruta gives main Jobs no TTL), until the pod object is
+    # deleted. Naming them tells the operator what keeps the volume allocated.
+    if not mounting:
+        return f"{name} deletion requested; no pod mounts it any more"
+    holders = ", ".join(
+        f"{pod.name} (this cleanup pod)"
+        if pod.name == options.own_pod
+        else f"{pod.name} ({pod.phase})"
+        for pod in mounting
+    )
+    message = (
+        f"{name} deletion requested; it stays Terminating until these pods are deleted: {holders}"
+    )
+    if any(pod.phase not in LIVE_PHASES for pod in mounting):
+        message += (
+            "; finished pods hold it until deleted (delete them or their Job, or use "
+            "--release-pvc-finalizer)"
+        )
+    return message

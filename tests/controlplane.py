@@ -3,15 +3,15 @@
 Takes the binaries tests/cluster/build.sh built (Kubernetes v1.34.4, etcd v3.6.4, in
 `~/.cache/keruta-harvester/k8s-v1.34.4` or `$KERUTA_K8S_BIN`); gives `ControlPlane`, which makes
 its certificates with openssl, starts the three on free loopback ports with RBAC on, waits until
-they are ready, serves an admin kubeconfig and kubeconfigs for ServiceAccounts, and stops them.
-Only what a kmock emulation cannot answer is tested against it: RBAC, admission, the
-pvc-protection controller, server-side preconditions and dry runs.
+they are ready, serves an admin kubeconfig and an audit log of what ServiceAccounts asked, and
+stops them. tests/kube_backends.py runs the Kubernetes tests on it.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
-from kubernetes import client, config, utils
+from kubernetes import client, utils
 
 K8S_VERSION = "v1.34.4"
 BIN = Path(
@@ -70,6 +70,7 @@ class ControlPlane:
         self.admin_token = secrets.token_hex(16)
         self.url = ""
         self.admin_kubeconfig = workdir / "admin.kubeconfig"
+        self.audit_log = workdir / "audit.log"
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def __enter__(self) -> ControlPlane:
@@ -116,6 +117,9 @@ class ControlPlane:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-cluster-ip-range=10.0.0.0/24",
+            f"--audit-policy-file={self._write_audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-maxsize=0",
         )
         self.url = f"https://127.0.0.1:{api_port}"
         self._write_kubeconfig(self.admin_kubeconfig, self.admin_token, "default")
@@ -154,32 +158,16 @@ class ControlPlane:
                 print(f"{name} exited {process.returncode}; see {log}")
         self._processes.clear()
 
-    def api_client(self) -> client.ApiClient:
-        """An admin client (the caller closes it)."""
-        api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(self.admin_kubeconfig)
-        )
-        return api_client
-
-    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
-        """A kubeconfig acting as ServiceAccount `namespace/name`, with a fresh bound token."""
-        with self.api_client() as api_client:
-            answer = client.CoreV1Api(api_client).create_namespaced_service_account_token(
-                name,
-                namespace,
-                client.AuthenticationV1TokenRequest(
-                    spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-                ),
-            )
-        assert answer.status is not None and answer.status.token
-        path = self.workdir / f"sa-{namespace}-{name}.kubeconfig"
-        self._write_kubeconfig(path, answer.status.token, namespace)
-        return path
-
     def _spawn(self, name: str, *args: str) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
+        # Killed with this process, however it ends: a test run stopped by a timeout or a
+        # SIGKILL must not leave an API server and its etcd behind on a shared machine.
+        guard = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
         process = subprocess.Popen(
-            [str(BIN / name), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [*guard, str(BIN / name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         self._processes.append((name, process))
@@ -217,6 +205,24 @@ class ControlPlane:
                 last = str(exc)
             time.sleep(0.05)
         raise RuntimeError(f"{url} not ready after {timeout:g} s: {last}")
+
+    def _write_audit_policy(self) -> Path:
+        # Every request a ServiceAccount outside kube-system makes, with its body (a delete's
+        # preconditions are in it): what the harvester really asked, as the server saw it. The
+        # controllers' own ServiceAccounts (kube-system) and everything else are left out.
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+                {"level": "Request", "userGroups": ["system:serviceaccounts"]},
+                {"level": "None"},
+            ],
+        }
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        return path
 
     def _make_pki(self) -> None:
         pki = self.pki

@@ -138,6 +138,19 @@ class RecordedRequest:
     content_type: str | None
 
 
+@dataclass(frozen=True)
+class ApiCall:
+    """One resource request, as every test backend can report it: kmock from its own log, a
+    real API server from its audit log (tests/kube_backends.py)."""
+
+    verb: str  # the RBAC verb: get, list, create, patch, delete, ...
+    group: str  # "" for the core group
+    resource: str  # plural, e.g. "persistentvolumeclaims"
+    name: str | None
+    body: Any  # the decoded request body, None when there was none
+    status: int  # the answer's status code
+
+
 @dataclass
 class _Fault:
     verb: str
@@ -790,6 +803,12 @@ class FakeCluster:
                 f"the fake Kubernetes API server failed {len(self._crashes)} request(s)"
             ) from self._crashes[0]
 
+    def __enter__(self) -> FakeCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     async def _serve(self, started: concurrent.futures.Future[int]) -> None:
         try:
             self._loop = asyncio.get_running_loop()
@@ -880,7 +899,7 @@ class FakeCluster:
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": _metadata(name, labels, uid),
-                "spec": _pod_spec(list(claims), mount_paths or {}, sub_paths or {}),
+                "spec": pod_spec(list(claims), mount_paths or {}, sub_paths or {}),
                 "status": {"phase": phase, "startTime": _now()},
             }
         )
@@ -947,7 +966,7 @@ class FakeCluster:
                     "parallelism": 1,
                     "template": {
                         "metadata": {"labels": dict(labels or {})},
-                        "spec": _pod_spec(list(claims), mount_paths or {}, {}),
+                        "spec": pod_spec(list(claims), mount_paths or {}, {}),
                     },
                 },
                 "status": status,
@@ -1102,6 +1121,22 @@ class FakeCluster:
 
         return self._run(read)
 
+    @property
+    def calls(self) -> list[ApiCall]:
+        """The resource requests answered so far, in order (discovery left out)."""
+        return [
+            ApiCall(
+                verb=r.verb,
+                group=RESOURCES[r.resource].group,
+                resource=r.resource,
+                name=r.name,
+                body=r.body,
+                status=r.status,
+            )
+            for r in self.requests
+            if r.verb is not None and r.resource in RESOURCES
+        ]
+
     def _key(self, resource: str, namespace: str | None) -> tuple[kmock.resource, str]:
         kind = RESOURCES.get(resource)
         if kind is None:
@@ -1123,9 +1158,11 @@ def _metadata(name: str, labels: Mapping[str, str] | None, uid: str | None) -> d
     return metadata
 
 
-def _pod_spec(
+def pod_spec(
     claims: list[str], mount_paths: Mapping[str, str], sub_paths: Mapping[str, str]
 ) -> dict[str, Any]:
+    """A one-container pod spec mounting each claim, scheduled on `node-1` (both backends use it;
+    on a real control plane only a pod with a nodeName holds a claim in pvc-protection's eyes)."""
     # Volume names differ from claim names, as in real manifests: the code must follow
     # volumeMounts -> volumes -> persistentVolumeClaim.claimName.
     volumes = [
@@ -1150,8 +1187,5 @@ def _pod_spec(
 @pytest.fixture
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeCluster]:
     """A started `FakeCluster`; its kubeconfig lives outside the test's own `tmp_path`."""
-    cluster = FakeCluster(tmp_path_factory.mktemp("kube")).start()
-    try:
+    with FakeCluster(tmp_path_factory.mktemp("kube")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()

@@ -1,5 +1,7 @@
-"""Finding and releasing the task's PVC, through the official client against a loopback
-Kubernetes API (tests/kube_fixture.py). Each rule of the design's PVC safety has a test here."""
+"""Finding and releasing the task's PVC, through the official client, on every Kubernetes
+backend (tests/kube_backends.py: kmock, the real control plane, an existing cluster). Each rule of
+the design's PVC safety has a test here; on the real backends the harvester acts as deploy/'s
+ServiceAccount, so each test also shows that its Role is enough for that path."""
 
 from __future__ import annotations
 
@@ -17,15 +19,15 @@ from harvester.model import StepResult, StepState
 from harvester.settings import ClusterAccess
 from harvester.volume import Volume, VolumeOptions
 from tests.fstree import write_tree
-from tests.kube_fixture import FakeCluster
+from tests.kube_backends import KubeApi
 from tests.process import BIN, isolated_env
 from tests.volume_support import OWN_POD, SOURCE_POD, TASK, Notices, complete_harvest
 
 
 @pytest.fixture
-def cluster(kube: FakeCluster) -> Iterator[Cluster]:
-    with kube.api_client() as api_client:
-        yield Cluster(api_client, kube.namespace)
+def cluster(kube_api: KubeApi) -> Iterator[Cluster]:
+    with kube_api.api_client() as api_client:
+        yield Cluster(api_client, kube_api.namespace)
 
 
 def volume(cluster: Cluster, notices: Notices | None = None, **options: object) -> Volume:
@@ -40,27 +42,29 @@ def volume(cluster: Cluster, notices: Notices | None = None, **options: object) 
     return Volume(cluster, VolumeOptions(**values), notices or Notices())  # type: ignore[arg-type]
 
 
-def deletes(kube: FakeCluster) -> list[object]:
-    return [r.body for r in kube.requests if r.method == "DELETE"]
+def deletes(kube_api: KubeApi) -> list[object]:
+    return [call.body for call in kube_api.calls if call.verb == "delete"]
 
 
-def main_job_volume(kube: FakeCluster, *, pvc_labels: dict[str, str] | None = None) -> str:
-    uid = kube.add_pvc("pvc-123", labels={"app": "keruta", "task-id": TASK} | (pvc_labels or {}))
-    kube.add_pod(
+def main_job_volume(kube_api: KubeApi, *, pvc_labels: dict[str, str] | None = None) -> str:
+    uid = kube_api.add_pvc(
+        "pvc-123", labels={"app": "keruta", "task-id": TASK} | (pvc_labels or {})
+    )
+    kube_api.add_pod(
         SOURCE_POD,
         claims=["pvc-123"],
         labels={"job-name": "keruta-job-123"},
         phase="Succeeded",
         mount_paths={"pvc-123": "/.keruta"},
     )
-    kube.add_pod(OWN_POD, claims=["pvc-123"], phase="Running")
+    kube_api.add_pod(OWN_POD, claims=["pvc-123"], phase="Running")
     return uid
 
 
 def test_the_pvc_is_found_from_the_source_pod_and_deleted_with_its_uid(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    uid = main_job_volume(kube)
+    uid = main_job_volume(kube_api)
     vol = volume(cluster)
     target = vol.locate()
     assert target is not None
@@ -69,21 +73,24 @@ def test_the_pvc_is_found_from_the_source_pod_and_deleted_with_its_uid(
 
     result = vol.release()
     assert result.state is StepState.DONE, result.message
-    assert "Terminating" in result.message
-    (body,) = deletes(kube)
+    # Not waited for: the message names what keeps it Terminating, the finished pod included.
+    assert "Terminating until these pods are deleted" in result.message
+    assert f"{SOURCE_POD} (Succeeded)" in result.message
+    assert f"{OWN_POD} (this cleanup pod)" in result.message
+    (body,) = deletes(kube_api)
     assert isinstance(body, dict)
     assert body["preconditions"] == {"uid": uid}
     # pvc-protection keeps it (our own pod still mounts it): deletion requested, not waited for.
-    pvc = kube.get("persistentvolumeclaims", "pvc-123")
+    pvc = kube_api.get("persistentvolumeclaims", "pvc-123")
     assert pvc is not None and pvc["metadata"].get("deletionTimestamp")
 
 
 def test_with_several_claims_the_one_holding_the_root_is_chosen(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    kube.add_pvc("cache-123")
-    uid = kube.add_pvc("pvc-123")
-    kube.add_pod(
+    kube_api.add_pvc("cache-123")
+    uid = kube_api.add_pvc("pvc-123")
+    kube_api.add_pod(
         SOURCE_POD,
         claims=["cache-123", "pvc-123"],
         mount_paths={"cache-123": "/cache", "pvc-123": "/.keruta"},
@@ -93,11 +100,11 @@ def test_with_several_claims_the_one_holding_the_root_is_chosen(
 
 
 def test_several_claims_none_holding_the_root_is_a_clear_error(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    kube.add_pvc("a")
-    kube.add_pvc("b")
-    kube.add_pod(SOURCE_POD, claims=["a", "b"], mount_paths={"a": "/a", "b": "/b"})
+    kube_api.add_pvc("a")
+    kube_api.add_pvc("b")
+    kube_api.add_pod(SOURCE_POD, claims=["a", "b"], mount_paths={"a": "/a", "b": "/b"})
     vol = volume(cluster)
     assert vol.locate() is None
     assert vol.problem is not None
@@ -105,12 +112,12 @@ def test_several_claims_none_holding_the_root_is_a_clear_error(
     assert "--pvc" in vol.problem
     failed = vol.release()
     assert failed.state is StepState.FAILED
-    assert deletes(kube) == []
+    assert deletes(kube_api) == []
 
 
-def test_source_pod_gone_falls_back_to_its_job(kube: FakeCluster, cluster: Cluster) -> None:
-    uid = kube.add_pvc("git-repo-pvc-123")
-    kube.add_job(
+def test_source_pod_gone_falls_back_to_its_job(kube_api: KubeApi, cluster: Cluster) -> None:
+    uid = kube_api.add_pvc("git-repo-pvc-123")
+    kube_api.add_job(
         "keruta-job-123", claims=["git-repo-pvc-123"], mount_paths={"git-repo-pvc-123": "/"}
     )
     notices = Notices()
@@ -121,17 +128,17 @@ def test_source_pod_gone_falls_back_to_its_job(kube: FakeCluster, cluster: Clust
 
 
 def test_pod_and_job_gone_falls_back_to_the_one_labelled_pvc(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    uid = kube.add_pvc("pvc-123", labels={"task-id": TASK})
-    kube.add_pvc("pvc-999", labels={"task-id": "999"})
+    uid = kube_api.add_pvc("pvc-123", labels={"task-id": TASK})
+    kube_api.add_pvc("pvc-999", labels={"task-id": "999"})
     target = volume(cluster).locate()
     assert target is not None and (target.name, target.uid) == ("pvc-123", uid)
 
 
-def test_nothing_to_go_on_names_where_it_looked(kube: FakeCluster, cluster: Cluster) -> None:
-    kube.add_pvc("x-1", labels={"task-id": TASK})
-    kube.add_pvc("x-2", labels={"task-id": TASK})
+def test_nothing_to_go_on_names_where_it_looked(kube_api: KubeApi, cluster: Cluster) -> None:
+    kube_api.add_pvc("x-1", labels={"task-id": TASK})
+    kube_api.add_pvc("x-2", labels={"task-id": TASK})
     vol = volume(cluster)
     assert vol.locate() is None
     assert vol.problem is not None and "several PVCs are labelled task-id=123" in vol.problem
@@ -141,9 +148,9 @@ def test_nothing_to_go_on_names_where_it_looked(kube: FakeCluster, cluster: Clus
     assert "no PVC found for task 777" in vol.problem and "--pvc" in vol.problem
 
 
-def test_explicit_pvc_flag_wins(kube: FakeCluster, cluster: Cluster) -> None:
-    main_job_volume(kube)
-    uid = kube.add_pvc("chosen")
+def test_explicit_pvc_flag_wins(kube_api: KubeApi, cluster: Cluster) -> None:
+    main_job_volume(kube_api)
+    uid = kube_api.add_pvc("chosen")
     target = volume(cluster, pvc="chosen").locate()
     assert target is not None and (target.name, target.uid, target.found_by) == (
         "chosen",
@@ -152,57 +159,57 @@ def test_explicit_pvc_flag_wins(kube: FakeCluster, cluster: Cluster) -> None:
     )
     vol = volume(cluster, pvc="missing")
     assert vol.locate() is None
-    assert vol.problem == "PVC missing (--pvc) does not exist in namespace keruta"
+    assert vol.problem == f"PVC missing (--pvc) does not exist in namespace {kube_api.namespace}"
 
 
 def test_a_pvc_recreated_between_locate_and_release_is_not_deleted(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    main_job_volume(kube)
+    main_job_volume(kube_api)
     vol = volume(cluster)
     vol.locate()
-    new_uid = kube.recreate("persistentvolumeclaims", "pvc-123")
+    new_uid = kube_api.recreate("persistentvolumeclaims", "pvc-123")
     result = vol.release()
     assert result.state is StepState.REFUSED
     assert new_uid in result.message
-    assert deletes(kube) == []
-    assert kube.get("persistentvolumeclaims", "pvc-123") is not None
+    assert deletes(kube_api) == []
+    assert kube_api.get("persistentvolumeclaims", "pvc-123") is not None
 
 
 def test_the_uid_precondition_itself_protects_a_replaced_pvc(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    uid = main_job_volume(kube)
+    uid = main_job_volume(kube_api)
     # The server, not our re-read, must refuse: delete by the old UID after a recreate.
-    kube.recreate("persistentvolumeclaims", "pvc-123")
+    kube_api.recreate("persistentvolumeclaims", "pvc-123")
     assert cluster.delete_pvc("pvc-123", uid) is DeleteResult.UID_CHANGED
-    assert kube.get("persistentvolumeclaims", "pvc-123") is not None
+    assert kube_api.get("persistentvolumeclaims", "pvc-123") is not None
 
 
-def test_another_tasks_pvc_is_refused_unless_forced(kube: FakeCluster, cluster: Cluster) -> None:
-    kube.add_pvc("pvc-parent", labels={"task-id": "100"})
-    kube.add_pod(SOURCE_POD, claims=["pvc-parent"], phase="Succeeded")
+def test_another_tasks_pvc_is_refused_unless_forced(kube_api: KubeApi, cluster: Cluster) -> None:
+    kube_api.add_pvc("pvc-parent", labels={"task-id": "100"})
+    kube_api.add_pod(SOURCE_POD, claims=["pvc-parent"], phase="Succeeded")
     vol = volume(cluster)
     vol.locate()
     refused = vol.release()
     assert refused.state is StepState.REFUSED
     assert "belongs to task 100" in refused.message
     assert "--force-delete-pvc" in refused.message
-    assert deletes(kube) == []
+    assert deletes(kube_api) == []
 
     forced = volume(cluster, force_delete=True)
     forced.locate()
     assert forced.release().state is StepState.DONE
-    assert len(deletes(kube)) == 1
+    assert len(deletes(kube_api)) == 1
 
 
 @pytest.mark.parametrize("phase", ["Running", "Pending"])
 def test_a_live_pod_using_the_pvc_blocks_the_delete(
-    kube: FakeCluster, cluster: Cluster, phase: str
+    kube_api: KubeApi, cluster: Cluster, phase: str
 ) -> None:
-    main_job_volume(kube)
-    kube.add_pod("debug-shell", claims=["pvc-123"], phase=phase)
-    kube.add_pod("keruta-job-123-older", claims=["pvc-123"], phase="Failed")
+    main_job_volume(kube_api)
+    kube_api.add_pod("debug-shell", claims=["pvc-123"], phase=phase)
+    kube_api.add_pod("keruta-job-123-older", claims=["pvc-123"], phase="Failed")
     vol = volume(cluster)
     vol.locate()
     result = vol.release()
@@ -210,22 +217,22 @@ def test_a_live_pod_using_the_pvc_blocks_the_delete(
     assert f"debug-shell ({phase})" in result.message
     assert "keruta-job-123-older" not in result.message  # finished pods do not count
     assert OWN_POD not in result.message  # nor does this cleanup pod
-    assert deletes(kube) == []
+    assert deletes(kube_api) == []
 
 
-def test_404_on_delete_counts_as_already_deleted(kube: FakeCluster, cluster: Cluster) -> None:
-    main_job_volume(kube)
+def test_404_on_delete_counts_as_already_deleted(kube_api: KubeApi, cluster: Cluster) -> None:
+    main_job_volume(kube_api)
     vol = volume(cluster)
     vol.locate()
-    kube.remove("persistentvolumeclaims", "pvc-123")
+    kube_api.remove("persistentvolumeclaims", "pvc-123")
     result = vol.release()
     assert result.state is StepState.DONE
     assert "already deleted" in result.message
 
 
-def test_403_names_the_missing_rbac_verb(kube: FakeCluster, cluster: Cluster) -> None:
-    main_job_volume(kube)
-    kube.forbid("delete", "persistentvolumeclaims")
+def test_403_names_the_missing_rbac_verb(kube_api: KubeApi, cluster: Cluster) -> None:
+    main_job_volume(kube_api)
+    kube_api.forbid("delete", "persistentvolumeclaims")
     vol = volume(cluster)
     vol.locate()
     result = vol.release()
@@ -235,10 +242,10 @@ def test_403_names_the_missing_rbac_verb(kube: FakeCluster, cluster: Cluster) ->
 
 
 def test_403_while_locating_fails_the_pvc_step_not_the_harvest(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    main_job_volume(kube)
-    kube.forbid("get", "pods")
+    main_job_volume(kube_api)
+    kube_api.forbid("get", "pods")
     vol = volume(cluster)
     assert vol.locate() is None
     assert vol.problem is not None and 'verb "get" on "pods"' in vol.problem
@@ -246,37 +253,37 @@ def test_403_while_locating_fails_the_pvc_step_not_the_harvest(
 
 
 def test_release_finalizer_drops_pvc_protection_after_the_delete(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    main_job_volume(kube)
+    main_job_volume(kube_api)
     vol = volume(cluster, release_finalizer=True)
     vol.locate()
     result = vol.release()
     assert result.state is StepState.DONE
     assert PVC_PROTECTION in result.message
     # With its only finalizer gone, the terminating claim disappears.
-    assert kube.get("persistentvolumeclaims", "pvc-123") is None
+    assert kube_api.get("persistentvolumeclaims", "pvc-123") is None
 
 
-def test_events_tell_the_story_on_the_pvc(kube: FakeCluster, cluster: Cluster) -> None:
-    uid = main_job_volume(kube)
+def test_events_tell_the_story_on_the_pvc(kube_api: KubeApi, cluster: Cluster) -> None:
+    uid = main_job_volume(kube_api)
     vol = volume(cluster)
     vol.locate()
     report = complete_harvest(pvc=vol.release())
     vol.record_outcome(report)
-    reasons = [(e["reason"], e["type"], e["involvedObject"]["uid"]) for e in kube.events]
+    reasons = [(e["reason"], e["type"], e["involvedObject"]["uid"]) for e in kube_api.events]
     assert reasons == [
         ("HarvestSucceeded", "Normal", uid),
         ("DeletionRequested", "Normal", uid),
     ]
-    assert all(e["involvedObject"]["kind"] == "PersistentVolumeClaim" for e in kube.events)
+    assert all(e["involvedObject"]["kind"] == "PersistentVolumeClaim" for e in kube_api.events)
 
 
 def test_failing_to_write_an_event_never_fails_the_harvest(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
-    main_job_volume(kube)
-    kube.forbid("create", "events")
+    main_job_volume(kube_api)
+    kube_api.forbid("create", "events")
     notices = Notices()
     vol = volume(cluster, notices)
     vol.locate()
@@ -284,10 +291,10 @@ def test_failing_to_write_an_event_never_fails_the_harvest(
     assert any("Event not written" in text for _level, text in notices.lines)
 
 
-def test_namespace_comes_from_the_kubeconfig_context(kube: FakeCluster) -> None:
-    access = ClusterAccess(kubeconfig=str(kube.kubeconfig))
+def test_namespace_comes_from_the_kubeconfig_context(kube_api: KubeApi) -> None:
+    access = ClusterAccess(kubeconfig=str(kube_api.kubeconfig))
     with connect(access) as found:
-        assert found.namespace == "keruta"
+        assert found.namespace == kube_api.namespace
     with connect(access, namespace="other") as chosen:
         assert chosen.namespace == "other"
 
@@ -296,9 +303,9 @@ def test_namespace_comes_from_the_kubeconfig_context(kube: FakeCluster) -> None:
 
 
 def cleanup(
-    kube: FakeCluster, dev_api: DevApiServer, root: Path, *args: str
+    kube_api: KubeApi, dev_api: DevApiServer, root: Path, *args: str
 ) -> subprocess.CompletedProcess[str]:
-    env = isolated_env() | {"KUBECONFIG": str(kube.kubeconfig), "POD_NAME": OWN_POD}
+    env = isolated_env() | {"KUBECONFIG": str(kube_api.kubeconfig), "POD_NAME": OWN_POD}
     return subprocess.run(
         [
             str(BIN / "keruta-agent"),
@@ -333,35 +340,35 @@ def docs(tmp_path: Path) -> Path:
 
 
 def test_a_complete_cleanup_deletes_the_pvc(
-    kube: FakeCluster, dev_api: DevApiServer, docs: Path
+    kube_api: KubeApi, dev_api: DevApiServer, docs: Path
 ) -> None:
-    uid = main_job_volume(kube)
-    result = cleanup(kube, dev_api, docs)
+    uid = main_job_volume(kube_api)
+    result = cleanup(kube_api, dev_api, docs)
     assert result.returncode == 0, result.stdout + result.stderr
     pvc = summary_of(result)["pvc"]
     assert isinstance(pvc, dict) and pvc["state"] == "done"
-    (body,) = deletes(kube)
+    (body,) = deletes(kube_api)
     assert isinstance(body, dict) and body["preconditions"] == {"uid": uid}
-    assert [e["reason"] for e in kube.events] == ["HarvestSucceeded", "DeletionRequested"]
+    assert [e["reason"] for e in kube_api.events] == ["HarvestSucceeded", "DeletionRequested"]
 
 
-def test_keep_pvc_deletes_nothing(kube: FakeCluster, dev_api: DevApiServer, docs: Path) -> None:
-    main_job_volume(kube)
-    result = cleanup(kube, dev_api, docs, "--keep-pvc")
+def test_keep_pvc_deletes_nothing(kube_api: KubeApi, dev_api: DevApiServer, docs: Path) -> None:
+    main_job_volume(kube_api)
+    result = cleanup(kube_api, dev_api, docs, "--keep-pvc")
     assert result.returncode == 0, result.stderr
-    assert deletes(kube) == []
+    assert deletes(kube_api) == []
     assert len(dev_api.store.documents(TASK)) == 2
 
 
-def test_a_failed_upload_deletes_nothing(kube: FakeCluster, docs: Path, tmp_path: Path) -> None:
-    main_job_volume(kube)
+def test_a_failed_upload_deletes_nothing(kube_api: KubeApi, docs: Path, tmp_path: Path) -> None:
+    main_job_volume(kube_api)
     # An API that accepts nothing: every upload is rejected with 400.
     with HTTPServer() as server:
         server.expect_request("/api/tasks/123/documents", method="POST").respond_with_data(
             "no", status=400
         )
         server.expect_request("/api/v1/tasks/123/status").respond_with_json({})
-        env = isolated_env() | {"KUBECONFIG": str(kube.kubeconfig), "POD_NAME": OWN_POD}
+        env = isolated_env() | {"KUBECONFIG": str(kube_api.kubeconfig), "POD_NAME": OWN_POD}
         result = subprocess.run(
             [
                 str(BIN / "harvester"),
@@ -378,45 +385,41 @@ def test_a_failed_upload_deletes_nothing(kube: FakeCluster, docs: Path, tmp_path
             check=False,
         )
     assert result.returncode == 3, result.stderr
-    assert deletes(kube) == []
-    assert [e["reason"] for e in kube.events] == ["HarvestFailed"]
+    assert deletes(kube_api) == []
+    assert [e["reason"] for e in kube_api.events] == ["HarvestFailed"]
 
 
 def test_a_failed_status_update_deletes_nothing(
-    kube: FakeCluster, dev_api: DevApiServer, docs: Path
+    kube_api: KubeApi, dev_api: DevApiServer, docs: Path
 ) -> None:
-    main_job_volume(kube)
-    result = cleanup(kube, dev_api, docs, "--status-path=/nope/{taskId}", "--retries=0")
+    main_job_volume(kube_api)
+    result = cleanup(kube_api, dev_api, docs, "--status-path=/nope/{taskId}", "--retries=0")
     assert result.returncode == 4, result.stderr
-    assert deletes(kube) == []
+    assert deletes(kube_api) == []
 
 
 def test_a_refused_delete_exits_5_after_the_harvest_is_done(
-    kube: FakeCluster, dev_api: DevApiServer, docs: Path
+    kube_api: KubeApi, dev_api: DevApiServer, docs: Path
 ) -> None:
-    main_job_volume(kube, pvc_labels={"task-id": "100"})
-    result = cleanup(kube, dev_api, docs)
+    main_job_volume(kube_api, pvc_labels={"task-id": "100"})
+    result = cleanup(kube_api, dev_api, docs)
     assert result.returncode == 5, result.stderr
     assert len(dev_api.store.documents(TASK)) == 2
     task = dev_api.store.task(TASK)
     assert task is not None and task.status == "COMPLETED"
-    assert [e["reason"] for e in kube.events] == ["HarvestSucceeded", "DeletionRefused"]
+    assert [e["reason"] for e in kube_api.events] == ["HarvestSucceeded", "DeletionRefused"]
 
 
 def test_the_calls_made_are_exactly_the_declared_permissions(
-    kube: FakeCluster, cluster: Cluster
+    kube_api: KubeApi, cluster: Cluster
 ) -> None:
     """PERMISSIONS is what deploy/role.yaml grants (tests/test_deploy.py checks that side);
     this side checks that the code's real requests, over every path, are exactly those."""
     # The fallback path: source pod gone, Job gone, the labelled PVC; then a full release.
-    kube.add_pvc("pvc-123", labels={"task-id": TASK})
-    kube.add_pod(OWN_POD, claims=["pvc-123"])
+    kube_api.add_pvc("pvc-123", labels={"task-id": TASK})
+    kube_api.add_pod(OWN_POD, claims=["pvc-123"])
     vol = volume(cluster, release_finalizer=True)
     vol.locate()
     vol.record_outcome(complete_harvest(pvc=vol.release()))
-    used = {
-        ("batch" if r.resource == "jobs" else "", r.resource, r.verb)
-        for r in kube.requests
-        if r.resource is not None
-    }
+    used = {(call.group, call.resource, call.verb) for call in kube_api.calls}
     assert used == {tuple(p) for p in PERMISSIONS}
