@@ -182,7 +182,10 @@ class RealNamespace:
     RoleBinding. `kubeconfig` acts as that ServiceAccount; the arranging is done as the admin.
     `audit_log` is the API server's (JSON lines), when this process can read it."""
 
-    def __init__(self, admin_kubeconfig: Path, workdir: Path, audit_log: Path | None) -> None:
+    def __init__(
+        self, admin_kubeconfig: Path, workdir: Path, audit_log: Path | None, *, runs_pods: bool
+    ) -> None:
+        self.runs_pods = runs_pods  # False: no scheduler or kubelet; phases are ours to set
         self.admin_kubeconfig = admin_kubeconfig
         self._audit_log = audit_log
         self.admin = _client(admin_kubeconfig)
@@ -276,15 +279,16 @@ class RealNamespace:
         claims: Iterable[str] = (),
         labels: Mapping[str, str] | None = None,
         mount_paths: Mapping[str, str] | None = None,
+        suspended: bool = True,
     ) -> str:
-        # Suspended, so the job controller makes no pods that would mount the claim too.
+        # Suspended unless asked: the job controller then makes no pods mounting the claim too.
         return self._create(
             {
                 "apiVersion": "batch/v1",
                 "kind": "Job",
                 "metadata": {"name": name, "labels": dict(labels or {})},
                 "spec": {
-                    "suspend": True,
+                    "suspend": suspended,
                     "backoffLimit": 0,
                     "template": {
                         "metadata": {"labels": dict(labels or {})},
@@ -437,8 +441,8 @@ def _backend(
         return FakeCluster(workdir)
     if name == "apiserver":
         plane: ControlPlane = request.getfixturevalue("control_plane")
-        return RealNamespace(plane.admin_kubeconfig, workdir, plane.audit_log)
-    return RealNamespace(Path(os.environ[E2E_KUBECONFIG]), workdir, None)
+        return RealNamespace(plane.admin_kubeconfig, workdir, plane.audit_log, runs_pods=False)
+    return RealNamespace(Path(os.environ[E2E_KUBECONFIG]), workdir, None, runs_pods=True)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml  # type: ignore[import-untyped]
+from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
 from harvester.kube import PERMISSIONS, connect
@@ -25,7 +26,7 @@ from tests.volume_support import OWN_POD, SOURCE_POD, TASK, Notices, complete_ha
 
 
 def run_cleanup_steps(
-    kubeconfig: Path, *, release_finalizer: bool = False
+    kubeconfig: Path, *, source_pod: str = SOURCE_POD, release_finalizer: bool = False
 ) -> tuple[Volume, StepResult, Notices]:
     """Locate, release and record, as the kubeconfig's identity."""
     notices = Notices()
@@ -35,7 +36,7 @@ def run_cleanup_steps(
             VolumeOptions(
                 task_id=TASK,
                 root="/.keruta/doc",
-                source_pod=SOURCE_POD,
+                source_pod=source_pod,
                 own_pod=OWN_POD,
                 release_finalizer=release_finalizer,
             ),
@@ -133,3 +134,57 @@ def test_each_rule_of_the_role_is_needed(
         assert result.state is StepState.FAILED, result.message
     else:  # an Event that cannot be written never fails the harvest
         assert result.state is StepState.DONE, result.message
+
+
+def test_a_finished_main_job_removed_by_its_ttl_frees_the_released_claim(
+    real_api: RealNamespace,
+) -> None:
+    """The remedy the PVC step names, through the real controllers: the job controller makes
+    the main Job's pod; once it has finished the harvest releases the claim, which that pod
+    keeps Terminating; when the Job is given a ttlSecondsAfterFinished, ttl-after-finished
+    deletes it, the garbage collector its pod (ownerReferences), and pvc-protection lets the
+    claim go."""
+    if real_api.runs_pods:
+        pytest.skip("needs a control plane with no scheduler or kubelet: phases are set here")
+    real_api.add_pvc("pvc-123", labels={"app": "keruta", "task-id": TASK})
+    real_api.add_job(
+        "keruta-job-123",
+        claims=["pvc-123"],
+        labels={"task-id": TASK},
+        mount_paths={"pvc-123": "/.keruta"},
+        suspended=False,
+    )
+    core, batch = client.CoreV1Api(real_api.admin), client.BatchV1Api(real_api.admin)
+
+    def job_pods() -> list[client.V1Pod]:
+        pods = core.list_namespaced_pod(
+            real_api.namespace, label_selector="job-name=keruta-job-123"
+        )
+        return list(pods.items)
+
+    wait_until(lambda: len(job_pods()) == 1, "the job controller to create the main pod")
+    (main_pod,) = job_pods()
+    assert main_pod.metadata is not None and main_pod.metadata.owner_references
+    source_pod = str(main_pod.metadata.name)
+    core.patch_namespaced_pod_status(
+        source_pod, real_api.namespace, {"status": {"phase": "Succeeded"}}
+    )
+
+    def job_complete() -> bool:
+        job = batch.read_namespaced_job_status("keruta-job-123", real_api.namespace)
+        conditions = (job.status.conditions if job.status else None) or []
+        return any(c.type == "Complete" and c.status == "True" for c in conditions)
+
+    wait_until(job_complete, "the main Job to complete")
+
+    _volume, result, _notices = run_cleanup_steps(real_api.kubeconfig, source_pod=source_pod)
+
+    assert result.state is StepState.DONE, result.message
+    assert f"{source_pod} (Succeeded)" in result.message
+    assert pvc_state(real_api, "pvc-123") == "terminating"
+    batch.patch_namespaced_job(
+        "keruta-job-123", real_api.namespace, {"spec": {"ttlSecondsAfterFinished": 0}}
+    )
+    wait_until(lambda: pvc_state(real_api, "pvc-123") == "gone", "the claim to go", timeout=60)
+    assert real_api.get("jobs", "keruta-job-123") is None
+    assert real_api.get("pods", source_pod) is None
