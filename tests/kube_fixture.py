@@ -14,7 +14,8 @@ PATCH as the API server applies it (JSON patch, merge patch, strategic merge pat
 finalizer-list semantics), `?dryRun=All`, `NotFound`/`AlreadyExists`/`Invalid` Status bodies,
 bearer-token checks (401), and injected faults (403 as RBAC words it, any other status).
 
-Wired into `tests/conftest.py` with `from tests.kube_fixture import kube`.
+Wired into `tests/conftest.py` with `from tests.kube_fixture import kube`, and one backend of
+tests/kube_backends.py; tests/test_kube_fidelity.py holds its answers against a real API server's.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ class _Kind:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    def qualified(self, plural: str) -> str:
-        """How the API server names the resource in messages: `pods`, `jobs.batch`."""
-        return f"{plural}.{self.group}" if self.group else plural
+    def qualified(self, name: str) -> str:
+        """How the API server names a resource (or a Kind) in messages: `pods`, `jobs.batch`."""
+        return f"{name}.{self.group}" if self.group else name
 
 
 # The namespaced resources the fake serves; any other resource path answers 404 as an API
@@ -203,6 +204,7 @@ class _ApiError(Exception):
 
 
 def _details(kind: _Kind, plural: str, name: str | None) -> dict[str, Any]:
+    # "kind" holds whatever the error names: the resource for most, the Kind for a Conflict.
     details: dict[str, Any] = {"kind": plural}
     if name is not None:
         details["name"] = name
@@ -345,8 +347,10 @@ def _apply_patch(current: dict[str, Any], body: Any, content_type: str) -> dict[
         try:
             patched = jsonpatch.apply_patch(current, body)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            # The API server answers a failed `test` or a missing path as 422.
-            raise _ApiError(422, str(exc)) from exc
+            # The API server answers a failed `test` or a missing path as a bare 422.
+            raise _ApiError(
+                422, "the server rejected our request due to an error in our request"
+            ) from exc
     elif content_type in (
         "application/merge-patch+json",
         "application/strategic-merge-patch+json",
@@ -593,19 +597,21 @@ class _ApiServer(kmock.KubernetesEmulator):
         metadata = obj.raw["metadata"]
         options = request.data if isinstance(request.data, dict) else {}
         preconditions = options.get("preconditions") or {}
-        for field_name, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+        for field_name, label, why in (
+            ("uid", "UID", "deleted and then recreated"),
+            ("resourceVersion", "ResourceVersion", "modified"),
+        ):
             wanted = preconditions.get(field_name)
             if wanted is not None and wanted != metadata.get(field_name):
-                # Worded as etcd3 storage's precondition error inside the registry's Conflict.
+                # Worded as the registry's delete words it (apiserver pkg/registry/rest), which
+                # names the Kind, not the resource; tests/test_kube_fidelity.py compares.
+                subject = f'{kind.qualified(kind.kind)} "{request.name}"'
                 raise _ApiError(
                     409,
-                    f'Operation cannot be fulfilled on {kind.qualified(plural)} "{request.name}": '
-                    f"StorageError: invalid object, Code: 4, "
-                    f"Key: /registry/{plural}/{request.namespace}/{request.name}, "
-                    f"ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: "
-                    f"{label} in precondition: {wanted}, "
-                    f"{label} in object meta: {metadata.get(field_name)}",
-                    details=_details(kind, plural, request.name),
+                    f"Operation cannot be fulfilled on {subject}: "
+                    f"the {label} in the precondition ({wanted}) does not match the {label} in "
+                    f"record ({metadata.get(field_name)}). The object might have been {why}",
+                    details=_details(kind, kind.kind, request.name),
                 )
         terminating = bool(metadata.get("deletionTimestamp"))
         if _dry_run(request):

@@ -200,10 +200,9 @@ def test_delete_with_another_uid_is_a_409_and_leaves_the_pvc(
     status = status_of(caught.value)
     assert status["reason"] == "Conflict"
     assert status["message"] == (
-        'Operation cannot be fulfilled on persistentvolumeclaims "pvc-123": StorageError: invalid '
-        "object, Code: 4, Key: /registry/persistentvolumeclaims/keruta/pvc-123, ResourceVersion: "
-        f"0, AdditionalErrorMsg: Precondition failed: UID in precondition: not-the-uid, UID in "
-        f"object meta: {uid}"
+        'Operation cannot be fulfilled on PersistentVolumeClaim "pvc-123": the UID in the '
+        f"precondition (not-the-uid) does not match the UID in record ({uid}). The object might "
+        "have been deleted and then recreated"
     )
     pvc = kube.get("persistentvolumeclaims", "pvc-123")
     assert pvc is not None
