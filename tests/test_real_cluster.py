@@ -22,7 +22,14 @@ from harvester.settings import ClusterAccess
 from harvester.stats import Level
 from harvester.volume import Volume, VolumeOptions
 from tests.kube_backends import DEPLOY, RealNamespace, wait_until
-from tests.volume_support import OWN_POD, SOURCE_POD, TASK, Notices, complete_harvest
+from tests.volume_support import (
+    OWN_POD,
+    SOURCE_POD,
+    TASK,
+    Notices,
+    complete_harvest,
+    main_job_volume,
+)
 
 
 def run_cleanup_steps(
@@ -84,15 +91,7 @@ def test_every_manifest_applies_with_a_server_side_dry_run(real_api: RealNamespa
 def test_the_deploy_role_suffices_and_the_pvc_stays_terminating_while_used(
     real_api: RealNamespace,
 ) -> None:
-    real_api.add_pvc("pvc-123", labels={"app": "keruta", "task-id": TASK})
-    real_api.add_pod(
-        SOURCE_POD,
-        claims=["pvc-123"],
-        labels={"job-name": "keruta-job-123"},
-        phase="Succeeded",
-        mount_paths={"pvc-123": "/.keruta"},
-    )
-    real_api.add_pod(OWN_POD, claims=["pvc-123"], phase="Running")
+    main_job_volume(real_api)
 
     volume, result, notices = run_cleanup_steps(real_api.kubeconfig)
 

@@ -21,7 +21,14 @@ from harvester.volume import Volume, VolumeOptions
 from tests.fstree import write_tree
 from tests.kube_backends import KubeApi
 from tests.process import BIN, isolated_env
-from tests.volume_support import OWN_POD, SOURCE_POD, TASK, Notices, complete_harvest
+from tests.volume_support import (
+    OWN_POD,
+    SOURCE_POD,
+    TASK,
+    Notices,
+    complete_harvest,
+    main_job_volume,
+)
 
 
 @pytest.fixture
@@ -44,21 +51,6 @@ def volume(cluster: Cluster, notices: Notices | None = None, **options: object) 
 
 def deletes(kube_api: KubeApi) -> list[object]:
     return [call.body for call in kube_api.calls if call.verb == "delete"]
-
-
-def main_job_volume(kube_api: KubeApi, *, pvc_labels: dict[str, str] | None = None) -> str:
-    uid = kube_api.add_pvc(
-        "pvc-123", labels={"app": "keruta", "task-id": TASK} | (pvc_labels or {})
-    )
-    kube_api.add_pod(
-        SOURCE_POD,
-        claims=["pvc-123"],
-        labels={"job-name": "keruta-job-123"},
-        phase="Succeeded",
-        mount_paths={"pvc-123": "/.keruta"},
-    )
-    kube_api.add_pod(OWN_POD, claims=["pvc-123"], phase="Running")
-    return uid
 
 
 def test_the_pvc_is_found_from_the_source_pod_and_deleted_with_its_uid(

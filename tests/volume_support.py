@@ -1,14 +1,32 @@
-"""What the PVC tests on both Kubernetes backends share: a listener that keeps the notices, and
-the report of a complete harvest to hand to `Volume.record_outcome`."""
+"""What the PVC tests on every Kubernetes backend share: the usual main Job's volume, a listener
+that keeps the notices, and the report of a complete harvest for `Volume.record_outcome`."""
 
 from __future__ import annotations
 
 from harvester.model import HarvestReport, StepResult, StepState
 from harvester.stats import Level, NullListener
+from tests.kube_backends import KubeApi
 
 TASK = "123"
 SOURCE_POD = "keruta-job-123-abcde"
 OWN_POD = "cleanup-job-for-task-123-xyz"
+
+
+def main_job_volume(kube_api: KubeApi, *, pvc_labels: dict[str, str] | None = None) -> str:
+    """The claim `pvc-123` of task 123, mounted at /.keruta by the main Job's finished pod and
+    by this cleanup pod (running); returns the claim's uid."""
+    uid = kube_api.add_pvc(
+        "pvc-123", labels={"app": "keruta", "task-id": TASK} | (pvc_labels or {})
+    )
+    kube_api.add_pod(
+        SOURCE_POD,
+        claims=["pvc-123"],
+        labels={"job-name": "keruta-job-123"},
+        phase="Succeeded",
+        mount_paths={"pvc-123": "/.keruta"},
+    )
+    kube_api.add_pod(OWN_POD, claims=["pvc-123"], phase="Running")
+    return uid
 
 
 class Notices(NullListener):
