@@ -24,7 +24,7 @@ test: lint cluster pytest
 test-fast: lint
 	KERUTA_SKIP_CLUSTER=1 $(BIN)/pytest
 
-## cluster: build kube-apiserver, kube-controller-manager and etcd (cold: ~7 min; cached: seconds)
+## cluster: build kube-apiserver, kube-controller-manager and etcd (first time ~8 min; then under a second)
 cluster:
 	@if command -v go >/dev/null 2>&1; then \
 		tests/cluster/build.sh; \

@@ -14,7 +14,8 @@ the calls the harvester made).
   audit log.
 - `cluster`: the same on the cluster `KERUTA_E2E_KUBECONFIG` names (it needs rights to create
   namespaces, RBAC objects and tokens; every object goes in a namespace deleted afterwards). Its
-  audit log is out of reach, so tests that read `calls` skip there.
+  audit log is out of reach, so the ServiceAccount's kubeconfig goes through a recording proxy
+  on loopback (tests/kube_recorder.py) and `calls` come from there.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from kubernetes.client.exceptions import ApiException
 from harvester.kube import PERMISSIONS
 from tests.controlplane import ControlPlane, binaries_built, create
 from tests.kube_fixture import ApiCall, FakeCluster, pod_spec
+from tests.kube_recorder import ApiRecorder
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 E2E_KUBECONFIG = "KERUTA_E2E_KUBECONFIG"
@@ -130,20 +132,25 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) 
         time.sleep(0.05)
 
 
+def current_cluster(kubeconfig: Path) -> dict[str, Any]:
+    """The cluster entry of the kubeconfig's current context (`server`, certificate authority),
+    with a relative certificate-authority path made absolute."""
+    document = yaml.safe_load(kubeconfig.read_text())
+    context = next(c for c in document["contexts"] if c["name"] == document["current-context"])
+    entry = next(c for c in document["clusters"] if c["name"] == context["context"]["cluster"])
+    cluster: dict[str, Any] = copy.deepcopy(entry["cluster"])
+    if cluster.get("certificate-authority"):
+        cluster["certificate-authority"] = str(kubeconfig.parent / cluster["certificate-authority"])
+    return cluster
+
+
 def service_account_kubeconfig(
-    admin_kubeconfig: Path, namespace: str, name: str, path: Path
+    admin_kubeconfig: Path, namespace: str, name: str, path: Path, *, server: str | None = None
 ) -> Path:
-    """Write to `path` a kubeconfig that reaches the admin's cluster as ServiceAccount
-    `namespace/name`, with a fresh bound token (TokenRequest, an hour) and `namespace` as its
-    context's namespace."""
-    admin = yaml.safe_load(admin_kubeconfig.read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
-    cluster = copy.deepcopy(
-        next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
-    )
-    authority = cluster["cluster"].get("certificate-authority")
-    if authority:  # relative paths are relative to the kubeconfig they were written in
-        cluster["cluster"]["certificate-authority"] = str(admin_kubeconfig.parent / authority)
+    """Write to `path` a kubeconfig that reaches the admin's cluster (or `server`, a plain-HTTP
+    stand-in for it) as ServiceAccount `namespace/name`, with a fresh bound token (TokenRequest,
+    an hour) and `namespace` as its context's namespace."""
+    cluster = {"server": server} if server else current_cluster(admin_kubeconfig)
     with _client(admin_kubeconfig) as api_client:
         answer = client.CoreV1Api(api_client).create_namespaced_service_account_token(
             name,
@@ -156,18 +163,42 @@ def service_account_kubeconfig(
     document = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [cluster],
+        "clusters": [{"name": "cluster", "cluster": cluster}],
         "users": [{"name": name, "user": {"token": answer.status.token}}],
         "contexts": [
             {
                 "name": name,
-                "context": {"cluster": cluster["name"], "user": name, "namespace": namespace},
+                "context": {"cluster": "cluster", "user": name, "namespace": namespace},
             }
         ],
         "current-context": name,
     }
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+def audited_calls(audit_log: Path, user: str) -> list[ApiCall]:
+    """The resource requests `user` made, from an API server's audit log (JSON lines)."""
+    calls = []
+    for line in audit_log.read_text().splitlines():
+        event = json.loads(line)
+        target = event.get("objectRef") or {}
+        if event["user"]["username"] != user or "resource" not in target:
+            continue
+        resource = target["resource"]
+        if target.get("subresource"):
+            resource = f"{resource}/{target['subresource']}"
+        calls.append(
+            ApiCall(
+                verb=event["verb"],
+                group=target.get("apiGroup", ""),
+                resource=resource,
+                name=target.get("name"),
+                body=event.get("requestObject"),
+                status=event.get("responseStatus", {}).get("code", 0),
+            )
+        )
+    return calls
 
 
 def _client(kubeconfig: Path) -> client.ApiClient:
@@ -180,7 +211,9 @@ def _client(kubeconfig: Path) -> client.ApiClient:
 class RealNamespace:
     """A fresh namespace on a real API server holding deploy/'s ServiceAccount, Role and
     RoleBinding. `kubeconfig` acts as that ServiceAccount; the arranging is done as the admin.
-    `audit_log` is the API server's (JSON lines), when this process can read it."""
+    What the ServiceAccount asked comes from `audit_log`, the API server's (JSON lines), when
+    this process can read it; else `kubeconfig` goes through a recording proxy on loopback
+    (tests/kube_recorder.py)."""
 
     def __init__(
         self, admin_kubeconfig: Path, workdir: Path, audit_log: Path | None, *, runs_pods: bool
@@ -195,6 +228,7 @@ class RealNamespace:
         self.namespace = f"keruta-test-{uuid.uuid4().hex[:8]}"
         self.user = f"system:serviceaccount:{self.namespace}:{SERVICE_ACCOUNT}"
         self.kubeconfig = workdir / f"{self.namespace}.kubeconfig"
+        self._recorder = None if audit_log else ApiRecorder(current_cluster(admin_kubeconfig))
 
     def __enter__(self) -> RealNamespace:
         namespace = {
@@ -216,14 +250,22 @@ class RealNamespace:
             lambda: self._exists(self._core.read_namespaced_service_account, "default"),
             "the default ServiceAccount",
         )
+        if self._recorder is not None:
+            self._recorder.__enter__()
         service_account_kubeconfig(
-            self.admin_kubeconfig, self.namespace, SERVICE_ACCOUNT, self.kubeconfig
+            self.admin_kubeconfig,
+            self.namespace,
+            SERVICE_ACCOUNT,
+            self.kubeconfig,
+            server=self._recorder.url if self._recorder else None,
         )
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         with contextlib.suppress(ApiException):
             self._core.delete_namespace(self.namespace)  # the namespace controller does the rest
+        if self._recorder is not None:
+            self._recorder.__exit__(None, None, None)
         self.admin.close()  # type: ignore[no-untyped-call]
 
     @contextlib.contextmanager
@@ -360,26 +402,11 @@ class RealNamespace:
 
     @property
     def calls(self) -> list[ApiCall]:
-        if self._audit_log is None:
-            pytest.skip("the calls made are read from the API server's audit log: not reachable")
+        if self._recorder is not None:
+            return self._recorder.calls
+        assert self._audit_log is not None
         # The log is written before the answer leaves the server, so it is complete here.
-        calls = []
-        for line in self._audit_log.read_text().splitlines():
-            event = json.loads(line)
-            target = event.get("objectRef") or {}
-            if event["user"]["username"] != self.user or "resource" not in target:
-                continue
-            calls.append(
-                ApiCall(
-                    verb=event["verb"],
-                    group=target.get("apiGroup", ""),
-                    resource=target["resource"],
-                    name=target.get("name"),
-                    body=event.get("requestObject"),
-                    status=event.get("responseStatus", {}).get("code", 0),
-                )
-            )
-        return calls
+        return audited_calls(self._audit_log, self.user)
 
     def can(self, group: str, resource: str, verb: str) -> bool:
         """Whether the API server's authorizer lets the ServiceAccount do it, now."""

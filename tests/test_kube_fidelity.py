@@ -1,8 +1,12 @@
-"""Does the kmock emulation answer as the real API server does? The same requests go to both
-(tests/kube_fixture.py and the control plane of tests/controlplane.py, as deploy/'s
-ServiceAccount) and the answers must match, names and UIDs aside: the status code, the
-`Status` reason, message and details that harvester/kube.py turns into sentences, and what a
-delete does to a protected claim. Skipped where no control plane is built."""
+"""Do the test backends tell the truth about the real API server? Skipped where no control plane
+is built.
+
+- kmock: the same requests go to it and to the control plane of tests/controlplane.py (as
+  deploy/'s ServiceAccount), and the answers must match, names and UIDs aside: the status code,
+  the `Status` reason, message and details that harvester/kube.py turns into sentences, and what
+  a delete does to a protected claim.
+- the recording proxy an existing cluster's tests go through (tests/kube_recorder.py): it must
+  record what the API server's own audit log records."""
 
 from __future__ import annotations
 
@@ -16,10 +20,18 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from harvester.kube import PVC_PROTECTION
+from harvester.kube import PERMISSIONS, PVC_PROTECTION, Cluster
+from harvester.volume import Volume, VolumeOptions
 from tests.controlplane import ControlPlane
-from tests.kube_backends import KubeApi, RealNamespace
-from tests.kube_fixture import FakeCluster
+from tests.kube_backends import KubeApi, RealNamespace, audited_calls
+from tests.kube_fixture import ApiCall, FakeCluster
+from tests.volume_support import (
+    OWN_POD,
+    SOURCE_POD,
+    TASK,
+    Notices,
+    complete_harvest,
+)
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STALE_UID = "00000000-0000-0000-0000-000000000000"
@@ -155,3 +167,40 @@ def test_kmock_answers_as_the_api_server_does(
             answers.append(normalized(api, case(api, client.CoreV1Api(api_client))))
     emulated, real = answers
     assert emulated == real
+
+
+def test_the_recording_proxy_records_what_the_audit_log_does(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    # No audit log given: the namespace's kubeconfig goes through the proxy, as on `cluster`.
+    with RealNamespace(control_plane.admin_kubeconfig, tmp_path, None, runs_pods=False) as real:
+        # The path that makes every call there is (as in test_volume.py's permissions test):
+        # the source pod and its Job are gone, the claim is found by its label.
+        real.add_pvc("pvc-123", labels={"task-id": TASK})
+        real.add_pod(OWN_POD, claims=["pvc-123"])
+        with real.api_client() as api_client:
+            cluster = Cluster(api_client, real.namespace)
+            volume = Volume(
+                cluster,
+                VolumeOptions(
+                    task_id=TASK,
+                    root="/.keruta/doc",
+                    source_pod=SOURCE_POD,
+                    own_pod=OWN_POD,
+                    release_finalizer=True,
+                ),
+                Notices(),
+            )
+            volume.locate()
+            volume.record_outcome(complete_harvest(pvc=volume.release()))
+        proxied = real.calls
+    audited = audited_calls(control_plane.audit_log, real.user)
+
+    def shape(call: ApiCall) -> tuple[str, str, str, str | None, int]:
+        return call.verb, call.group, call.resource, call.name, call.status
+
+    assert [shape(c) for c in proxied] == [shape(c) for c in audited]
+    assert {(c.group, c.resource, c.verb) for c in proxied} == {tuple(p) for p in PERMISSIONS}
+    (proxied_delete,) = (c.body for c in proxied if c.verb == "delete")
+    (audited_delete,) = (c.body for c in audited if c.verb == "delete")
+    assert proxied_delete["preconditions"] == audited_delete["preconditions"]

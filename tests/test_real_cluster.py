@@ -119,8 +119,10 @@ def test_each_rule_of_the_role_is_needed(
 ) -> None:
     # The path that uses every permission: the source pod is gone (get pods: 404), so its Job
     # (get jobs: 404), then the PVC labelled task-id (list, get), live users (list pods), the
-    # delete, the finalizer (patch), and the Events (create).
+    # delete, the finalizer (patch), and the Events (create). This cleanup pod mounts the claim,
+    # so pvc-protection holds it and the finalizer is still there to patch after the delete.
     real_api.add_pvc("pvc-123", labels={"task-id": TASK})
+    real_api.add_pod(OWN_POD, claims=["pvc-123"])
     real_api.forbid(verb, resource)
     assert not real_api.can(group, resource, verb)
 
