@@ -450,6 +450,13 @@ class RealNamespace:
         }
 
 
+def needs_control_plane(item: pytest.Item) -> bool:
+    """Whether a collected test runs on the control plane of tests/controlplane.py."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    on_apiserver = "apiserver" in (params.get("kube_api"), params.get("real_api"))
+    return on_apiserver or "control_plane" in getattr(item, "fixturenames", ())
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """One real control plane for the whole session (about 5 s to start)."""
