@@ -122,7 +122,7 @@ class Volume:
                     StepState.DONE,
                     f"{name} deleted; {PVC_PROTECTION} removed (--release-pvc-finalizer)",
                 )
-            return StepResult(StepState.DONE, _deletion_requested(name, mounting, options))
+            return StepResult(StepState.DONE, _deletion_requested(name, mounting, options.own_pod))
         except KubeError as exc:
             return StepResult(StepState.FAILED, f"{name} not deleted: {exc}")
 
@@ -261,24 +261,20 @@ def _claim_holding(claims: Sequence[ClaimMount], root: str) -> ClaimMount | None
     return best[0][1]
 
 
-def _deletion_requested(name: str, mounting: list[PodInfo], options: VolumeOptions) -> str:
+def _deletion_requested(name: str, mounting: list[PodInfo], own_pod: str | None) -> str:
     # pvc-protection counts every scheduled pod that names the claim, finished ones included
     # (the main Job's Succeeded pods: keruta gives main Jobs no TTL), until the pod object is
     # deleted. Naming them tells the operator what keeps the volume allocated.
     if not mounting:
         return f"{name} deletion requested; no pod mounts it any more"
     holders = ", ".join(
-        f"{pod.name} (this cleanup pod)"
-        if pod.name == options.own_pod
-        else f"{pod.name} ({pod.phase})"
+        f"{pod.name} (this cleanup pod)" if pod.name == own_pod else f"{pod.name} ({pod.phase})"
         for pod in mounting
     )
-    message = (
-        f"{name} deletion requested; it stays Terminating until these pods are deleted: {holders}"
-    )
-    if any(pod.phase not in LIVE_PHASES for pod in mounting):
+    message = f"{name} deletion requested; it stays Terminating until these pods are deleted: "
+    message += holders
+    if any(pod.phase not in LIVE_PHASES for pod in mounting if pod.name != own_pod):
         message += (
-            "; finished pods hold it until deleted (delete them or their Job, or use "
-            "--release-pvc-finalizer)"
+            "; finished pods count too (delete them or their Job, or use --release-pvc-finalizer)"
         )
     return message

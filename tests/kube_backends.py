@@ -231,6 +231,14 @@ class RealNamespace:
         self._recorder = None if audit_log else ApiRecorder(current_cluster(admin_kubeconfig))
 
     def __enter__(self) -> RealNamespace:
+        try:
+            self._set_up()
+        except BaseException:
+            self.__exit__(None, None, None)  # nothing left behind by a half-made namespace
+            raise
+        return self
+
+    def _set_up(self) -> None:
         namespace = {
             "apiVersion": "v1",
             "kind": "Namespace",
@@ -259,7 +267,6 @@ class RealNamespace:
             self.kubeconfig,
             server=self._recorder.url if self._recorder else None,
         )
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         with contextlib.suppress(ApiException):

@@ -37,8 +37,8 @@ def api_call(method: str, target: str, body: bytes, status: int) -> ApiCall | No
         group, rest = parts[1], parts[3:]
     else:
         return None
-    if rest[:1] == ["namespaces"] and len(rest) >= 3:
-        rest = rest[2:]  # namespaced: drop "namespaces/<name>"
+    if rest[:1] == ["namespaces"] and len(rest) >= 3 and rest[2] not in ("status", "finalize"):
+        rest = rest[2:]  # namespaced: drop "namespaces/<name>" (as the API server's RequestInfo)
     if not rest:
         return None
     resource, name = rest[0], (rest[1] if len(rest) > 1 else None)
@@ -46,7 +46,7 @@ def api_call(method: str, target: str, body: bytes, status: int) -> ApiCall | No
         resource = f"{resource}/{rest[2]}"  # a subresource, as "pods/status"
     watching = parse_qs(url.query).get("watch", ["false"])[0] in ("true", "1")
     verb = {
-        "GET": ("get" if name else "watch" if watching else "list"),
+        "GET": "watch" if watching else "get" if name else "list",
         "POST": "create",
         "PUT": "update",
         "PATCH": "patch",
@@ -90,7 +90,8 @@ class ApiRecorder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self._server.shutdown()
         self._server.server_close()
 
     @property

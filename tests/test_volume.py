@@ -69,12 +69,25 @@ def test_the_pvc_is_found_from_the_source_pod_and_deleted_with_its_uid(
     assert "Terminating until these pods are deleted" in result.message
     assert f"{SOURCE_POD} (Succeeded)" in result.message
     assert f"{OWN_POD} (this cleanup pod)" in result.message
+    assert "finished pods count too" in result.message
     (body,) = deletes(kube_api)
     assert isinstance(body, dict)
     assert body["preconditions"] == {"uid": uid}
     # pvc-protection keeps it (our own pod still mounts it): deletion requested, not waited for.
     pvc = kube_api.get("persistentvolumeclaims", "pvc-123")
     assert pvc is not None and pvc["metadata"].get("deletionTimestamp")
+
+
+def test_with_only_this_pod_on_the_claim_the_release_names_just_it(
+    kube_api: KubeApi, cluster: Cluster
+) -> None:
+    kube_api.add_pvc("pvc-123", labels={"task-id": TASK})
+    kube_api.add_pod(OWN_POD, claims=["pvc-123"])
+    vol = volume(cluster, source_pod=None)
+    vol.locate()
+    result = vol.release()
+    assert result.state is StepState.DONE, result.message
+    assert result.message.endswith(f"until these pods are deleted: {OWN_POD} (this cleanup pod)")
 
 
 def test_with_several_claims_the_one_holding_the_root_is_chosen(
