@@ -272,7 +272,7 @@ class RealNamespace:
         with contextlib.suppress(ApiException):
             self._core.delete_namespace(self.namespace)  # the namespace controller does the rest
         if self._recorder is not None:
-            self._recorder.__exit__(None, None, None)
+            self._recorder.__exit__()
         self.admin.close()  # type: ignore[no-untyped-call]
 
     @contextlib.contextmanager

@@ -20,18 +20,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from harvester.kube import PERMISSIONS, PVC_PROTECTION, Cluster
-from harvester.volume import Volume, VolumeOptions
+from harvester.kube import PERMISSIONS, PVC_PROTECTION
 from tests.controlplane import ControlPlane
 from tests.kube_backends import KubeApi, RealNamespace, audited_calls
 from tests.kube_fixture import ApiCall, FakeCluster
-from tests.volume_support import (
-    OWN_POD,
-    SOURCE_POD,
-    TASK,
-    Notices,
-    complete_harvest,
-)
+from tests.volume_support import OWN_POD, TASK, run_cleanup_steps
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STALE_UID = "00000000-0000-0000-0000-000000000000"
@@ -152,7 +145,9 @@ def kmock_and_real(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[FakeCluster, RealNamespace]]:
     workdir = tmp_path_factory.mktemp("fidelity")
-    real = RealNamespace(control_plane.admin_kubeconfig, workdir, None, runs_pods=False)
+    real = RealNamespace(
+        control_plane.admin_kubeconfig, workdir, control_plane.audit_log, runs_pods=False
+    )
     with FakeCluster(Path(workdir)) as fake, real:
         yield fake, real
 
@@ -178,21 +173,7 @@ def test_the_recording_proxy_records_what_the_audit_log_does(
         # the source pod and its Job are gone, the claim is found by its label.
         real.add_pvc("pvc-123", labels={"task-id": TASK})
         real.add_pod(OWN_POD, claims=["pvc-123"])
-        with real.api_client() as api_client:
-            cluster = Cluster(api_client, real.namespace)
-            volume = Volume(
-                cluster,
-                VolumeOptions(
-                    task_id=TASK,
-                    root="/.keruta/doc",
-                    source_pod=SOURCE_POD,
-                    own_pod=OWN_POD,
-                    release_finalizer=True,
-                ),
-                Notices(),
-            )
-            volume.locate()
-            volume.record_outcome(complete_harvest(pvc=volume.release()))
+        run_cleanup_steps(real.kubeconfig, release_finalizer=True)
         proxied = real.calls
     audited = audited_calls(control_plane.audit_log, real.user)
 

@@ -9,50 +9,23 @@ precondition's server-side check is one of its tests."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import yaml  # type: ignore[import-untyped]
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
-from harvester.kube import PERMISSIONS, connect
-from harvester.model import StepResult, StepState
-from harvester.settings import ClusterAccess
+from harvester.kube import PERMISSIONS
+from harvester.model import StepState
 from harvester.stats import Level
-from harvester.volume import Volume, VolumeOptions
 from tests.kube_backends import DEPLOY, RealNamespace, wait_until
 from tests.volume_support import (
     OWN_POD,
     SOURCE_POD,
     TASK,
-    Notices,
-    complete_harvest,
     main_job_volume,
+    run_cleanup_steps,
 )
-
-
-def run_cleanup_steps(
-    kubeconfig: Path, *, source_pod: str = SOURCE_POD, release_finalizer: bool = False
-) -> tuple[Volume, StepResult, Notices]:
-    """Locate, release and record, as the kubeconfig's identity."""
-    notices = Notices()
-    with connect(ClusterAccess(kubeconfig=str(kubeconfig))) as cluster:
-        volume = Volume(
-            cluster,
-            VolumeOptions(
-                task_id=TASK,
-                root="/.keruta/doc",
-                source_pod=source_pod,
-                own_pod=OWN_POD,
-                release_finalizer=release_finalizer,
-            ),
-            notices,
-        )
-        volume.locate()
-        result = volume.release()
-        volume.record_outcome(complete_harvest(result))
-    return volume, result, notices
 
 
 def pvc_state(real_api: RealNamespace, name: str) -> str:

@@ -1,10 +1,16 @@
 """What the PVC tests on every Kubernetes backend share: the usual main Job's volume, a listener
-that keeps the notices, and the report of a complete harvest for `Volume.record_outcome`."""
+that keeps the notices, the report of a complete harvest for `Volume.record_outcome`, and the
+cleanup's Kubernetes steps run as a kubeconfig's identity."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from harvester.kube import connect
 from harvester.model import HarvestReport, StepResult, StepState
+from harvester.settings import ClusterAccess
 from harvester.stats import Level, NullListener
+from harvester.volume import Volume, VolumeOptions
 from tests.kube_backends import KubeApi
 
 TASK = "123"
@@ -52,3 +58,26 @@ def complete_harvest(pvc: StepResult) -> HarvestReport:
         status=StepResult(StepState.DONE, "set to COMPLETED"),
         pvc=pvc,
     )
+
+
+def run_cleanup_steps(
+    kubeconfig: Path, *, source_pod: str = SOURCE_POD, release_finalizer: bool = False
+) -> tuple[Volume, StepResult, Notices]:
+    """Locate, release and record, as the kubeconfig's identity."""
+    notices = Notices()
+    with connect(ClusterAccess(kubeconfig=str(kubeconfig))) as cluster:
+        volume = Volume(
+            cluster,
+            VolumeOptions(
+                task_id=TASK,
+                root="/.keruta/doc",
+                source_pod=source_pod,
+                own_pod=OWN_POD,
+                release_finalizer=release_finalizer,
+            ),
+            notices,
+        )
+        volume.locate()
+        result = volume.release()
+        volume.record_outcome(complete_harvest(result))
+    return volume, result, notices
