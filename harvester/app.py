@@ -22,8 +22,7 @@ from rich.console import Console
 
 from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode, exit_code_for
-from harvester.harvest import Harvest, PvcStep, run_harvest
-from harvester.model import StepResult, StepState
+from harvester.harvest import NO_PVC_STEP, Harvest, PvcStep, run_harvest
 from harvester.report import (
     JsonReporter,
     LogReporter,
@@ -35,7 +34,7 @@ from harvester.report import (
     write_summary_json,
     write_termination_log,
 )
-from harvester.settings import NO_CLUSTER, Settings
+from harvester.settings import Settings
 from harvester.stats import Level, Listener
 
 if TYPE_CHECKING:
@@ -138,12 +137,12 @@ def run_cleanup(
 
 def _volume_step(
     settings: Settings, listener: Listener, resources: ExitStack
-) -> tuple[Volume | None, PvcStep]:
-    """Connect to the cluster and locate the PVC now, so its UID is known before the harvest."""
+) -> tuple[Volume | None, PvcStep | None]:
+    """Connect to the cluster and locate the PVC now, so its UID is known before the harvest.
+    Without a cluster there is no PVC step (None)."""
     if not settings.cluster.available:
-        message = f"{NO_CLUSTER}; the PVC was left in place"
-        listener.notice(Level.INFO, f"PVC: {message}")
-        return None, lambda: StepResult(StepState.SKIPPED, message)
+        listener.notice(Level.INFO, f"PVC: {NO_PVC_STEP}")
+        return None, None
     # Imported only with a cluster to talk to: the official client costs a quarter of a second
     # and some 30 MB, for nothing on a laptop or in a dry run.
     from harvester.kube import connect

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from harvester.errors import FileChanged, FileProblem
+from harvester.errors import INTERRUPTED, FileChanged, FileProblem
 from harvester.model import Digest, Failed, FileEntry
 from harvester.safeopen import RootDir
 from harvester.stats import Level, Listener, NullListener, Stage
@@ -29,7 +29,7 @@ __all__ = ["CHUNK_SIZE", "hash_entries", "hash_file", "sha256_of_fd"]
 CHUNK_SIZE = 1024 * 1024
 # Files at least this large are hashed on the worker threads; smaller ones on the caller's.
 THREADED_MIN_SIZE = 256 * 1024
-INTERRUPTED = "not hashed: the harvest was interrupted"
+NOT_HASHED = f"not hashed: {INTERRUPTED}"
 
 _NULL_LISTENER = NullListener()
 _buffers = threading.local()
@@ -193,9 +193,7 @@ def hash_entries(
                 failed.append(result)
             else:
                 interrupted += 1
-                failed.append(
-                    Failed(entry.rel_path, f"{entry.rel_path}: {INTERRUPTED}", entry.size)
-                )
+                failed.append(Failed(entry.rel_path, f"{entry.rel_path}: {NOT_HASHED}", entry.size))
         if interrupted:
             listener.notice(
                 Level.WARNING,

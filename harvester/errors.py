@@ -53,5 +53,8 @@ class AuthRejected(ApiError):
     """401/403: the token is missing or wrong; the whole run stops at once (exit 6)."""
 
 
+INTERRUPTED = "the harvest was interrupted"
+
+
 class Interrupted(HarvesterError):
     """The run was asked to stop (SIGTERM/SIGINT) before this work could start."""

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 from harvester.api import KerutaApi
 from harvester.digest import hash_entries
-from harvester.errors import AuthRejected, HarvesterError, RetryableError
+from harvester.errors import (
+    INTERRUPTED,
+    AuthRejected,
+    HarvesterError,
+    Interrupted,
+    RetryableError,
+)
 from harvester.gate import Act, Gate
 from harvester.model import (
     Action,
@@ -29,17 +35,20 @@ from harvester.model import (
     StepState,
     UploadPlan,
 )
+from harvester.mounts import require_mounted_volume
 from harvester.plan import build_plan
 from harvester.retry import Retrier, RetryPolicy
 from harvester.safeopen import RootDir
 from harvester.scan import ScanOptions, scan
-from harvester.settings import Settings
+from harvester.settings import NO_CLUSTER, Settings
 from harvester.stats import Level, Listener
 from harvester.upload import Uploader, UploadResult
 
 UPLOAD_FAILED_CODE = "HARVEST_UPLOAD_FAILED"
 _STATUS_MESSAGE_LIMIT = 500
 _KEPT_INCOMPLETE = "the harvest is not complete, so the documents stay on the volume"
+NO_PVC_STEP = f"{NO_CLUSTER}; the PVC was left in place"
+_INTERRUPTED_STATUS = f"{INTERRUPTED}; the status was left as it is and a new run will finish it"
 
 PvcStep = Callable[[], StepResult]
 
@@ -62,7 +71,12 @@ def run_harvest(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], object] | None = None,
 ) -> Harvest:
-    """Run one harvest. With `settings.dry_run` nothing is sent and nothing is changed."""
+    """Run one harvest. With `settings.dry_run` nothing is sent and nothing is changed.
+
+    A set `stop` event (SIGTERM) is looked at before every step: once it is set no new upload
+    starts, the task status is left as it is and the volume is kept; the report says
+    `interrupted`. A signal that comes after the status was recorded lets the PVC step finish.
+    """
     started = clock()
     stop = stop or threading.Event()
     gate = Gate(dry_run=settings.dry_run, keep_pvc=settings.keep_pvc)
@@ -76,6 +90,10 @@ def run_harvest(
 
     scanned = scan(settings.root, options, listener)
     if not scanned.root_exists:
+        if pvc_step is not None and gate.why_closed(Act.DELETE_PVC) is None:
+            # "No documents" would release the volume: only believe it when the volume is
+            # demonstrably mounted, so a mistyped --root or a missing volumeMount loses nothing.
+            require_mounted_volume(settings.root)
         listener.notice(Level.WARNING, f"{settings.root}: does not exist; no documents to harvest")
 
     with ExitStack() as resources:
@@ -87,11 +105,22 @@ def run_harvest(
             if root is not None
             else ([], [])
         )
-        if settings.dry_run:
-            plan = build_plan(
-                scanned, digests, hash_failures, keep_duplicates=settings.keep_duplicates
+
+        def plan_for(remote: list[RemoteDocument] | None = None) -> UploadPlan:
+            return build_plan(
+                scanned,
+                digests,
+                hash_failures,
+                keep_duplicates=settings.keep_duplicates,
+                remote=remote,
             )
+
+        if settings.dry_run:
+            plan = plan_for()
             return Harvest(plan, _dry_run_report(settings, plan, clock() - started))
+        if stop.is_set():
+            plan = plan_for()
+            return Harvest(plan, _interrupted_report(settings, plan, clock() - started))
 
         if api is None:
             api = resources.enter_context(_new_api(settings, gate))
@@ -102,20 +131,17 @@ def run_harvest(
         )
         try:
             remote = retrier.call(lambda _attempt: _already_uploaded(api, settings, listener))
+        except Interrupted:
+            plan = plan_for()
+            return Harvest(plan, _interrupted_report(settings, plan, clock() - started))
         except (AuthRejected, RetryableError) as exc:
             # Nothing can be uploaded: say so once, rather than once for every file.
             listener.notice(Level.ERROR, str(exc))
-            plan = build_plan(scanned, digests, hash_failures)
+            plan = plan_for()
             return Harvest(plan, _aborted_report(settings, plan, exc, clock() - started))
-        plan = build_plan(
-            scanned,
-            digests,
-            hash_failures,
-            keep_duplicates=settings.keep_duplicates,
-            remote=remote,
-        )
+        plan = plan_for(remote)
         result = UploadResult(receipts=())
-        if root is not None and plan.uploads:
+        if root is not None and plan.uploads and not stop.is_set():
             uploader = Uploader(
                 api,
                 root,
@@ -128,21 +154,26 @@ def run_harvest(
                 clock=clock,
             )
             result = uploader.upload_all(plan.uploads)
-        files = _file_reports(plan, result.receipts)
+        interrupted = result.interrupted or stop.is_set()
+        files = _file_reports(
+            plan,
+            result.receipts,
+            unsent_error=f"not attempted: {INTERRUPTED}" if interrupted else None,
+        )
         failures = [f for f in files if f.outcome in (Outcome.FAILED, Outcome.NOT_ATTEMPTED)]
 
         if result.auth_error is not None:
             status = StepResult(StepState.SKIPPED, "keruta-api rejected the token")
-        elif result.interrupted:
-            status = StepResult(
-                StepState.SKIPPED,
-                "the harvest was interrupted; a new run will finish it",
-            )
+        elif interrupted:
+            status = StepResult(StepState.SKIPPED, _INTERRUPTED_STATUS)
         else:
             message = (
                 None if scanned.root_exists else f"No documents: {settings.root} does not exist"
             )
-            status = _update_status(api, settings, retrier, files, failures, listener, message)
+            try:
+                status = _update_status(api, settings, retrier, files, failures, listener, message)
+            except Interrupted:
+                status, interrupted = StepResult(StepState.SKIPPED, _INTERRUPTED_STATUS), True
 
         if failures or status.state is not StepState.DONE:
             pvc = StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE)
@@ -158,7 +189,7 @@ def run_harvest(
             status=status,
             pvc=pvc,
             auth_rejected=result.auth_error is not None,
-            interrupted=result.interrupted,
+            interrupted=interrupted,
             notes=() if scanned.root_exists else (f"{settings.root} does not exist",),
         )
         return Harvest(plan, report)
@@ -206,17 +237,22 @@ def _file_reports(
     unsent: Outcome = Outcome.NOT_ATTEMPTED,
     unsent_error: str | None = None,
 ) -> tuple[FileReport, ...]:
-    """One report per planned path; planned uploads without a receipt end as `unsent`."""
-    by_path = {receipt.rel_path: receipt for receipt in receipts}
+    """One report per planned path; planned uploads without a receipt end as `unsent`.
+
+    `receipts` answer `plan.uploads` one for one, in order (or are empty when nothing was sent):
+    a receipt is matched to the very item it answers, never by its printed name, since two
+    files can print alike (a name that is not UTF-8 is shown escaped).
+    """
+    if receipts and len(receipts) != len(plan.uploads):
+        raise ValueError(f"{len(receipts)} receipts for {len(plan.uploads)} planned uploads")
+    answers = iter(receipts)
     reports = []
     for item in plan.items:
-        receipt = by_path.get(item.rel_path)
-        if receipt is None:
-            if item.action is Action.UPLOAD:
-                receipt = Receipt(item.rel_path, unsent, error=unsent_error)
-            else:
-                error = item.reason if item.action is Action.FAIL else None
-                receipt = Receipt(item.rel_path, _OUTCOME_OF_ACTION[item.action], error=error)
+        if item.action is Action.UPLOAD:
+            receipt = next(answers, None) or Receipt(item.rel_path, unsent, error=unsent_error)
+        else:
+            error = item.reason if item.action is Action.FAIL else None
+            receipt = Receipt(item.rel_path, _OUTCOME_OF_ACTION[item.action], error=error)
         reports.append(
             FileReport(
                 path=item.rel_path,
@@ -263,6 +299,8 @@ def _update_status(
                 Level.WARNING, f"task status: {err}; retrying in {wait:.1f}s (attempt {n})"
             ),
         )
+    except Interrupted:
+        raise
     except HarvesterError as exc:
         listener.notice(Level.ERROR, f"task status: {exc}")
         return StepResult(StepState.FAILED, f"{status} not recorded: {exc}")
@@ -274,10 +312,7 @@ def _release_pvc(gate: Gate, pvc_step: PvcStep | None) -> StepResult:
     if reason is not None:
         return StepResult(StepState.SKIPPED, reason)
     if pvc_step is None:
-        return StepResult(
-            StepState.SKIPPED,
-            "no Kubernetes access was configured; the PVC was left in place",
-        )
+        return StepResult(StepState.SKIPPED, NO_PVC_STEP)
     return pvc_step()
 
 
@@ -293,6 +328,22 @@ def _dry_run_report(settings: Settings, plan: UploadPlan, elapsed: float) -> Har
         bytes_uploaded=0,
         status=nothing,
         pvc=nothing,
+    )
+
+
+def _interrupted_report(settings: Settings, plan: UploadPlan, elapsed: float) -> HarvestReport:
+    """The report of a harvest stopped by a signal before it uploaded anything."""
+    files = _file_reports(plan, (), unsent_error=f"not attempted: {INTERRUPTED}")
+    return HarvestReport(
+        task_id=settings.task_id,
+        root=settings.root,
+        dry_run=False,
+        files=files,
+        elapsed_seconds=elapsed,
+        bytes_uploaded=0,
+        status=StepResult(StepState.SKIPPED, _INTERRUPTED_STATUS),
+        pvc=StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE),
+        interrupted=True,
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from harvester.api import KerutaApi
 from harvester.digest import hash_file
 from harvester.errors import (
+    INTERRUPTED,
     ApiError,
     AuthRejected,
     FileChanged,
@@ -129,7 +130,7 @@ class Uploader:
         if self._abort.is_set():
             raise Interrupted("not attempted: keruta-api rejected the token")
         if self._stop.is_set():
-            raise Interrupted("not attempted: the harvest was interrupted")
+            raise Interrupted(f"not attempted: {INTERRUPTED}")
         if self._deadline is not None and self._clock() > self._deadline:
             raise Interrupted("not attempted: the overall --deadline passed")
 

@@ -400,3 +400,47 @@ def test_stop_event_leaves_the_rest_not_attempted(tmp_path: Path, dev_api: DevAp
     task = dev_api.store.task(TASK)
     assert task is None or task.history == ()  # no status: a new run will finish the job
     assert exit_code_for(report) is ExitCode.UPLOADS_FAILED
+
+
+class StopAt(NullListener):
+    """Sets `stop` when the named stage starts or finishes, as a SIGTERM arriving then would."""
+
+    def __init__(
+        self, stop: threading.Event, *, started: Stage | None = None, finished: Stage | None = None
+    ) -> None:
+        self._stop, self._started, self._finished = stop, started, finished
+
+    def stage_started(self, stage: Stage, files: int, nbytes: int) -> None:
+        if stage is self._started:
+            self._stop.set()
+
+    def stage_finished(self, stage: Stage) -> None:
+        if stage is self._finished:
+            self._stop.set()
+
+
+@pytest.mark.parametrize(
+    "when",
+    [{"started": Stage.HASH}, {"finished": Stage.SCAN}, {"finished": Stage.HASH}],
+    ids=["while-hashing", "after-the-scan", "after-hashing"],
+)
+def test_a_signal_before_the_uploads_leaves_the_status_alone(
+    tmp_path: Path, dev_api: DevApiServer, when: dict[str, Stage]
+) -> None:
+    root = write_tree(tmp_path / "doc", {f"f{i}.md": f"doc {i}" for i in range(5)})
+    first = harvest(settings_for(root, dev_api.url)).report
+    assert exit_code_for(first) is ExitCode.OK
+    # Nothing is left to upload: the server already holds every hash.
+    stop = threading.Event()
+    report = run_harvest(
+        settings_for(root, dev_api.url), StopAt(stop, **when), stop=stop, sleep=Sleeps()
+    ).report
+
+    assert report.interrupted
+    assert report.status.state is StepState.SKIPPED
+    assert "interrupted" in report.status.message
+    assert report.pvc.state is StepState.SKIPPED
+    assert exit_code_for(report) is ExitCode.UPLOADS_FAILED
+    task = dev_api.store.task(TASK)
+    assert task is not None
+    assert [update.status for update in task.history] == ["COMPLETED"]  # the first run's only

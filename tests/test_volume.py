@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pytest_httpserver import HTTPServer
 from harvester.devapi import DevApiServer
 from harvester.kube import PERMISSIONS, PVC_PROTECTION, Cluster, DeleteResult, connect
 from harvester.model import StepResult, StepState
+from harvester.mounts import holding_mount, mount_points, nearest_existing
 from harvester.settings import ClusterAccess
 from harvester.volume import Volume, VolumeOptions
 from tests.fstree import write_tree
@@ -29,6 +31,8 @@ from tests.volume_support import (
     complete_harvest,
     main_job_volume,
 )
+
+SHARED_MEMORY = "/dev/shm"
 
 
 @pytest.fixture
@@ -413,6 +417,42 @@ def test_a_refused_delete_exits_5_after_the_harvest_is_done(
     task = dev_api.store.task(TASK)
     assert task is not None and task.status == "COMPLETED"
     assert [e["reason"] for e in kube_api.events] == ["HarvestSucceeded", "DeletionRefused"]
+
+
+def test_a_missing_root_off_any_volume_keeps_the_status_and_the_volume(
+    kube_api: KubeApi, dev_api: DevApiServer, tmp_path: Path
+) -> None:
+    """A mistyped --root, or a template without the volumeMount: the root is missing and no
+    volume is mounted where it should be, so "no documents" must not release the volume."""
+    main_job_volume(kube_api)
+    root = tmp_path / "mistyped" / "doc"
+    if holding_mount(nearest_existing(str(root)), mount_points()) != "/":
+        pytest.skip("this machine's temporary folder is itself a mounted volume")
+    result = cleanup(kube_api, dev_api, root)
+    assert result.returncode == 2, result.stdout + result.stderr
+    *_progress, last = (json.loads(line) for line in result.stdout.splitlines())
+    assert last["event"] == "error"
+    assert "does not exist, and no volume is mounted there" in last["message"]
+    assert "Traceback" not in result.stderr
+    assert deletes(kube_api) == []
+    assert dev_api.store.task(TASK) is None
+
+
+def test_a_missing_root_on_a_mounted_volume_means_no_documents(
+    kube_api: KubeApi, dev_api: DevApiServer
+) -> None:
+    """The task wrote no documents: its volume is mounted (here /dev/shm, a tmpfs mount point
+    standing in for the PVC), only the documents folder is absent."""
+    if holding_mount(SHARED_MEMORY, mount_points()) != SHARED_MEMORY:
+        pytest.skip(f"{SHARED_MEMORY} is not a mount point on this machine")
+    main_job_volume(kube_api)
+    with tempfile.TemporaryDirectory(dir=SHARED_MEMORY) as volume:
+        result = cleanup(kube_api, dev_api, Path(volume) / "doc")
+    assert result.returncode == 0, result.stdout + result.stderr
+    task = dev_api.store.task(TASK)
+    assert task is not None and task.status == "COMPLETED"
+    assert "does not exist" in (task.message or "")
+    assert len(deletes(kube_api)) == 1
 
 
 def test_the_calls_made_are_exactly_the_declared_permissions(
