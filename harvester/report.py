@@ -405,13 +405,18 @@ class TerminalReporter:
         self._progress.refresh()
 
 
+def _without_subject(rel_path: str, message: str) -> str:
+    """`message` without the `rel_path: ` it opens with, so a line names its file only once.
+
+    Compared before the message is made one line: that collapses runs of whitespace, and a name
+    with two spaces or a newline would no longer match.
+    """
+    return message[len(rel_path) + 1 :].lstrip() if message.startswith(rel_path + ":") else message
+
+
 def _failure_line(rel_path: str, message: str) -> str:
     """`FAILED reports/a.md: upload failed: ...`, without naming the path twice."""
-    path = _printable(rel_path)
-    text = _one_line(message)
-    if text.startswith(path + ":"):
-        text = text[len(path) + 1 :].lstrip()
-    return f"FAILED {path}: {text}"
+    return f"FAILED {_printable(rel_path)}: {_one_line(_without_subject(rel_path, message))}"
 
 
 # --------------------------------------------------------------------------- plain lines
@@ -762,10 +767,7 @@ def _bytes_of(report: HarvestReport, outcome: Outcome) -> int:
 def _failure_error(f: FileReport, limit: int = ERROR_CHARS) -> str:
     """The error of a failed file, without the path that the table already shows."""
     if f.error:
-        text = " ".join(f.error.split())
-        if text.startswith(f.path + ":"):
-            text = text[len(f.path) + 1 :]
-        return _one_line(text, limit)
+        return _one_line(_without_subject(f.path, f.error), limit)
     if f.outcome is Outcome.NOT_ATTEMPTED:
         return "not attempted: the run stopped first"
     return "failed (no error recorded)"

@@ -733,3 +733,26 @@ def test_write_termination_log_writes_only_an_existing_file_and_never_raises(
     assert missing.read_text(encoding="utf-8") == termination_message(report)
 
     write_termination_log(report, tmp_path)  # a folder: the OSError is swallowed
+
+
+# --------------------------------------------------------------------------- hostile names
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["two  spaces Qz.md", " leading Qz.md", "trailing Qz.md ", "tab\tQz.md", "line\nQz.md"],
+)
+def test_a_failure_line_names_a_file_with_whitespace_exactly_once(name: str) -> None:
+    message = f"{name}: {ERROR_413}"
+    out = io.StringIO()
+    LogReporter(out, clock=FakeClock()).file_failed(name, message)
+    failed = FileReport(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=message)
+    report = make_report(files=(failed,))
+    shown = {
+        "live log": out.getvalue(),
+        "summary": plain(render_summary(report), width=200),
+        "termination log": termination_message(report),
+    }
+    for where, text in shown.items():
+        assert text.count("Qz") == 1, f"{where} names the file once: {text!r}"
+        assert "upload failed: 413 Payload Too Large" in text, where
