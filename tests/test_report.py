@@ -756,3 +756,65 @@ def test_a_failure_line_names_a_file_with_whitespace_exactly_once(name: str) -> 
     for where, text in shown.items():
         assert text.count("Qz") == 1, f"{where} names the file once: {text!r}"
         assert "upload failed: 413 Payload Too Large" in text, where
+
+
+# Characters that change how the text around them is shown: C0 and C1 controls, DEL, the bidi
+# overrides, embeddings, isolates and marks, line and paragraph separators, and other invisible
+# format characters (byte order mark, zero-width space, Arabic letter mark, a tag character).
+HIDDEN = (
+    "\x1b\x00\x7f\x85\x9b"
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+    "\u2028\u2029\ufeff\u200b\U000e0041"
+)
+
+
+def test_control_and_bidi_characters_are_escaped_wherever_a_person_reads_them(
+    tmp_path: Path,
+) -> None:
+    name = "invoice-\u202egpj.exe\u2066x\u2069" + HIDDEN + ".md"
+    server = "upload failed: 400 from keruta-api: \u202eforged\u2029line" + HIDDEN
+    failed = FileReport(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=f"{name}: {server}")
+    report = make_report(
+        files=(failed,),
+        status=StepResult(StepState.FAILED, "FAILED not recorded: " + server),
+        pvc=StepResult(StepState.REFUSED, "pod \u202eevil" + HIDDEN + " uses the claim"),
+        notes=("note " + HIDDEN,),
+    )
+    plan = UploadPlan(
+        (
+            PlanItem(name, Action.UPLOAD, 10, SHA_A),
+            PlanItem("copy" + HIDDEN, Action.DUPLICATE, 10, SHA_A, duplicate_of=name),
+            PlanItem("odd" + HIDDEN, Action.FAIL, reason=name + ": " + server),
+        )
+    )
+    log, terminal = io.StringIO(), io.StringIO()
+    live = LogReporter(log, clock=FakeClock())
+    with TerminalReporter(
+        Console(file=terminal, width=200, force_terminal=False), clock=FakeClock()
+    ) as term:
+        for listener in (live, term):
+            listener.stage_started(Stage.UPLOAD, 1, 10)
+            listener.file_failed(name, f"{name}: {server}")
+            listener.notice(Level.WARNING, f"{name}: {server}; retrying in 1.0s")
+            listener.stage_finished(Stage.UPLOAD)
+    shown = {
+        "live log": log.getvalue(),
+        "terminal": terminal.getvalue(),
+        "summary": plain(render_summary(report), width=200),
+        "plan": plain(render_plan(plan), width=400),
+        "termination log": termination_message(report),
+    }
+    for where, text in shown.items():
+        left = sorted({f"U+{ord(ch):04X}" for ch in text if ch in HIDDEN or ch == "\u202e"})
+        assert not left, f"{where} prints {left} as they are"
+        assert r"\u202e" in text and r"\x1b" in text and r"\U000e0041" in text, where
+
+    # JSON stays exact (a program reads back the very name), but shows nothing hidden either.
+    target = tmp_path / "summary.json"
+    write_summary_json(report, target)
+    raw = target.read_text(encoding="utf-8")
+    assert not any(ch in raw for ch in HIDDEN + "\u202e")
+    assert json.loads(raw)["files"][0]["path"] == name
+    JsonReporter(json_out := io.StringIO(), clock=FakeClock()).file_failed(name, server)
+    assert json_out.getvalue().isascii()
+    assert json.loads(json_out.getvalue())["path"] == name
