@@ -749,11 +749,28 @@ def _headline(report: HarvestReport) -> str:
             "check KERUTA_API_TOKEN or --token-file and that the token may write this task"
         )
     if report.interrupted:
-        return f"{subject}: harvest interrupted before it finished; run it again to send the rest"
+        if any(_another_run_helps(f) for f in report.failures):
+            return (
+                f"{subject}: harvest interrupted before it finished; run it again to send the rest"
+            )
+        if failed:
+            return (
+                f"{subject}: harvest interrupted; {_plural(failed, 'file')} not harvested; "
+                "fix the causes below and run it again"
+            )
+        if report.status.state is not StepState.DONE:
+            return (
+                f"{subject}: harvest interrupted after every upload finished; "
+                "run it again to set the task status"
+            )
     if failed:
-        tail = "; fix the causes below and run it again" + (
-            " (the volume was kept)" if kept else ""
+        # "Send the rest" only when a run as it stands would: a rejected file needs a fix first.
+        todo = (
+            "run it again to send the rest"
+            if all(_another_run_helps(f) for f in report.failures)
+            else "fix the causes below and run it again"
         )
+        tail = f"; {todo}" + (" (the volume was kept)" if kept else "")
         return f"{subject}: harvest incomplete: {_plural(failed, 'file')} not harvested{tail}"
     if report.dry_run:
         planned = report.count(Outcome.PLANNED)
@@ -763,6 +780,12 @@ def _headline(report: HarvestReport) -> str:
     if report.pvc.state in (StepState.FAILED, StepState.REFUSED):
         return f"{subject}: documents harvested and status set, but the PVC was not deleted"
     return f"{subject}: harvest done"
+
+
+def _another_run_helps(f: FileReport) -> bool:
+    """Whether running again as it stands could harvest `f`: it was never tried, or it was tried
+    more than once (only transient failures are retried: 5xx, timeouts, a file being written)."""
+    return f.outcome is Outcome.NOT_ATTEMPTED or (f.outcome is Outcome.FAILED and f.attempts > 1)
 
 
 def _headline_style(report: HarvestReport) -> str:

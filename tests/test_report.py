@@ -582,7 +582,10 @@ def test_render_summary_gives_counts_steps_and_failures() -> None:
     [
         ({}, "task task-42: harvest done"),
         ({"auth_rejected": True}, "rejected the token (401/403); check KERUTA_API_TOKEN"),
-        ({"interrupted": True}, "harvest interrupted before it finished"),
+        (
+            {"interrupted": True, "files": failing_files(0)},
+            "harvest interrupted before it finished; run it again to send the rest",
+        ),
         ({"files": failing_files(1)}, "harvest incomplete: 2 files not harvested"),
         ({"status": StepResult(StepState.FAILED, "500")}, "the task status update failed"),
         ({"pvc": StepResult(StepState.REFUSED, "in use")}, "but the PVC was not deleted"),
@@ -818,3 +821,50 @@ def test_control_and_bidi_characters_are_escaped_wherever_a_person_reads_them(
     JsonReporter(json_out := io.StringIO(), clock=FakeClock()).file_failed(name, server)
     assert json_out.getvalue().isascii()
     assert json.loads(json_out.getvalue())["path"] == name
+
+
+# --------------------------------------------------------------------------- what to do next
+
+_REJECTED = FileReport(
+    "z.md", Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=ERROR_413, attempts=1
+)
+_UNSENT = FileReport("later.md", Action.UPLOAD, Outcome.NOT_ATTEMPTED, 10, SHA_B)
+_FLAKY = dataclasses.replace(_REJECTED, error="upload failed: 503 from keruta-api", attempts=3)
+_UNSET = StepResult(StepState.SKIPPED, "the harvest was interrupted; a new run will finish it")
+_KEPT = StepResult(StepState.SKIPPED, "the harvest is not complete, so the documents stay")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"interrupted": True, "status": _UNSET, "pvc": _KEPT},
+            "interrupted after every upload finished; run it again to set the task status",
+        ),
+        (
+            {"interrupted": True, "files": (_REJECTED,), "status": _UNSET, "pvc": _KEPT},
+            "1 file not harvested; fix the causes below and run it again",
+        ),
+        ({"files": (_REJECTED,), "pvc": _KEPT}, "fix the causes below and run it again"),
+        (
+            {"status": StepResult(StepState.FAILED, "FAILED not recorded: 500"), "pvc": _KEPT},
+            "documents harvested, but the task status update failed",
+        ),
+        (
+            {"interrupted": True, "files": (_UNSENT,), "status": _UNSET, "pvc": _KEPT},
+            "interrupted before it finished; run it again to send the rest",
+        ),
+        ({"files": (_FLAKY,), "pvc": _KEPT}, "run it again to send the rest"),
+    ],
+)
+def test_run_it_again_to_send_the_rest_only_when_another_run_would_send_more(
+    changes: dict[str, object], expected: str
+) -> None:
+    report = make_report(**changes)
+    sends_more = any(f.outcome is Outcome.NOT_ATTEMPTED or f.attempts > 1 for f in report.failures)
+    for headline in (
+        plain(render_summary(report), width=300).splitlines()[0],
+        termination_message(report).splitlines()[0],
+    ):
+        assert expected in headline
+        assert ("send the rest" in headline) is sends_more
