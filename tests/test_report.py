@@ -12,9 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
+from werkzeug import Request, Response
 
+from harvester.harvest import run_harvest
 from harvester.model import (
     Action,
     FileReport,
@@ -39,6 +42,7 @@ from harvester.report import (
     write_summary_json,
     write_termination_log,
 )
+from harvester.settings import Settings
 from harvester.stats import Level, Listener, Stage
 
 SHA_A = "0123456789abcdef" * 4
@@ -868,3 +872,30 @@ def test_run_it_again_to_send_the_rest_only_when_another_run_would_send_more(
     ):
         assert expected in headline
         assert ("send the rest" in headline) is sends_more
+
+
+# --------------------------------------------------------------------------- a whole harvest
+
+
+def test_the_byte_counter_ends_full_after_a_rejected_upload(
+    tmp_path: Path, httpserver: HTTPServer
+) -> None:
+    root = tmp_path / "doc"
+    root.mkdir()
+    (root / "a.md").write_bytes(b"hello\n")
+    (root / "big.bin").write_bytes(b"x" * 300_000)  # streamed: above upload.SMALL_FILE
+
+    def handler(request: Request) -> Response:
+        body = request.get_data()
+        if b'filename="big.bin"' in body:
+            return Response("too big", status=413)
+        return Response('{"id":"doc"}', status=201, content_type="application/json")
+
+    httpserver.expect_request("/api/tasks/t/documents", method="POST").respond_with_handler(handler)
+    httpserver.expect_request("/api/v1/tasks/t/status", method="PUT").respond_with_json({})
+    out = io.StringIO()
+    settings = Settings(task_id="t", api_url=httpserver.url_for("/"), root=str(root))
+    report = run_harvest(settings, LogReporter(out, interval=3600)).report
+    assert report.count(Outcome.FAILED) == 1 and report.count(Outcome.UPLOADED) == 1
+    (finished,) = [line for line in out_lines(out) if line.startswith("upload finished:")]
+    assert finished.startswith("upload finished: 2/2 files, 300/300 kB in ")
