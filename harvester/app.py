@@ -28,6 +28,7 @@ from harvester.report import (
     LogReporter,
     TerminalReporter,
     plan_to_json,
+    printable,
     render_plan,
     render_summary,
     report_to_json,
@@ -172,11 +173,12 @@ def fail(output: Output, message: str) -> None:
         print(json.dumps({"event": "error", "message": message}), file=output.stdout, flush=True)
     else:
         output.console(output.stderr).print(
-            f"error: {message}", style="bold red", markup=False, highlight=False
+            f"error: {printable(message)}", style="bold red", markup=False, highlight=False
         )
     try:
         if output.termination_log.exists():
-            output.termination_log.write_text(f"error: {message}\n"[:4096], encoding="utf-8")
+            text = f"error: {printable(message)}\n"[:4096]
+            output.termination_log.write_text(text, encoding="utf-8")
     except OSError:
         pass
 

@@ -6,8 +6,9 @@ link followed anywhere on its path, refused unless it is a regular file), read i
 one reused buffer per thread, and checked: its size, mtime, ctime and inode must be the same
 before and after the read, the bytes read must equal its size, and the path must still name the
 same file. Otherwise it is read again after a pause; a file that never holds still is reported as
-changing, never hashed half-written. Files are hashed on a few threads, since hashlib and the
-reads release the GIL.
+changing, never hashed half-written, and one that holds still but never reads as long as its
+size says (a pseudo-file, as under /proc or /sys) is reported as such. Files are hashed on a few
+threads, since hashlib and the reads release the GIL.
 """
 
 from __future__ import annotations
@@ -102,11 +103,15 @@ def hash_file(
     The digest carries the size and mtime seen while hashing, which may differ from the scan's.
     `progress` is called with the number of newly read bytes (a re-read is not counted twice).
     Raises `FileChanged` when no read was stable, `NotRegularFile` when the path is no longer a
-    regular file, `FileProblem` when it cannot be opened or read.
+    regular file, `FileProblem` when it cannot be opened or read, or when every read held still
+    yet gave other than the file's reported size (a pseudo-file).
     """
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, not {attempts}")
     counter = _NewBytes(progress)
+    # Whether every read so far held still yet gave other than the reported size: a file whose
+    # size lies (a pseudo-file, as under /proc or /sys), not one that is being written.
+    size_lies = True
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             pause(0.1 * (attempt - 1))
@@ -124,13 +129,13 @@ def hash_file(
             ) from exc
         finally:
             os.close(fd)
-        if (
-            count == after.st_size
-            and before.st_size == after.st_size
+        held_still = (
+            before.st_size == after.st_size
             and before.st_mtime_ns == after.st_mtime_ns
             and before.st_ctime_ns == after.st_ctime_ns
             and _still_at_path(root, entry, after)
-        ):
+        )
+        if held_still and count == after.st_size:
             return Digest(
                 entry,
                 sha256,
@@ -139,6 +144,13 @@ def hash_file(
                 ctime_ns=after.st_ctime_ns,
                 inode=after.st_ino,
             )
+        size_lies = size_lies and held_still
+    if size_lies:
+        raise FileProblem(
+            f"{entry.rel_path}: not a regular file with a stable size (its reported size is "
+            "not what reading it gives, as for files under /proc or /sys); not uploaded — "
+            "--exclude it"
+        )
     raise FileChanged(
         f"{entry.rel_path}: kept changing while it was read ({attempts} attempts); "
         "it is still being written — not uploaded"

@@ -21,6 +21,7 @@ import re
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ __all__ = [
     "human_duration",
     "human_size",
     "plan_to_json",
+    "printable",
     "render_plan",
     "render_summary",
     "report_to_json",
@@ -71,9 +73,16 @@ ERROR_CHARS = 300
 _SIZE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
 _LEVEL_RANK = {Level.DEBUG: 10, Level.INFO: 20, Level.WARNING: 30, Level.ERROR: 40}
 _STAGE_VERB = {Stage.SCAN: "scan", Stage.HASH: "read", Stage.UPLOAD: "send"}
-# C0 and C1 control characters: a file name may hold an ESC, and printing it raw would let a
-# document rewrite the operator's terminal or forge log lines.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Characters shown as escapes wherever a person reads text, by Unicode category: controls (C0,
+# DEL, C1: a file name may hold an ESC, and printing it raw would let a document rewrite the
+# operator's terminal or forge log lines), format characters (the bidi overrides, embeddings,
+# isolates and marks: U+202E makes "invoice-\u202egpj.exe" read "invoice-exe.jpg"; zero-width
+# and tag characters hide text), line and paragraph separators (they break a line), and lone
+# surrogates (they cannot be written as UTF-8). ZWNJ and ZWJ are kept: Persian, Indic scripts and
+# emoji need them, and they move nothing.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_KEPT_FORMAT = frozenset("\u200c\u200d")
+_NOT_PLAIN_ASCII = re.compile(r"[^\n -~]")
 
 
 # --------------------------------------------------------------------------- formatting helpers
@@ -126,9 +135,23 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
-def _printable(text: str) -> str:
-    """The text with control characters shown as `\\x1b` instead of acting on the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+def _hidden(ch: str) -> bool:
+    """Whether `ch` acts on the terminal or on how the text around it reads."""
+    return unicodedata.category(ch) in _HIDDEN_CATEGORIES and ch not in _KEPT_FORMAT
+
+
+def printable(text: str) -> str:
+    """The text with hidden characters shown as Python escapes (`\\x1b`, `\\u202e`,
+    `\\U000e0041`) instead of acting on the terminal: the one way every path and every text
+    from a server or the OS is made fit for a person to read."""
+    if text.isprintable():  # the common case: isprintable() is False for every hidden character
+        return text
+    return "".join(_escaped(ch) if _hidden(ch) else ch for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    n = ord(ch)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def _cut(text: str, limit: int) -> str:
@@ -137,7 +160,7 @@ def _cut(text: str, limit: int) -> str:
 
 def _one_line(text: str, limit: int = ERROR_CHARS) -> str:
     """A message on one line (server bodies come with newlines), safe to print, cut to size."""
-    return _cut(_printable(" ".join(text.split())), limit)
+    return _cut(printable(" ".join(text.split())), limit)
 
 
 # --------------------------------------------------------------------------- counting
@@ -405,13 +428,18 @@ class TerminalReporter:
         self._progress.refresh()
 
 
+def _without_subject(rel_path: str, message: str) -> str:
+    """`message` without the `rel_path: ` it opens with, so a line names its file only once.
+
+    Compared before the message is made one line: that collapses runs of whitespace, and a name
+    with two spaces or a newline would no longer match.
+    """
+    return message[len(rel_path) + 1 :].lstrip() if message.startswith(rel_path + ":") else message
+
+
 def _failure_line(rel_path: str, message: str) -> str:
     """`FAILED reports/a.md: upload failed: ...`, without naming the path twice."""
-    path = _printable(rel_path)
-    text = _one_line(message)
-    if text.startswith(path + ":"):
-        text = text[len(path) + 1 :].lstrip()
-    return f"FAILED {path}: {text}"
+    return f"FAILED {printable(rel_path)}: {_one_line(_without_subject(rel_path, message))}"
 
 
 # --------------------------------------------------------------------------- plain lines
@@ -628,7 +656,7 @@ def _action_phrase(action: Action, duplicate_of: str | None, reason: str | None)
         case Action.UPLOAD:
             return "upload"
         case Action.DUPLICATE:
-            return f"duplicate of {_printable(duplicate_of or '?')}"
+            return f"duplicate of {printable(duplicate_of or '?')}"
         case Action.ALREADY_UPLOADED:
             return "already uploaded"
         case Action.SKIP:
@@ -673,7 +701,7 @@ def render_plan(plan: UploadPlan, *, width: int | None = None) -> Table:
     table.add_column("action", overflow="fold")
     for item in plan.items:
         table.add_row(
-            Text(_printable(item.rel_path)),
+            Text(printable(item.rel_path)),
             Text("-" if item.size is None else human_size(item.size)),
             Text(item.sha256[:12] if item.sha256 else "-", style="dim"),
             Text(
@@ -721,11 +749,28 @@ def _headline(report: HarvestReport) -> str:
             "check KERUTA_API_TOKEN or --token-file and that the token may write this task"
         )
     if report.interrupted:
-        return f"{subject}: harvest interrupted before it finished; run it again to send the rest"
+        if any(_another_run_helps(f) for f in report.failures):
+            return (
+                f"{subject}: harvest interrupted before it finished; run it again to send the rest"
+            )
+        if failed:
+            return (
+                f"{subject}: harvest interrupted; {_plural(failed, 'file')} not harvested; "
+                "fix the causes below and run it again"
+            )
+        if report.status.state is not StepState.DONE:
+            return (
+                f"{subject}: harvest interrupted after every upload finished; "
+                "run it again to set the task status"
+            )
     if failed:
-        tail = "; fix the causes below and run it again" + (
-            " (the volume was kept)" if kept else ""
+        # "Send the rest" only when a run as it stands would: a rejected file needs a fix first.
+        todo = (
+            "run it again to send the rest"
+            if all(_another_run_helps(f) for f in report.failures)
+            else "fix the causes below and run it again"
         )
+        tail = f"; {todo}" + (" (the volume was kept)" if kept else "")
         return f"{subject}: harvest incomplete: {_plural(failed, 'file')} not harvested{tail}"
     if report.dry_run:
         planned = report.count(Outcome.PLANNED)
@@ -735,6 +780,12 @@ def _headline(report: HarvestReport) -> str:
     if report.pvc.state in (StepState.FAILED, StepState.REFUSED):
         return f"{subject}: documents harvested and status set, but the PVC was not deleted"
     return f"{subject}: harvest done"
+
+
+def _another_run_helps(f: FileReport) -> bool:
+    """Whether running again as it stands could harvest `f`: it was never tried, or it was tried
+    more than once (only transient failures are retried: 5xx, timeouts, a file being written)."""
+    return f.outcome is Outcome.NOT_ATTEMPTED or (f.outcome is Outcome.FAILED and f.attempts > 1)
 
 
 def _headline_style(report: HarvestReport) -> str:
@@ -762,10 +813,7 @@ def _bytes_of(report: HarvestReport, outcome: Outcome) -> int:
 def _failure_error(f: FileReport, limit: int = ERROR_CHARS) -> str:
     """The error of a failed file, without the path that the table already shows."""
     if f.error:
-        text = " ".join(f.error.split())
-        if text.startswith(f.path + ":"):
-            text = text[len(f.path) + 1 :]
-        return _one_line(text, limit)
+        return _one_line(_without_subject(f.path, f.error), limit)
     if f.outcome is Outcome.NOT_ATTEMPTED:
         return "not attempted: the run stopped first"
     return "failed (no error recorded)"
@@ -778,7 +826,7 @@ def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
     messages are printed as text, never as rich markup.
     """
     parts: list[RenderableType] = [
-        Text(_printable(_headline(report)), style=_headline_style(report)),
+        Text(printable(_headline(report)), style=_headline_style(report)),
         Text(""),
     ]
     grid = Table.grid(padding=(0, 2))
@@ -815,7 +863,7 @@ def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
         table.add_column("path", overflow="fold", ratio=2)
         table.add_column("error", overflow="fold", ratio=3)
         for f in failures[:max_failures]:
-            table.add_row(Text(_printable(f.path)), Text(_failure_error(f), style="red"))
+            table.add_row(Text(printable(f.path)), Text(_failure_error(f), style="red"))
         parts.append(table)
         if len(failures) > max_failures:
             parts.append(
@@ -861,12 +909,21 @@ def report_to_json(report: HarvestReport) -> dict[str, Any]:
 
 
 def _json_text(data: dict[str, Any]) -> str:
+    """`data` as JSON in readable UTF-8, with every hidden character (see `_hidden`) written as
+    a `\\u` escape: the values read back exactly, and a person who opens the file sees no
+    reordered or invisible text. Lone surrogates from odd names are escaped the same way."""
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from an odd file name: escape it instead
-        text = json.dumps(data, ensure_ascii=True, indent=2) + "\n"
-    return text
+    # Outside its strings this JSON holds only printable ASCII and newlines, so only string
+    # contents are touched; the pattern skips plain ASCII, which keeps a huge summary fast.
+    return _NOT_PLAIN_ASCII.sub(lambda m: _json_escaped(m[0]) if _hidden(m[0]) else m[0], text)
+
+
+def _json_escaped(ch: str) -> str:
+    n = ord(ch)
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    n -= 0x10000  # JSON spells a character beyond the BMP as a UTF-16 surrogate pair
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
 
 
 def write_summary_json(report: HarvestReport, path: str | os.PathLike[str]) -> None:
@@ -921,7 +978,7 @@ def termination_message(report: HarvestReport, limit: int = 4096, *, max_failure
     outcome, the counts, the status and PVC steps, then the first failures.
     """
     lines = [
-        _printable(_headline(report)),
+        printable(_headline(report)),
         _counts_line(report),
         f"status update: {_step_text(report.status, ERROR_CHARS)}",
         f"PVC: {_step_text(report.pvc, ERROR_CHARS)}",

@@ -2,7 +2,8 @@
 
 Takes a root folder and `ScanOptions`; gives a `ScanResult`: the regular files to harvest as
 `FileEntry`s, every path deliberately left out as a `Skipped` with its reason, and every folder
-that could not be listed as a `Failed` (which keeps the harvest from being called complete).
+that could not be listed as a `Failed` (which keeps the harvest from being called complete; the
+listener hears of each `Failed` as it is found).
 
 Only `lstat` information is used. Links are never followed, and nothing that is not a folder is
 ever opened: opening a FIFO blocks until a writer appears (a hung pod), and opening a device can
@@ -336,13 +337,13 @@ class _Walker:
                 try:
                     child_fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
                 except OSError as exc:
-                    self.failed.append(Failed(rel, _listing_error(rel, exc)))
+                    self._fail(Failed(rel, _listing_error(rel, exc)))
                     continue
                 try:
                     child_pending = self._list(child_fd, os_rel + "/", rel + "/")
                 except OSError as exc:
                     os.close(child_fd)
-                    self.failed.append(Failed(rel, _listing_error(rel, exc)))
+                    self._fail(Failed(rel, _listing_error(rel, exc)))
                     continue
                 stack.append((child_fd, os_rel + "/", rel + "/", child_pending))
         finally:
@@ -350,10 +351,16 @@ class _Walker:
                 if fd >= 0:
                     os.close(fd)
 
+    def _fail(self, failure: Failed) -> None:
+        """Record a path that cannot be harvested and tell the listener now, so a live log
+        shows it while the scan runs rather than only in the final summary."""
+        self.failed.append(failure)
+        self._listener.file_failed(failure.rel_path, failure.error)
+
     def _list(self, dir_fd: int, os_prefix: str, shown_prefix: str) -> list[tuple[str, str]]:
         """Sort one folder's entries into the result lists; return its subfolders to visit."""
         subdirs: list[tuple[str, str]] = []
-        entries, skipped, failed = self.entries, self.skipped, self.failed
+        entries, skipped, fail = self.entries, self.skipped, self._fail
         excludes, includes, max_size = self._excludes, self._includes, self._max_size
         include_hidden, advanced = self._include_hidden, self._listener.advanced
         with os.scandir(dir_fd) as listing:
@@ -367,7 +374,7 @@ class _Walker:
                 try:
                     is_dir = item.is_dir(follow_symlinks=False)
                 except OSError as exc:
-                    failed.append(Failed(rel, _examine_error(rel, exc)))
+                    fail(Failed(rel, _examine_error(rel, exc)))
                     continue
                 if is_dir:
                     if excludes and excludes.matches_dir(rel):
@@ -386,7 +393,7 @@ class _Walker:
                 except FileNotFoundError:
                     continue  # removed since it was listed: there is nothing left to harvest
                 except OSError as exc:
-                    failed.append(Failed(rel, _examine_error(rel, exc)))
+                    fail(Failed(rel, _examine_error(rel, exc)))
                     continue
                 if not stat.S_ISREG(info.st_mode):
                     skipped.append(Skipped(rel, _skip_reason(info.st_mode)))
@@ -426,7 +433,7 @@ class _Walker:
             if entry.rel_path not in clashes or entry.os_path == entry.rel_path:
                 kept.append(entry)
             else:
-                self.failed.append(
+                self._fail(
                     Failed(
                         entry.rel_path,
                         f"{entry.rel_path}: its name is not valid UTF-8 and, once its odd bytes "

@@ -183,7 +183,9 @@ class Uploader:
         self, item: PlanItem, message: str, attempts: int, status_code: int | None = None
     ) -> Receipt:
         self._listener.file_failed(item.rel_path, message)
-        self._listener.advanced(Stage.UPLOAD, files=1)
+        # A failed file completes its share of the stage's bytes (its bytes sent were taken
+        # back), so the counter reads bytes dealt with of bytes planned and still ends full.
+        self._listener.advanced(Stage.UPLOAD, files=1, nbytes=item.size or 0)
         return Receipt(
             item.rel_path, Outcome.FAILED, attempts, status_code=status_code, error=message
         )

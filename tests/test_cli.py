@@ -171,6 +171,15 @@ def test_root_that_is_a_file_exits_2(tmp_path: Path, dev_api: DevApiServer) -> N
     assert "Traceback" not in result.stderr
 
 
+def test_an_error_names_an_odd_path_with_its_hidden_characters_escaped(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "invoice-\u202egpj.exe\x1b[2J"
+    not_a_folder.write_text("x")
+    result = run("cleanup", "--task-id=t", "--dry-run", f"--root={not_a_folder}")
+    assert result.returncode == 2
+    assert "\u202e" not in result.stderr and "\x1b" not in result.stderr
+    assert r"invoice-\u202egpj.exe\x1b[2J" in result.stderr.replace("\n", "")  # wrapped at 80
+
+
 def test_missing_root_exits_0_with_completed(tmp_path: Path, dev_api: DevApiServer) -> None:
     result = run(
         "cleanup", "--task-id=t", f"--api-url={dev_api.url}", f"--root={tmp_path / 'nothing'}"

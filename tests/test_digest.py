@@ -384,3 +384,32 @@ def test_bad_arguments_are_programming_errors(tmp_path: Path) -> None:
             hash_file(root, entry, attempts=0)
         with pytest.raises(ValueError, match="workers"):
             hash_entries(root, [entry], workers=0)
+
+
+# -- pseudo-files -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        ("/proc/sys/kernel", "osrelease"),  # st_size 0, reading gives the release
+        ("/sys/kernel/mm/transparent_hugepage", "enabled"),  # st_size 4096, reading gives less
+    ],
+)
+def test_pseudo_file_whose_size_lies_is_not_called_still_being_written(
+    folder: str, name: str
+) -> None:
+    if not os.path.isfile(os.path.join(folder, name)):
+        pytest.skip(f"{folder}/{name} does not exist here")
+    scanned = scan(folder, ScanOptions(include=("/" + name,)))
+    assert [entry.rel_path for entry in scanned.entries] == [name]
+    recorder = Recorder()
+    with RootDir(folder) as root:
+        digests, failed = hash_entries(root, scanned.entries, listener=recorder)
+    assert digests == []
+    ((path, message),) = recorder.failures
+    assert path == name and failed[0].error == message
+    assert message == (
+        f"{name}: not a regular file with a stable size (its reported size is not what reading "
+        "it gives, as for files under /proc or /sys); not uploaded — --exclude it"
+    )

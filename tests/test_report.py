@@ -12,9 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
+from werkzeug import Request, Response
 
+from harvester.harvest import run_harvest
 from harvester.model import (
     Action,
     FileReport,
@@ -39,6 +42,7 @@ from harvester.report import (
     write_summary_json,
     write_termination_log,
 )
+from harvester.settings import Settings
 from harvester.stats import Level, Listener, Stage
 
 SHA_A = "0123456789abcdef" * 4
@@ -582,7 +586,10 @@ def test_render_summary_gives_counts_steps_and_failures() -> None:
     [
         ({}, "task task-42: harvest done"),
         ({"auth_rejected": True}, "rejected the token (401/403); check KERUTA_API_TOKEN"),
-        ({"interrupted": True}, "harvest interrupted before it finished"),
+        (
+            {"interrupted": True, "files": failing_files(0)},
+            "harvest interrupted before it finished; run it again to send the rest",
+        ),
         ({"files": failing_files(1)}, "harvest incomplete: 2 files not harvested"),
         ({"status": StepResult(StepState.FAILED, "500")}, "the task status update failed"),
         ({"pvc": StepResult(StepState.REFUSED, "in use")}, "but the PVC was not deleted"),
@@ -733,3 +740,162 @@ def test_write_termination_log_writes_only_an_existing_file_and_never_raises(
     assert missing.read_text(encoding="utf-8") == termination_message(report)
 
     write_termination_log(report, tmp_path)  # a folder: the OSError is swallowed
+
+
+# --------------------------------------------------------------------------- hostile names
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["two  spaces Qz.md", " leading Qz.md", "trailing Qz.md ", "tab\tQz.md", "line\nQz.md"],
+)
+def test_a_failure_line_names_a_file_with_whitespace_exactly_once(name: str) -> None:
+    message = f"{name}: {ERROR_413}"
+    out = io.StringIO()
+    LogReporter(out, clock=FakeClock()).file_failed(name, message)
+    failed = FileReport(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=message)
+    report = make_report(files=(failed,))
+    shown = {
+        "live log": out.getvalue(),
+        "summary": plain(render_summary(report), width=200),
+        "termination log": termination_message(report),
+    }
+    for where, text in shown.items():
+        assert text.count("Qz") == 1, f"{where} names the file once: {text!r}"
+        assert "upload failed: 413 Payload Too Large" in text, where
+
+
+# Characters that change how the text around them is shown: C0 and C1 controls, DEL, the bidi
+# overrides, embeddings, isolates and marks, line and paragraph separators, and other invisible
+# format characters (byte order mark, zero-width space, Arabic letter mark, a tag character).
+HIDDEN = (
+    "\x1b\x00\x7f\x85\x9b"
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+    "\u2028\u2029\ufeff\u200b\U000e0041"
+)
+
+
+def test_control_and_bidi_characters_are_escaped_wherever_a_person_reads_them(
+    tmp_path: Path,
+) -> None:
+    name = "invoice-\u202egpj.exe\u2066x\u2069" + HIDDEN + ".md"
+    server = "upload failed: 400 from keruta-api: \u202eforged\u2029line" + HIDDEN
+    failed = FileReport(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=f"{name}: {server}")
+    report = make_report(
+        files=(failed,),
+        status=StepResult(StepState.FAILED, "FAILED not recorded: " + server),
+        pvc=StepResult(StepState.REFUSED, "pod \u202eevil" + HIDDEN + " uses the claim"),
+        notes=("note " + HIDDEN,),
+    )
+    plan = UploadPlan(
+        (
+            PlanItem(name, Action.UPLOAD, 10, SHA_A),
+            PlanItem("copy" + HIDDEN, Action.DUPLICATE, 10, SHA_A, duplicate_of=name),
+            PlanItem("odd" + HIDDEN, Action.FAIL, reason=name + ": " + server),
+        )
+    )
+    log, terminal = io.StringIO(), io.StringIO()
+    live = LogReporter(log, clock=FakeClock())
+    with TerminalReporter(
+        Console(file=terminal, width=200, force_terminal=False), clock=FakeClock()
+    ) as term:
+        for listener in (live, term):
+            listener.stage_started(Stage.UPLOAD, 1, 10)
+            listener.file_failed(name, f"{name}: {server}")
+            listener.notice(Level.WARNING, f"{name}: {server}; retrying in 1.0s")
+            listener.stage_finished(Stage.UPLOAD)
+    shown = {
+        "live log": log.getvalue(),
+        "terminal": terminal.getvalue(),
+        "summary": plain(render_summary(report), width=200),
+        "plan": plain(render_plan(plan), width=400),
+        "termination log": termination_message(report),
+    }
+    for where, text in shown.items():
+        left = sorted({f"U+{ord(ch):04X}" for ch in text if ch in HIDDEN or ch == "\u202e"})
+        assert not left, f"{where} prints {left} as they are"
+        assert r"\u202e" in text and r"\x1b" in text and r"\U000e0041" in text, where
+
+    # JSON stays exact (a program reads back the very name), but shows nothing hidden either.
+    target = tmp_path / "summary.json"
+    write_summary_json(report, target)
+    raw = target.read_text(encoding="utf-8")
+    assert not any(ch in raw for ch in HIDDEN + "\u202e")
+    assert json.loads(raw)["files"][0]["path"] == name
+    JsonReporter(json_out := io.StringIO(), clock=FakeClock()).file_failed(name, server)
+    assert json_out.getvalue().isascii()
+    assert json.loads(json_out.getvalue())["path"] == name
+
+
+# --------------------------------------------------------------------------- what to do next
+
+_REJECTED = FileReport(
+    "z.md", Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=ERROR_413, attempts=1
+)
+_UNSENT = FileReport("later.md", Action.UPLOAD, Outcome.NOT_ATTEMPTED, 10, SHA_B)
+_FLAKY = dataclasses.replace(_REJECTED, error="upload failed: 503 from keruta-api", attempts=3)
+_UNSET = StepResult(StepState.SKIPPED, "the harvest was interrupted; a new run will finish it")
+_KEPT = StepResult(StepState.SKIPPED, "the harvest is not complete, so the documents stay")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"interrupted": True, "status": _UNSET, "pvc": _KEPT},
+            "interrupted after every upload finished; run it again to set the task status",
+        ),
+        (
+            {"interrupted": True, "files": (_REJECTED,), "status": _UNSET, "pvc": _KEPT},
+            "1 file not harvested; fix the causes below and run it again",
+        ),
+        ({"files": (_REJECTED,), "pvc": _KEPT}, "fix the causes below and run it again"),
+        (
+            {"status": StepResult(StepState.FAILED, "FAILED not recorded: 500"), "pvc": _KEPT},
+            "documents harvested, but the task status update failed",
+        ),
+        (
+            {"interrupted": True, "files": (_UNSENT,), "status": _UNSET, "pvc": _KEPT},
+            "interrupted before it finished; run it again to send the rest",
+        ),
+        ({"files": (_FLAKY,), "pvc": _KEPT}, "run it again to send the rest"),
+    ],
+)
+def test_run_it_again_to_send_the_rest_only_when_another_run_would_send_more(
+    changes: dict[str, object], expected: str
+) -> None:
+    report = make_report(**changes)
+    sends_more = any(f.outcome is Outcome.NOT_ATTEMPTED or f.attempts > 1 for f in report.failures)
+    for headline in (
+        plain(render_summary(report), width=300).splitlines()[0],
+        termination_message(report).splitlines()[0],
+    ):
+        assert expected in headline
+        assert ("send the rest" in headline) is sends_more
+
+
+# --------------------------------------------------------------------------- a whole harvest
+
+
+def test_the_byte_counter_ends_full_after_a_rejected_upload(
+    tmp_path: Path, httpserver: HTTPServer
+) -> None:
+    root = tmp_path / "doc"
+    root.mkdir()
+    (root / "a.md").write_bytes(b"hello\n")
+    (root / "big.bin").write_bytes(b"x" * 300_000)  # streamed: above upload.SMALL_FILE
+
+    def handler(request: Request) -> Response:
+        body = request.get_data()
+        if b'filename="big.bin"' in body:
+            return Response("too big", status=413)
+        return Response('{"id":"doc"}', status=201, content_type="application/json")
+
+    httpserver.expect_request("/api/tasks/t/documents", method="POST").respond_with_handler(handler)
+    httpserver.expect_request("/api/v1/tasks/t/status", method="PUT").respond_with_json({})
+    out = io.StringIO()
+    settings = Settings(task_id="t", api_url=httpserver.url_for("/"), root=str(root))
+    report = run_harvest(settings, LogReporter(out, interval=3600)).report
+    assert report.count(Outcome.FAILED) == 1 and report.count(Outcome.UPLOADED) == 1
+    (finished,) = [line for line in out_lines(out) if line.startswith("upload finished:")]
+    assert finished.startswith("upload finished: 2/2 files, 300/300 kB in ")

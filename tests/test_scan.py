@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import stat
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from harvester.errors import ConfigError
 from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
+from harvester.report import LogReporter
 from harvester.scan import GlobSet, ScanOptions, display_path, scan
 from harvester.stats import Level, Stage
 from tests.fstree import (
@@ -481,3 +483,25 @@ def test_unreadable_file_is_still_listed(tmp_path: Path) -> None:
         result = run_unprivileged(root, scan_root, denied=["secret.txt"])
     assert paths(result) == ["ok.txt", "secret.txt"]
     assert result.failed == ()
+
+
+def test_unlistable_folder_is_told_to_the_live_log_as_it_happens(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "tree", {"open/a.txt": "a", "locked/secret.txt": "s"})
+    make_world_readable(root)
+
+    def scan_with_a_live_log() -> str:
+        out = io.StringIO()
+        scan(".", DEFAULT, LogReporter(out, interval=3600))
+        return out.getvalue()
+
+    with no_access(root / "locked"):
+        log = run_unprivileged(root, scan_with_a_live_log, denied=["locked"])
+    lines = log.splitlines()
+    failed = (
+        "FAILED locked: cannot be listed (permission denied); its files were not harvested — "
+        "fix its mode or --exclude it"
+    )
+    assert failed in lines
+    finished = next(i for i, line in enumerate(lines) if line.startswith("scan finished:"))
+    assert lines.index(failed) < finished, "the failure is shown while the scan runs"
+    assert lines[finished].endswith(", 1 failed")
