@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from harvester.api import KerutaApi
 from harvester.digest import hash_entries
-from harvester.errors import AuthRejected, HarvesterError, RetryableError
+from harvester.errors import ApiError, AuthRejected, HarvesterError, Interrupted, RejectedError
 from harvester.gate import Act, Gate
 from harvester.model import (
     Action,
@@ -40,6 +40,7 @@ from harvester.upload import Uploader, UploadResult
 UPLOAD_FAILED_CODE = "HARVEST_UPLOAD_FAILED"
 _STATUS_MESSAGE_LIMIT = 500
 _KEPT_INCOMPLETE = "the harvest is not complete, so the documents stay on the volume"
+_INTERRUPTED = "the harvest was interrupted; a new run will finish it"
 
 PvcStep = Callable[[], StepResult]
 
@@ -94,15 +95,16 @@ def run_harvest(
             return Harvest(plan, _dry_run_report(settings, plan, clock() - started))
 
         if api is None:
-            api = resources.enter_context(_new_api(settings, gate))
+            api = resources.enter_context(_new_api(settings, gate, stop, deadline, clock))
         retrier = Retrier(
             RetryPolicy(retries=settings.retries, deadline=deadline),
             sleep=sleep or stop.wait,
             clock=clock,
+            stop=stop,
         )
         try:
             remote = retrier.call(lambda _attempt: _already_uploaded(api, settings, listener))
-        except (AuthRejected, RetryableError) as exc:
+        except (ApiError, Interrupted) as exc:
             # Nothing can be uploaded: say so once, rather than once for every file.
             listener.notice(Level.ERROR, str(exc))
             plan = build_plan(scanned, digests, hash_failures)
@@ -131,18 +133,21 @@ def run_harvest(
         files = _file_reports(plan, result.receipts)
         failures = [f for f in files if f.outcome in (Outcome.FAILED, Outcome.NOT_ATTEMPTED)]
 
+        interrupted = result.interrupted
         if result.auth_error is not None:
             status = StepResult(StepState.SKIPPED, "keruta-api rejected the token")
         elif result.interrupted:
-            status = StepResult(
-                StepState.SKIPPED,
-                "the harvest was interrupted; a new run will finish it",
-            )
+            status = StepResult(StepState.SKIPPED, _INTERRUPTED)
         else:
             message = (
                 None if scanned.root_exists else f"No documents: {settings.root} does not exist"
             )
-            status = _update_status(api, settings, retrier, files, failures, listener, message)
+            try:
+                status = _update_status(api, settings, retrier, files, failures, listener, message)
+            except Interrupted:
+                # A signal during the status step (its retries, or the request itself).
+                interrupted = True
+                status = StepResult(StepState.SKIPPED, _INTERRUPTED)
 
         if failures or status.state is not StepState.DONE:
             pvc = StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE)
@@ -158,18 +163,27 @@ def run_harvest(
             status=status,
             pvc=pvc,
             auth_rejected=result.auth_error is not None,
-            interrupted=result.interrupted,
+            interrupted=interrupted,
             notes=() if scanned.root_exists else (f"{settings.root} does not exist",),
         )
         return Harvest(plan, report)
 
 
-def _new_api(settings: Settings, gate: Gate) -> KerutaApi:
+def _new_api(
+    settings: Settings,
+    gate: Gate,
+    stop: threading.Event,
+    deadline: float | None,
+    clock: Callable[[], float],
+) -> KerutaApi:
     return KerutaApi(
         settings.api_url,
         token=settings.token,
         concurrency=settings.concurrency,
         timeout=settings.timeout,
+        deadline=deadline,
+        stop=stop,
+        clock=clock,
         documents_path=settings.documents_path,
         status_path=settings.status_path,
         gate=gate,
@@ -179,7 +193,9 @@ def _new_api(settings: Settings, gate: Gate) -> KerutaApi:
 def _already_uploaded(
     api: KerutaApi, settings: Settings, listener: Listener
 ) -> list[RemoteDocument] | None:
-    remote = api.list_documents(settings.task_id)
+    remote = api.list_documents(
+        settings.task_id, notice=lambda text: listener.notice(Level.WARNING, text)
+    )
     if remote is None:
         listener.notice(
             Level.DEBUG,
@@ -263,6 +279,8 @@ def _update_status(
                 Level.WARNING, f"task status: {err}; retrying in {wait:.1f}s (attempt {n})"
             ),
         )
+    except Interrupted:
+        raise
     except HarvesterError as exc:
         listener.notice(Level.ERROR, f"task status: {exc}")
         return StepResult(StepState.FAILED, f"{status} not recorded: {exc}")
@@ -297,11 +315,20 @@ def _dry_run_report(settings: Settings, plan: UploadPlan, elapsed: float) -> Har
 
 
 def _aborted_report(
-    settings: Settings, plan: UploadPlan, error: AuthRejected | RetryableError, elapsed: float
+    settings: Settings, plan: UploadPlan, error: ApiError | Interrupted, elapsed: float
 ) -> HarvestReport:
-    """The report of a harvest that found keruta-api unusable before uploading anything."""
+    """The report of a harvest that found keruta-api unusable before uploading anything (or
+    was interrupted while it asked)."""
     auth = isinstance(error, AuthRejected)
-    reason = "keruta-api rejected the token" if auth else "keruta-api could not be reached"
+    interrupted = isinstance(error, Interrupted)
+    if auth:
+        reason = "keruta-api rejected the token"
+    elif interrupted:
+        reason = _INTERRUPTED
+    elif isinstance(error, RejectedError):
+        reason = "keruta-api refused the first request"
+    else:
+        reason = "keruta-api could not be reached"
     files = _file_reports(plan, (), unsent_error=f"not attempted: {reason}")
     return HarvestReport(
         task_id=settings.task_id,
@@ -313,6 +340,7 @@ def _aborted_report(
         status=StepResult(StepState.SKIPPED, reason),
         pvc=StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE),
         auth_rejected=auth,
+        interrupted=interrupted,
         notes=(str(error),),
     )
 
