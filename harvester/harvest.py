@@ -18,10 +18,11 @@ from harvester.api import KerutaApi
 from harvester.digest import hash_entries
 from harvester.errors import (
     INTERRUPTED,
+    ApiError,
     AuthRejected,
     HarvesterError,
     Interrupted,
-    RetryableError,
+    RejectedError,
 )
 from harvester.gate import Act, Gate
 from harvester.model import (
@@ -123,18 +124,19 @@ def run_harvest(
             return Harvest(plan, _interrupted_report(settings, plan, clock() - started))
 
         if api is None:
-            api = resources.enter_context(_new_api(settings, gate))
+            api = resources.enter_context(_new_api(settings, gate, stop, deadline, clock))
         retrier = Retrier(
             RetryPolicy(retries=settings.retries, deadline=deadline),
             sleep=sleep or stop.wait,
             clock=clock,
+            stop=stop,
         )
         try:
             remote = retrier.call(lambda _attempt: _already_uploaded(api, settings, listener))
         except Interrupted:
             plan = plan_for()
             return Harvest(plan, _interrupted_report(settings, plan, clock() - started))
-        except (AuthRejected, RetryableError) as exc:
+        except ApiError as exc:
             # Nothing can be uploaded: say so once, rather than once for every file.
             listener.notice(Level.ERROR, str(exc))
             plan = plan_for()
@@ -195,12 +197,21 @@ def run_harvest(
         return Harvest(plan, report)
 
 
-def _new_api(settings: Settings, gate: Gate) -> KerutaApi:
+def _new_api(
+    settings: Settings,
+    gate: Gate,
+    stop: threading.Event,
+    deadline: float | None,
+    clock: Callable[[], float],
+) -> KerutaApi:
     return KerutaApi(
         settings.api_url,
         token=settings.token,
         concurrency=settings.concurrency,
         timeout=settings.timeout,
+        deadline=deadline,
+        stop=stop,
+        clock=clock,
         documents_path=settings.documents_path,
         status_path=settings.status_path,
         gate=gate,
@@ -210,7 +221,9 @@ def _new_api(settings: Settings, gate: Gate) -> KerutaApi:
 def _already_uploaded(
     api: KerutaApi, settings: Settings, listener: Listener
 ) -> list[RemoteDocument] | None:
-    remote = api.list_documents(settings.task_id)
+    remote = api.list_documents(
+        settings.task_id, notice=lambda text: listener.notice(Level.WARNING, text)
+    )
     if remote is None:
         listener.notice(
             Level.DEBUG,
@@ -348,11 +361,16 @@ def _interrupted_report(settings: Settings, plan: UploadPlan, elapsed: float) ->
 
 
 def _aborted_report(
-    settings: Settings, plan: UploadPlan, error: AuthRejected | RetryableError, elapsed: float
+    settings: Settings, plan: UploadPlan, error: ApiError, elapsed: float
 ) -> HarvestReport:
     """The report of a harvest that found keruta-api unusable before uploading anything."""
     auth = isinstance(error, AuthRejected)
-    reason = "keruta-api rejected the token" if auth else "keruta-api could not be reached"
+    if auth:
+        reason = "keruta-api rejected the token"
+    elif isinstance(error, RejectedError):
+        reason = "keruta-api refused the first request"
+    else:
+        reason = "keruta-api could not be reached"
     files = _file_reports(plan, (), unsent_error=f"not attempted: {reason}")
     return HarvestReport(
         task_id=settings.task_id,

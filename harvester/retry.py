@@ -3,11 +3,17 @@
 Takes an operation that raises `RetryableError` when it may succeed later; gives its result, or
 the last error once the attempts or the overall deadline are spent. The clock, the sleep and the
 random source are injected so tests can assert the delays asked for without waiting.
+
+A stop (the harvest's stop event, set by SIGTERM) ends the retrying: no retry is announced or
+slept for once it is set, and none is made after a sleep it cut short (`stop.wait` returns at
+once), so a signal never fires the remaining attempts back to back. The last error then
+becomes `Interrupted`.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +21,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
-from harvester.errors import RetryableError
+from harvester.errors import Interrupted, RetryableError
 
 T = TypeVar("T")
 
@@ -65,11 +71,13 @@ class Retrier:
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        stop: threading.Event | None = None,
     ) -> None:
         self.policy = policy
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
+        self._stop = stop
 
     def delay(self, retry_number: int, error: RetryableError) -> float:
         """Full jitter: uniform in [0, min(max, base * 2^(n-1))], at least what the server asked."""
@@ -104,7 +112,13 @@ class Retrier:
                         "would pass before the next one; raise --deadline to wait longer)",
                         status_code=error.status_code,
                     ) from error
+                self._check_stop(error)
                 if on_retry is not None:
                     on_retry(attempt, error, wait)
                 self._sleep(wait)
+                self._check_stop(error)
                 attempt += 1
+
+    def _check_stop(self, error: RetryableError) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise Interrupted(f"{error}; not retried: the harvest was interrupted") from error

@@ -2,6 +2,8 @@
 
 `ResettingProxy` forwards TCP connections to a target server, except the first `resets`
 connections, which it answers with a TCP reset once the request has started to arrive.
+`ScriptedServer` answers each request with what a test scripts: any status and headers, a body
+that trickles, never ends, or echoes the request's headers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import contextlib
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 
 
@@ -91,3 +95,115 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as a `ScriptedServer` received it (header names in lower case)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a `ScriptedServer` sends back: a status line, headers, then `body` chunk by chunk,
+    `interval` seconds apart. Without a Content-Length header the body ends when the
+    connection closes, so it may be endless."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: Iterable[bytes] = ()
+    interval: float = 0.0
+
+
+def endless(chunk: bytes = b"x" * 65536, total: int | None = None) -> Iterator[bytes]:
+    """`chunk` again and again: forever, or until `total` bytes were given."""
+    given = 0
+    while total is None or given < total:
+        yield chunk
+        given += len(chunk)
+
+
+class ScriptedServer:
+    """An HTTP/1.1 server on 127.0.0.1 whose answers a test writes byte by byte.
+
+    Each connection carries one request (`Connection: close`); the request body is read and
+    dropped. `seen` lists the requests, `sent` counts the body bytes sent to each (in order),
+    and `requested` is set as soon as a request has arrived.
+    """
+
+    def __init__(self, answer: Callable[[Seen], Answer]) -> None:
+        self._answer = answer
+        self.seen: list[Seen] = []
+        self.sent: list[int] = []
+        self.requested = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def requests_to(self, method: str, path_part: str = "") -> list[Seen]:
+        with self._lock:
+            return [s for s in self.seen if s.method == method and path_part in s.path]
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _addr = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, contextlib.suppress(OSError):
+            client.settimeout(10)
+            reader = client.makefile("rb")
+            request_line = reader.readline(65536).decode("latin-1").split()
+            if len(request_line) < 2:
+                return
+            headers: dict[str, str] = {}
+            while (line := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            remaining = int(headers.get("content-length", "0"))
+            while remaining > 0:
+                remaining -= len(reader.read(min(remaining, 65536)) or b"\0" * remaining)
+            seen = Seen(request_line[0], request_line[1], headers)
+            with self._lock:
+                self.seen.append(seen)
+                index = len(self.sent)
+                self.sent.append(0)
+            self.requested.set()
+            answer = self._answer(seen)
+            head = [f"HTTP/1.1 {answer.status} Scripted", "Connection: close"]
+            head += [f"{name}: {value}" for name, value in answer.headers]
+            client.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            for chunk in answer.body:
+                if self._stop.is_set():
+                    return
+                client.sendall(chunk)
+                with self._lock:
+                    self.sent[index] += len(chunk)
+                if answer.interval:
+                    self._stop.wait(answer.interval)

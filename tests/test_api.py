@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
 
 import httpcore
 import pytest
@@ -14,11 +16,18 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from harvester import USER_AGENT
-from harvester.api import KerutaApi, idempotency_key
+from harvester.api import LISTING_CAP, KerutaApi, idempotency_key
 from harvester.devapi import DevApiServer
-from harvester.errors import AuthRejected, FileChanged, RejectedError, RetryableError
+from harvester.errors import (
+    ApiError,
+    AuthRejected,
+    FileChanged,
+    Interrupted,
+    RejectedError,
+    RetryableError,
+)
 from harvester.gate import Gate, GateClosed
-from tests.servers import ResettingProxy
+from tests.servers import Answer, ResettingProxy, ScriptedServer, Seen, endless
 
 TOKEN = "s3cr3t-token-value"
 
@@ -134,7 +143,7 @@ def test_payload_too_large_is_permanent_and_says_what_to_do(httpserver: HTTPServ
         api.upload_document("t", "big.bin", "0" * 64, 1, [b"x"])
     assert not isinstance(info.value, RetryableError)
     message = str(info.value)
-    assert "413 Payload Too Large" in message
+    assert "413 Request Entity Too Large" in message
     assert "Maximum upload size exceeded" in message
     assert "--max-file-size" in message
 
@@ -239,3 +248,137 @@ def test_a_retried_upload_is_stored_once_thanks_to_the_idempotency_key(
     assert again.replayed
     assert again.document_id == first.document_id
     assert len(dev_api.store.documents("t")) == 1
+
+
+# ----------------------------------------------------------------- hostile servers (issue 9)
+
+MIB = 1024 * 1024
+
+
+def trickling(_seen: Seen) -> Answer:
+    """Headers at once, then one byte a second: never idle long enough for a read timeout."""
+    return Answer(200, (("Content-Length", "1000000"),), endless(b"[", None), interval=1.0)
+
+
+def test_a_trickling_answer_is_cut_at_the_total_time_limit() -> None:
+    with ScriptedServer(trickling) as server, KerutaApi(server.url, timeout=1.0) as api:
+        started = time.monotonic()
+        with pytest.raises(RetryableError) as info:
+            api.list_documents("t")
+        elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert "--timeout" in message
+    assert "KiB/s" in message  # names the minimum rate it fell below
+    assert elapsed < 15, f"a trickling answer held the request for {elapsed:.0f}s"
+
+
+def test_the_overall_deadline_cuts_a_request_short() -> None:
+    deadline = time.monotonic() + 1.0
+    with (
+        ScriptedServer(trickling) as server,
+        KerutaApi(server.url, timeout=60.0, deadline=deadline) as api,
+        pytest.raises(RetryableError, match="--deadline"),
+    ):
+        api.set_status("t", "COMPLETED", "done")
+
+
+def stop_once(requested: threading.Event, stop: threading.Event) -> None:
+    """SIGTERM's part: set `stop` as soon as the server has the request."""
+    if requested.wait(10):
+        stop.set()
+
+
+def test_stop_abandons_a_waiting_request_after_a_short_grace() -> None:
+    stop = threading.Event()
+    with ScriptedServer(trickling) as server, KerutaApi(server.url, stop=stop) as api:
+        threading.Thread(target=stop_once, args=(server.requested, stop)).start()
+        started = time.monotonic()
+        with pytest.raises(Interrupted, match="interrupted"):
+            api.list_documents("t")
+        elapsed = time.monotonic() - started
+        assert elapsed < 15, f"the stop took {elapsed:.0f}s to end the request"
+        # Once stopped, no new request leaves at all.
+        with pytest.raises(Interrupted):
+            api.set_status("t", "COMPLETED", "done")
+    assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize("status", [201, 500])
+def test_a_huge_answer_to_an_upload_is_not_read_whole(status: int) -> None:
+    huge = 256 * MIB
+
+    def answer(_seen: Seen) -> Answer:
+        return Answer(status, (("Content-Type", "application/json"),), endless(total=huge))
+
+    with ScriptedServer(answer) as server, KerutaApi(server.url) as api:
+        if status == 201:
+            assert api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"]).document_id is None
+        else:
+            with pytest.raises(RetryableError, match="500") as info:
+                api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
+            assert "cut" in str(info.value)
+    # The client hung up after its cap: the server got only socket buffers' worth further.
+    assert server.sent[0] < 32 * MIB, f"the client read {server.sent[0] / MIB:.0f} MiB"
+
+
+def test_a_listing_past_its_cap_means_unknown_with_a_warning() -> None:
+    def answer(_seen: Seen) -> Answer:
+        return Answer(200, (("Content-Type", "application/json"),), endless(total=256 * MIB))
+
+    notices: list[str] = []
+    with ScriptedServer(answer) as server, KerutaApi(server.url) as api:
+        assert api.list_documents("t", notice=notices.append) is None
+    assert server.sent[0] < (LISTING_CAP + 32 * MIB)
+    (notice,) = notices
+    assert "Idempotency-Key" in notice
+    assert "MiB" in notice
+
+
+def echo_authorization(status: int) -> Callable[[Seen], Answer]:
+    def answer(seen: Seen) -> Answer:
+        echoed = seen.headers.get("authorization", "")
+        body = json.dumps({"message": f"bad header {echoed}; again: {echoed.lower()}"})
+        headers = (("Content-Type", "application/json"), ("Location", f"/x?h={echoed}"))
+        return Answer(status, headers, [body.encode()])
+
+    return answer
+
+
+@pytest.mark.parametrize("status", [401, 500, 400, 307])
+def test_a_server_echoing_the_token_never_gets_it_into_a_message(status: int) -> None:
+    with (
+        ScriptedServer(echo_authorization(status)) as server,
+        KerutaApi(server.url, token=TOKEN) as api,
+        pytest.raises(ApiError) as info,
+    ):
+        api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
+    message = str(info.value)
+    assert str(status) in message
+    assert TOKEN not in message
+    assert TOKEN.lower() not in message
+    assert "[redacted]" in message
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_refused_naming_where_it_pointed(status: int) -> None:
+    location = "https://elsewhere.example/api/tasks/t/documents\x85"
+
+    def answer(_seen: Seen) -> Answer:
+        return Answer(status, (("Location", location), ("Content-Length", "0")))
+
+    with ScriptedServer(answer) as server, KerutaApi(server.url, token=TOKEN) as api:
+        for call in (
+            lambda: api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"]),
+            lambda: api.set_status("t", "COMPLETED", "done"),
+            lambda: api.list_documents("t"),
+        ):
+            with pytest.raises(RejectedError) as info:
+                call()
+            message = str(info.value)
+            assert not isinstance(info.value, RetryableError)
+            assert f"{status} {HTTPStatus(status).phrase}" in message
+            assert "https://elsewhere.example/api/tasks/t/documents" in message
+            assert "\x85" not in message
+            assert "--api-url" in message
+    # Nothing was followed: one request per call, all to this server.
+    assert len(server.seen) == 3

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 
-from harvester.errors import RejectedError, RetryableError
+from harvester.errors import Interrupted, RejectedError, RetryableError
 from harvester.retry import MAX_RETRY_AFTER, GaveUp, Retrier, RetryPolicy, parse_retry_after
 
 
@@ -115,3 +116,34 @@ def test_permanent_errors_are_not_retried() -> None:
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after(header, now=lambda: now) == expected
+
+
+def test_a_stop_during_the_wait_ends_the_retries_without_another_attempt() -> None:
+    rec = Recorder()
+    stop = threading.Event()
+    retries: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        rec.sleep(seconds)
+        stop.set()  # SIGTERM arrives while waiting; stop.wait would return at once
+
+    retrier = Retrier(RetryPolicy(retries=3), sleep=sleep, rand=lambda: 0.0, stop=stop)
+    calls, operation = failing(10, RetryableError("503", status_code=503, retry_after=10.0))
+    with pytest.raises(Interrupted, match="interrupted") as info:
+        retrier.call(operation, on_retry=lambda _n, _err, wait: retries.append(wait))
+    assert calls == [1]  # no attempt after the signal
+    assert rec.sleeps == [10.0]
+    assert retries == [10.0]  # "retrying in 10.0s" said once, not three times
+    assert "503" in str(info.value)
+
+
+def test_a_stop_before_the_wait_neither_announces_nor_sleeps() -> None:
+    rec = Recorder()
+    stop = threading.Event()
+    stop.set()
+    retrier = Retrier(RetryPolicy(retries=3), sleep=rec.sleep, stop=stop)
+    calls, operation = failing(10, RetryableError("reset"))
+    with pytest.raises(Interrupted):
+        retrier.call(operation, on_retry=lambda *_args: pytest.fail("announced a retry"))
+    assert calls == [1]
+    assert rec.sleeps == []
