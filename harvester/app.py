@@ -121,19 +121,24 @@ def run_cleanup(
         console = output.console(output.stdout)
         console.print(render_plan(harvest.plan) if settings.dry_run else render_summary(report))
 
-    code = exit_code_for(report)
+    # The harvest is over (the status sent, the volume perhaps released): a report that cannot
+    # be written now is said once, and the harvest's own exit code stands, since a Job retried
+    # for it would find no volume. The path was checked before anything was sent.
     if settings.summary_json is not None:
         try:
             write_summary_json(report, settings.summary_json)
         except OSError as exc:
-            fail(
-                output,
-                f"--summary-json {settings.summary_json}: cannot be written ({exc.strerror})",
-            )
-            code = code if code is not ExitCode.OK else ExitCode.UNEXPECTED
+            warn(output, f"--summary-json {settings.summary_json}: {_not_written(exc)}")
     if not settings.dry_run:
-        write_termination_log(report, str(output.termination_log))
-    return code, harvest
+        error = write_termination_log(report, str(output.termination_log))
+        if error is not None:
+            warn(output, f"{output.termination_log}: the termination message {_not_written(error)}")
+    return exit_code_for(report), harvest
+
+
+def _not_written(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    return f"cannot be written ({reason}); the harvest's result above stands"
 
 
 def _volume_step(
@@ -172,14 +177,30 @@ def fail(output: Output, message: str) -> None:
     if output.log_format == "json":
         print(json.dumps({"event": "error", "message": message}), file=output.stdout, flush=True)
     else:
+        # soft_wrap: one line however long, so `kubectl logs | grep error:` finds all of it.
         output.console(output.stderr).print(
-            f"error: {message}", style="bold red", markup=False, highlight=False
+            f"error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True
         )
     try:
         if output.termination_log.exists():
             output.termination_log.write_text(f"error: {message}\n"[:4096], encoding="utf-8")
     except OSError:
         pass
+
+
+def warn(output: Output, message: str) -> None:
+    """Tell a person that something went wrong after the harvest; its result stands."""
+    if output.log_format == "json":
+        event = {"event": "notice", "level": Level.WARNING.value, "message": message}
+        print(json.dumps(event), file=output.stdout, flush=True)
+    else:
+        output.console(output.stderr).print(
+            f"{Level.WARNING.value}: {message}",
+            style="yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @contextmanager

@@ -935,18 +935,24 @@ def termination_message(report: HarvestReport, limit: int = 4096, *, max_failure
 
 def write_termination_log(
     report: HarvestReport, path: str | os.PathLike[str] = "/dev/termination-log"
-) -> None:
-    """Write `termination_message(report)` to `path` if it exists (in a pod); never raises."""
+) -> OSError | None:
+    """Write `termination_message(report)` to `path` if it exists (in a pod); never raises.
+
+    Gives the error when the file is there but could not be written (disk full), else None.
+    """
     data = termination_message(report).encode("utf-8")
     try:
         # No O_CREAT: outside Kubernetes the file is absent and must stay absent.
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    except OSError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        return exc
     try:
         while data:
             data = data[os.write(fd, data) :]
-    except OSError:
-        pass
+    except OSError as exc:
+        return exc
     finally:
         os.close(fd)
+    return None

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
+from harvester.app import Output, run_cleanup
 from harvester.devapi import DevApiServer
+from harvester.exitcodes import ExitCode
+from harvester.settings import Settings
 from tests.devapi_fixture import DevApiFactory
 from tests.fstree import make_fifo, write_tree
 from tests.process import BIN, isolated_env
 
 TOKEN = "tok-3f9a1c-very-secret"
+LOG_FORMATS = ["text", "json"]
 
 
 def run(
@@ -295,3 +303,66 @@ def test_log_level_chooses_which_notices_are_shown(docs: Path, httpserver: HTTPS
     assert quiet.returncode == chatty.returncode == 0, quiet.stderr + chatty.stderr
     assert "relying on Idempotency-Key" not in quiet.stderr
     assert "relying on Idempotency-Key" in chatty.stderr
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+def test_a_summary_that_fails_after_the_harvest_keeps_its_exit_code(
+    log_format: str, docs: Path, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def status_then_break_the_folder(_request: Request) -> Response:
+        # The status is the last request: the summary's folder passed the check before the
+        # harvest and is gone (a file stands there) by the time the summary is written.
+        out.rename(tmp_path / "gone")
+        out.write_text("not a folder any more")
+        return Response("{}", content_type="application/json")
+
+    httpserver.expect_request("/api/tasks/t/documents", method="GET").respond_with_data(
+        "", status=404
+    )
+    httpserver.expect_request("/api/tasks/t/documents", method="POST").respond_with_json({})
+    httpserver.expect_request("/api/v1/tasks/t/status").respond_with_handler(
+        status_then_break_the_folder
+    )
+    result = run(
+        "cleanup",
+        "--task-id=t",
+        f"--api-url={httpserver.url_for('/')}",
+        f"--root={docs}",
+        f"--summary-json={out / 'summary.json'}",
+        f"--log-format={log_format}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    expected = f"--summary-json {out / 'summary.json'}: cannot be written (Not a directory)"
+    if log_format == "json":
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        warnings = [e for e in events if e["event"] == "notice" and e["level"] == "warning"]
+        assert [w["message"] for w in warnings] == [warnings[0]["message"]]
+        assert warnings[0]["message"].startswith(expected)
+        assert not any(e["event"] == "error" for e in events)
+    else:
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+        assert len(warnings) == 1, result.stderr
+        assert warnings[0].startswith(f"warning: {expected}")
+        assert "error: " not in result.stderr
+
+
+def test_a_termination_log_that_fails_keeps_the_exit_code(
+    dev_api: DevApiServer, docs: Path
+) -> None:
+    if not stat.S_ISCHR(os.stat("/dev/full").st_mode):
+        pytest.skip("/dev/full is not the character device that fails every write")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    # /dev/full opens for writing like /dev/termination-log does in a pod, then every write
+    # fails with "No space left on device".
+    output = Output(stdout=stdout, stderr=stderr, termination_log=Path("/dev/full"))
+    settings = Settings(task_id="t", api_url=dev_api.url, root=str(docs))
+    code, _harvest = run_cleanup(settings, output, kubernetes=False)
+    assert code is ExitCode.OK, stderr.getvalue()
+    assert (
+        "warning: /dev/full: the termination message cannot be written (No space left on device)"
+        in stderr.getvalue()
+    )
