@@ -121,7 +121,8 @@ def cleanup(
             source_pod=source_pod or None,
             pvc=pvc or None,
             keep_pvc=keep_pvc,
-            cluster=ClusterAccess.from_environment(os.environ),
+            # A dry run changes nothing in the cluster, so it does not need to reach one.
+            cluster=ClusterAccess() if dry_run else ClusterAccess.from_environment(os.environ),
             namespace=namespace or None,
             # In a pod the hostname is the pod's name, should the downward API not say.
             own_pod=own_pod or socket.gethostname(),

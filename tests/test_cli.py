@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.fstree import make_fifo, write_tree
 from tests.process import BIN, isolated_env
 
 TOKEN = "tok-3f9a1c-very-secret"
+SECRET_PARTS = ("Zq7s3cr", "X-Evil")  # the distinctive parts of the bad tokens below
 LOG_FORMATS = ["text", "json"]
 
 
@@ -366,3 +368,144 @@ def test_a_termination_log_that_fails_keeps_the_exit_code(
         "warning: /dev/full: the termination message cannot be written (No space left on device)"
         in stderr.getvalue()
     )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], log_format: str) -> str:
+    """Exit 2 with one sentence (one JSON error event in json mode), no traceback; the sentence."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    if log_format == "json":
+        assert result.stderr == ""
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        assert all(isinstance(event, dict) for event in events)
+        errors = [event for event in events if event["event"] == "error"]
+        assert len(errors) == 1, result.stdout
+        message: str = errors[0]["message"]
+        return message
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.stderr
+    return lines[-1].removeprefix("error: ")
+
+
+@pytest.fixture
+def permissive(httpserver: HTTPServer) -> HTTPServer:
+    """A server that says yes to anything: only the harvester's own checks can stop a run."""
+    httpserver.expect_request(re.compile(".*")).respond_with_json({"id": "doc-1"})
+    return httpserver
+
+
+BAD_TOKENS: dict[str, tuple[str, str | bytes, str]] = {
+    # id: (where, the token's text or file bytes, what the sentence says)
+    "env-line-feed": ("env", "Zq7s3cr\nX-Evil: 1", "a line break at character 8"),
+    "env-carriage-return": ("env", "Zq7s3cr\rX-Evil: 1", "a line break at character 8"),
+    "env-not-latin1": ("env", "Zq7s3cr\u20acX-Evil", "a non-ASCII character at character 8"),
+    "env-not-utf8": ("env", "Zq7s3cr\udcffX-Evil", "not UTF-8 at character 8"),
+    "file-two-lines": ("file", b"Zq7s3cr\nX-Evil: 1\n", "a line break at character 8"),
+    "file-nul": ("file", b"Zq7s3cr\x00X-Evil\n", "a NUL character at character 8"),
+    "file-del": ("file", b"Zq7s3cr\x7fX-Evil\n", "a control character at character 8"),
+    "file-not-utf8": ("file", b"Zq7s3cr\xe9X-Evil\n", "not UTF-8 (byte 8)"),
+}
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+def test_a_token_that_cannot_be_a_header_exits_2_and_is_never_shown(
+    case: str, log_format: str, docs: Path, permissive: HTTPServer, tmp_path: Path
+) -> None:
+    where, token, problem = BAD_TOKENS[case]
+    args = ["cleanup", "--task-id=t", f"--api-url={permissive.url_for('/')}", f"--root={docs}"]
+    env = {"KERUTA_LOG_FORMAT": log_format}
+    if where == "env":
+        assert isinstance(token, str)
+        env["KERUTA_API_TOKEN"] = token
+        source = "KERUTA_API_TOKEN: "
+    else:
+        assert isinstance(token, bytes)
+        token_file = tmp_path / "token"
+        token_file.write_bytes(token)
+        args.append(f"--token-file={token_file}")
+        source = f"--token-file {token_file}: "
+    result = run(*args, env=env)
+    sentence = assert_refused(result, log_format)
+    assert sentence.startswith(source)
+    assert problem in sentence
+    for part in SECRET_PARTS:
+        assert part not in result.stdout + result.stderr
+    assert permissive.log == []
+
+
+KUBECONFIGS: dict[str, str | bytes | None] = {
+    "garbage": "garbage: [unclosed\n",
+    "not-a-mapping": "just a string\n",
+    "not-utf8": b"\xff\xfe\x00garbage",
+    "a-folder": None,
+    "missing-reference": (
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:6443',"
+        " certificate-authority: /nonexistent/ca.crt}}]\n"
+        "users: [{name: u, user: {}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\n"
+    ),
+}
+
+CONFIG_MISTAKES: dict[str, tuple[list[str], dict[str, str], str]] = {
+    # id: (flags, environment, what the sentence names); {url} is the permissive server's URL
+    "ipv6-unclosed": (["--api-url=http://[::1"], {}, "--api-url"),
+    "port-too-big": (["--api-url=http://127.0.0.1:70000"], {}, "Port out of range"),
+    "space-in-url": (["--api-url=http://keruta api:8080"], {}, "contains a space"),
+    "query": (["--api-url={url}?x=1"], {}, "query"),
+    "fragment": (["--api-url={url}#frag"], {}, "fragment"),
+    "max-size-inf": (["--max-file-size=inf"], {}, "--max-file-size"),
+    "max-size-nan": (["--max-file-size=nan"], {}, "--max-file-size"),
+    "max-size-negative": (["--max-file-size=-1"], {}, "--max-file-size"),
+    "max-size-env-inf": ([], {"KERUTA_MAX_FILE_SIZE": "inf"}, "--max-file-size"),
+    "task-id-control": (["--task-id=t\tx"], {}, "--task-id"),
+    **{
+        f"kubeconfig-{name}": (["--keep-pvc"], {"KUBECONFIG": f"{{tmp}}/kubeconfig-{name}"}, "")
+        for name in KUBECONFIGS
+    },
+    "summary-folder-missing": (["--summary-json={tmp}/missing/summary.json"], {}, "folder"),
+    "summary-is-a-folder": (["--summary-json={tmp}"], {}, "is a folder"),
+    # A FIFO of our own: before the check, the summary replaced whatever stood there (as root,
+    # even /dev/full), so the test must not point at anything outside tmp_path.
+    "summary-is-a-fifo": (["--summary-json={tmp}/fifo"], {}, "not a regular file"),
+}
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+@pytest.mark.parametrize("case", sorted(CONFIG_MISTAKES))
+def test_a_configuration_mistake_exits_2_before_anything_is_sent(
+    case: str, log_format: str, docs: Path, permissive: HTTPServer, tmp_path: Path
+) -> None:
+    for name, content in KUBECONFIGS.items():
+        path = tmp_path / f"kubeconfig-{name}"
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    make_fifo(tmp_path / "fifo")
+    flags, env, named = CONFIG_MISTAKES[case]
+    url = permissive.url_for("/").rstrip("/")
+
+    def fill(text: str) -> str:
+        return text.replace("{url}", url).replace("{tmp}", str(tmp_path))
+
+    args = ["cleanup", "--task-id=t", f"--api-url={url}", f"--root={docs}"]
+    args += [fill(flag) for flag in flags]
+    environment = {"KERUTA_LOG_FORMAT": log_format, **{k: fill(v) for k, v in env.items()}}
+    sentence = assert_refused(run(*args, env=environment), log_format)
+    assert named in sentence
+    if case.startswith("kubeconfig-"):
+        assert sentence.startswith(f"KUBECONFIG {tmp_path}/kubeconfig-")
+    assert permissive.log == []
+
+
+def test_a_task_id_with_a_trailing_newline_is_trimmed(docs: Path, dev_api: DevApiServer) -> None:
+    result = run(
+        "cleanup", f"--api-url={dev_api.url}", f"--root={docs}", env={"KERUTA_TASK_ID": " t\n"}
+    )
+    assert result.returncode == 0, result.stderr
+    task = dev_api.store.task("t")
+    assert task is not None and task.status == "COMPLETED"
