@@ -509,3 +509,19 @@ def test_a_task_id_with_a_trailing_newline_is_trimmed(docs: Path, dev_api: DevAp
     assert result.returncode == 0, result.stderr
     task = dev_api.store.task("t")
     assert task is not None and task.status == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--concurrency=abc"], ["--bogus"], ["--log-level=loud"], ["--max-file-size=big"]],
+    ids=["not-a-number", "unknown-option", "not-a-choice", "not-a-float"],
+)
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+def test_a_wrong_flag_value_is_one_sentence(args: list[str], log_format: str) -> None:
+    result = run(
+        "cleanup", "--task-id=t", "--api-url=http://x", *args, f"--log-format={log_format}"
+    )
+    sentence = assert_refused(result, log_format)
+    assert "harvester cleanup --help" in sentence
+    as_env = run("cleanup", "--concurrency=abc", env={"KERUTA_LOG_FORMAT": log_format})
+    assert_refused(as_env, log_format)
