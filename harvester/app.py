@@ -7,7 +7,6 @@ chosen here print, and the report is rendered here once the harvest is over.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -27,6 +26,7 @@ from harvester.report import (
     JsonReporter,
     LogReporter,
     TerminalReporter,
+    json_event,
     plan_to_json,
     printable,
     render_plan,
@@ -113,7 +113,7 @@ def run_cleanup(
             else report_to_json(report)
         )
         print(
-            json.dumps({"event": "plan" if settings.dry_run else "summary", **document}),
+            json_event("plan" if settings.dry_run else "summary", **document),
             file=output.stdout,
             flush=True,
         )
@@ -121,19 +121,24 @@ def run_cleanup(
         console = output.console(output.stdout)
         console.print(render_plan(harvest.plan) if settings.dry_run else render_summary(report))
 
-    code = exit_code_for(report)
+    # The harvest is over (the status sent, the volume perhaps released): a report that cannot
+    # be written now is said once, and the harvest's own exit code stands, since a Job retried
+    # for it would find no volume. The path was checked before anything was sent.
     if settings.summary_json is not None:
         try:
             write_summary_json(report, settings.summary_json)
         except OSError as exc:
-            fail(
-                output,
-                f"--summary-json {settings.summary_json}: cannot be written ({exc.strerror})",
-            )
-            code = code if code is not ExitCode.OK else ExitCode.UNEXPECTED
+            warn(output, f"--summary-json {settings.summary_json}: {_not_written(exc)}")
     if not settings.dry_run:
-        write_termination_log(report, str(output.termination_log))
-    return code, harvest
+        error = write_termination_log(report, str(output.termination_log))
+        if error is not None:
+            warn(output, f"{output.termination_log}: the termination message {_not_written(error)}")
+    return exit_code_for(report), harvest
+
+
+def _not_written(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    return f"cannot be written ({reason}); the harvest's result above stands"
 
 
 def _volume_step(
@@ -170,10 +175,15 @@ def _volume_step(
 def fail(output: Output, message: str) -> None:
     """Tell a person (and the pod's termination message) that the run could not start."""
     if output.log_format == "json":
-        print(json.dumps({"event": "error", "message": message}), file=output.stdout, flush=True)
+        print(json_event("error", message=message), file=output.stdout, flush=True)
     else:
+        # soft_wrap: one line however long, so `kubectl logs | grep error:` finds all of it.
         output.console(output.stderr).print(
-            f"error: {printable(message)}", style="bold red", markup=False, highlight=False
+            f"error: {printable(message)}",
+            style="bold red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
     try:
         if output.termination_log.exists():
@@ -181,6 +191,21 @@ def fail(output: Output, message: str) -> None:
             output.termination_log.write_text(text, encoding="utf-8")
     except OSError:
         pass
+
+
+def warn(output: Output, message: str) -> None:
+    """Tell a person that something went wrong after the harvest; its result stands."""
+    if output.log_format == "json":
+        event = json_event("notice", level=Level.WARNING.value, message=message)
+        print(event, file=output.stdout, flush=True)
+    else:
+        output.console(output.stderr).print(
+            f"{Level.WARNING.value}: {message}",
+            style="yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -121,7 +122,8 @@ def cleanup(
             source_pod=source_pod or None,
             pvc=pvc or None,
             keep_pvc=keep_pvc,
-            cluster=ClusterAccess.from_environment(os.environ),
+            # A dry run changes nothing in the cluster, so it does not need to reach one.
+            cluster=ClusterAccess() if dry_run else ClusterAccess.from_environment(os.environ),
             namespace=namespace or None,
             # In a pod the hostname is the pod's name, should the downward API not say.
             own_pod=own_pod or socket.gethostname(),
@@ -189,4 +191,31 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    """Run the CLI. A wrong flag is one sentence, like any other configuration mistake (exit 2,
+    a JSON error event with --log-format json), rather than typer's framed panel."""
+    args = sys.argv[1:]
+    if not args:
+        app()  # typer's own help
+        return
+    try:
+        code = app(args=args, standalone_mode=False)
+    except typer.TyperException as exc:
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        context = getattr(exc, "ctx", None)
+        if context is not None:
+            message += f"; see '{context.command_path} --help'"
+        fail(Output(log_format=_log_format_asked(args).value), message)
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else ExitCode.OK)
+
+
+def _log_format_asked(args: list[str]) -> LogFormat:
+    """The --log-format of a command line that could not be parsed: the last one given, else
+    KERUTA_LOG_FORMAT, else text."""
+    value = os.environ.get(OPTIONS["log_format"].envvar or "", "")
+    for flag, following in zip(args, [*args[1:], ""], strict=True):
+        if flag == "--log-format":
+            value = following
+        elif flag.startswith("--log-format="):
+            value = flag.partition("=")[2]
+    return LogFormat.json if value == LogFormat.json.value else LogFormat.text

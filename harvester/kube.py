@@ -22,7 +22,7 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from harvester.errors import ConfigError, HarvesterError
-from harvester.settings import NO_CLUSTER, ClusterAccess
+from harvester.settings import KUBECONFIG_FIX, NO_CLUSTER, ClusterAccess
 
 
 class Permission(NamedTuple):
@@ -110,6 +110,8 @@ def connect(access: ClusterAccess, *, namespace: str | None = None) -> Cluster:
     The namespace is, in order: `namespace` (--namespace / POD_NAMESPACE), the pod's own
     namespace file, the kubeconfig context's namespace, then "default".
     """
+    if not access.available:
+        raise NoCluster(NO_CLUSTER)
     configuration = client.Configuration()
     context_namespace: str | None = None
     try:
@@ -119,7 +121,7 @@ def connect(access: ClusterAccess, *, namespace: str | None = None) -> Cluster:
             )
             if namespace is None and IN_CLUSTER_NAMESPACE.is_file():
                 namespace = IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or None
-        elif access.kubeconfig is not None:
+        else:
             config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=access.kubeconfig,
                 client_configuration=configuration,
@@ -129,12 +131,37 @@ def connect(access: ClusterAccess, *, namespace: str | None = None) -> Cluster:
                 config_file=access.kubeconfig
             )
             context_namespace = (active or {}).get("context", {}).get("namespace")
-        else:
-            raise NoCluster(NO_CLUSTER)
     except ConfigException as exc:
-        raise ConfigError(f"Kubernetes configuration cannot be loaded: {exc}") from exc
+        raise _unloadable(access, str(exc)) from exc
+    except Exception as exc:
+        # The client's loader parses any YAML and fails with whatever a malformed file makes it
+        # hit (a YAML error, TypeError, KeyError...); its messages can quote the file, so only
+        # the kind of problem is said.
+        raise _unloadable(access, _load_problem(exc)) from exc
     configuration.retries = 2
     return Cluster(client.ApiClient(configuration), namespace or context_namespace or "default")
+
+
+def _unloadable(access: ClusterAccess, problem: str) -> ConfigError:
+    if access.in_cluster:
+        return ConfigError(
+            f"in-cluster configuration: cannot be loaded ({problem}); check the pod's "
+            "ServiceAccount token mount (automountServiceAccountToken)"
+        )
+    return ConfigError(
+        f"KUBECONFIG {access.kubeconfig}: cannot be loaded ({problem}); {KUBECONFIG_FIX}"
+    )
+
+
+def _load_problem(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    mark = getattr(exc, "problem_mark", None)  # PyYAML's parse errors carry where they are
+    if mark is not None:
+        return f"not valid YAML at line {mark.line + 1}"
+    return "its content is not a kubeconfig"
 
 
 class Cluster:

@@ -590,6 +590,16 @@ class LogReporter(_LineReporter):
         return f"{level.value}: {_one_line(message, 4 * ERROR_CHARS)}"
 
 
+def json_event(event: str, *, wall_clock: Clock = time.time, **fields: Any) -> str:
+    """One line of `--log-format json`: `ts` (RFC 3339 UTC), `event`, then `fields`. Every JSON
+    line the harvester writes is made here, so a consumer sees one shape."""
+    ts = datetime.fromtimestamp(wall_clock(), tz=UTC)
+    head = {"ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
+    # ASCII only: valid JSON whatever the stream's encoding, and escapes cannot reach a
+    # terminal that shows the log.
+    return json.dumps(head | fields, ensure_ascii=True, separators=(",", ":"))
+
+
 class JsonReporter(_LineReporter):
     """The same events as `LogReporter`, as one JSON object per line (restic's `--json`).
 
@@ -610,11 +620,7 @@ class JsonReporter(_LineReporter):
         self._wall_clock = wall_clock
 
     def _event(self, event: str, **fields: Any) -> str:
-        ts = datetime.fromtimestamp(self._wall_clock(), tz=UTC)
-        obj = {"ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
-        # ASCII only: valid JSON whatever the stream's encoding, and escapes cannot reach a
-        # terminal that shows the log.
-        return json.dumps(obj | fields, ensure_ascii=True, separators=(",", ":"))
+        return json_event(event, wall_clock=self._wall_clock, **fields)
 
     @staticmethod
     def _counts(snap: _Snapshot) -> dict[str, Any]:
@@ -992,18 +998,24 @@ def termination_message(report: HarvestReport, limit: int = 4096, *, max_failure
 
 def write_termination_log(
     report: HarvestReport, path: str | os.PathLike[str] = "/dev/termination-log"
-) -> None:
-    """Write `termination_message(report)` to `path` if it exists (in a pod); never raises."""
+) -> OSError | None:
+    """Write `termination_message(report)` to `path` if it exists (in a pod); never raises.
+
+    Gives the error when the file is there but could not be written (disk full), else None.
+    """
     data = termination_message(report).encode("utf-8")
     try:
         # No O_CREAT: outside Kubernetes the file is absent and must stay absent.
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    except OSError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        return exc
     try:
         while data:
             data = data[os.write(fd, data) :]
-    except OSError:
-        pass
+    except OSError as exc:
+        return exc
     finally:
         os.close(fd)
+    return None

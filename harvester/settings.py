@@ -7,9 +7,11 @@ each option, so `cli.py` only wires flags to it. Nothing else in the package rea
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -96,6 +98,7 @@ def parse_duration(text: str, *, what: str) -> float:
 
 
 NO_CLUSTER = "no Kubernetes cluster configured (not in a pod, no KUBECONFIG or ~/.kube/config)"
+KUBECONFIG_FIX = "point KUBECONFIG at a valid kubeconfig file, or unset it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +115,20 @@ class ClusterAccess:
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> ClusterAccess:
         """In a pod when KUBERNETES_SERVICE_HOST is set; else the first KUBECONFIG file (or
-        ~/.kube/config) when it exists; else no cluster at all."""
+        ~/.kube/config) when it exists; else no cluster at all. A path that exists but is no
+        file is a mistake, not "no cluster"."""
         if env.get("KUBERNETES_SERVICE_HOST"):
             return cls(in_cluster=True)
         first = (env.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)[0]
         path = Path(first).expanduser()
-        return cls(kubeconfig=str(path) if path.is_file() else None)
+        if not path.exists():
+            return cls()
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise ConfigError(
+                f"KUBECONFIG {path}: is {what}, not a kubeconfig file; {KUBECONFIG_FIX}"
+            )
+        return cls(kubeconfig=str(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +163,20 @@ class Settings:
     hash_workers: int = 4
 
     def __post_init__(self) -> None:
-        if not self.task_id.strip():
+        # Values from the environment often end with a newline (a Secret or ConfigMap file, a
+        # heredoc): surrounding whitespace is never meant, so it goes before anything is checked.
+        object.__setattr__(self, "task_id", self.task_id.strip())
+        object.__setattr__(self, "api_url", self.api_url.strip())
+        if not self.task_id:
             raise ConfigError("--task-id (KERUTA_TASK_ID) is required and must not be empty")
         if any(ch in self.task_id for ch in "/?#") or self.task_id in (".", ".."):
             raise ConfigError(f"--task-id {self.task_id!r}: a task id cannot contain / ? or #")
+        misfit = first_misfit(self.task_id, lambda ch: unicodedata.category(ch) not in ("Cc", "Cs"))
+        if misfit:
+            raise ConfigError(
+                f"--task-id {self.task_id!r}: contains {misfit}; a task id is one line of "
+                "printable characters, check how KERUTA_TASK_ID is set"
+            )
         if not self.dry_run:
             check_api_url(self.api_url)
         if not 1 <= self.concurrency <= 256:
@@ -169,35 +190,139 @@ class Settings:
             if not value.startswith("/") or "{taskId}" not in value:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} {value!r}: must start with / and contain {{taskId}}")
+        if self.summary_json is not None:
+            check_output_path(self.summary_json, "--summary-json")
+
+
+def visible_ascii(ch: str) -> bool:
+    """What an HTTP header value or a URL may hold as is: 0x21-0x7E, no space, no control."""
+    return "!" <= ch <= "~"
+
+
+def first_misfit(text: str, fits: Callable[[str], bool]) -> str | None:
+    """'a line break at character 4' for the first character of `text` that does not fit.
+
+    Names the kind of character and its place, never the character or its neighbours: the text
+    may be a secret.
+    """
+    for place, ch in enumerate(text, start=1):
+        if fits(ch):
+            continue
+        if ch in "\r\n":
+            kind = "a line break"
+        elif ch == "\0":
+            kind = "a NUL character"
+        elif "\udc80" <= ch <= "\udcff":  # how Python hands over a byte that is not UTF-8
+            kind = "a byte that is not UTF-8"
+        elif unicodedata.category(ch) == "Cc":
+            kind = "a control character"
+        elif ch == " ":
+            kind = "a space"
+        else:
+            kind = "a non-ASCII character"
+        return f"{kind} at character {place}"
+    return None
+
+
+API_URL_EXAMPLE = "write e.g. http://keruta-api:8080"
+_USERINFO = re.compile(r"^([^:/?#]*://)[^/?#]*@")
 
 
 def check_api_url(url: str) -> None:
     if not url:
-        raise ConfigError("--api-url (KERUTA_API_URL) is required, e.g. http://keruta-api:8080")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--api-url (KERUTA_API_URL) is required; {API_URL_EXAMPLE}")
+    # Credentials are refused below; until then, messages show the URL without them.
+    shown = repr(_USERINFO.sub(r"\1...@", url))
+    misfit = first_misfit(url, visible_ascii)
+    if misfit:
         raise ConfigError(
-            f"--api-url {url!r}: not an http(s) URL; write e.g. http://keruta-api:8080"
+            f"--api-url {shown}: contains {misfit}; {API_URL_EXAMPLE} "
+            "(a host name in its ASCII form, xn--...)"
         )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading the port is what refuses 70000 or :http
+    except ValueError as exc:
+        raise ConfigError(
+            f"--api-url {shown}: not a valid URL ({exc}); {API_URL_EXAMPLE}"
+        ) from None
     if parts.username or parts.password:
         raise ConfigError("--api-url must not carry credentials; use KERUTA_API_TOKEN")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--api-url {shown}: not an http(s) URL; {API_URL_EXAMPLE}")
+    if "?" in url or "#" in url:
+        # The API paths are appended to the URL as text: behind a query or a fragment they
+        # would never reach the server as a path.
+        raise ConfigError(
+            f"--api-url {shown}: must not carry a query (?) or a fragment (#); "
+            f"the API paths are appended to it; {API_URL_EXAMPLE}"
+        )
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Refuse, before anything is sent, a path a report cannot be written to at the end.
+
+    The file is replaced atomically (a temporary file beside it, then a rename), so its folder
+    must take new files and the path itself must be a regular file or not exist yet.
+    """
+    folder = path.parent
+    if path.is_dir():
+        problem = "is a folder; name a file in it, e.g. " + str(path / "summary.json")
+    elif path.exists() and not path.is_file():
+        problem = "is not a regular file, and it would be replaced; name a file in a folder"
+    elif not folder.exists():
+        problem = f"the folder {folder} does not exist; create it or choose another path"
+    elif not folder.is_dir():
+        problem = f"{folder} is not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"the folder {folder} is not writable by this user"
+    else:
+        return
+    raise ConfigError(f"{flag} {path}: {problem}")
 
 
 def megabytes(value: float) -> int | None:
-    """--max-file-size in MB -> bytes; 0 or less means no limit."""
+    """--max-file-size in MB -> bytes; 0 means no limit."""
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"--max-file-size {value}: write a size in MB, e.g. 100 or 0.5 (0: no limit)"
+        )
     return int(value * MB) if value > 0 else None
 
 
+BEARER_RULE = (
+    "a token is visible ASCII characters only, without spaces or line breaks "
+    "(RFC 6750); write it again without them"
+)
+
+
 def read_token(token_file: Path | None, env_token: str | None) -> str | None:
-    """The bearer token: from --token-file when given, else KERUTA_API_TOKEN; empty -> None."""
+    """The bearer token: from --token-file when given, else KERUTA_API_TOKEN; empty -> None.
+
+    Surrounding whitespace (a Secret file's trailing newline) is trimmed; anything else that
+    cannot go into an Authorization header is refused here, by its place, never shown.
+    """
     if token_file is not None:
+        source = f"--token-file {token_file}"
         try:
-            token = token_file.read_text(encoding="utf-8").strip()
+            data = token_file.read_bytes()
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            raise ConfigError(f"--token-file {token_file}: cannot be read ({reason})") from exc
+            raise ConfigError(f"{source}: cannot be read ({reason})") from exc
+        try:
+            token = data.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{source}: is not UTF-8 (byte {exc.start + 1}); {BEARER_RULE}"
+            ) from None
         if not token:
-            raise ConfigError(f"--token-file {token_file}: the file is empty")
-        return token
-    token = (env_token or "").strip()
-    return token or None
+            raise ConfigError(f"{source}: the file is empty")
+    else:
+        source = "KERUTA_API_TOKEN"
+        token = (env_token or "").strip()
+        if not token:
+            return None
+    misfit = first_misfit(token, visible_ascii)
+    if misfit:
+        raise ConfigError(f"{source}: the token contains {misfit}; {BEARER_RULE}")
+    return token

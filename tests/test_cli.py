@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
+from harvester.app import Output, run_cleanup
 from harvester.devapi import DevApiServer
+from harvester.exitcodes import ExitCode
+from harvester.settings import Settings
 from tests.devapi_fixture import DevApiFactory
 from tests.fstree import make_fifo, write_tree
 from tests.process import BIN, isolated_env
 
 TOKEN = "tok-3f9a1c-very-secret"
+SECRET_PARTS = ("Zq7s3cr", "X-Evil")  # the distinctive parts of the bad tokens below
+LOG_FORMATS = ["text", "json"]
 
 
 def run(
@@ -304,3 +314,223 @@ def test_log_level_chooses_which_notices_are_shown(docs: Path, httpserver: HTTPS
     assert quiet.returncode == chatty.returncode == 0, quiet.stderr + chatty.stderr
     assert "relying on Idempotency-Key" not in quiet.stderr
     assert "relying on Idempotency-Key" in chatty.stderr
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+def test_a_summary_that_fails_after_the_harvest_keeps_its_exit_code(
+    log_format: str, docs: Path, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def status_then_break_the_folder(_request: Request) -> Response:
+        # The status is the last request: the summary's folder passed the check before the
+        # harvest and is gone (a file stands there) by the time the summary is written.
+        out.rename(tmp_path / "gone")
+        out.write_text("not a folder any more")
+        return Response("{}", content_type="application/json")
+
+    httpserver.expect_request("/api/tasks/t/documents", method="GET").respond_with_data(
+        "", status=404
+    )
+    httpserver.expect_request("/api/tasks/t/documents", method="POST").respond_with_json({})
+    httpserver.expect_request("/api/v1/tasks/t/status").respond_with_handler(
+        status_then_break_the_folder
+    )
+    result = run(
+        "cleanup",
+        "--task-id=t",
+        f"--api-url={httpserver.url_for('/')}",
+        f"--root={docs}",
+        f"--summary-json={out / 'summary.json'}",
+        f"--log-format={log_format}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    expected = f"--summary-json {out / 'summary.json'}: cannot be written (Not a directory)"
+    if log_format == "json":
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        warnings = [e for e in events if e["event"] == "notice" and e["level"] == "warning"]
+        assert [w["message"] for w in warnings] == [warnings[0]["message"]]
+        assert warnings[0]["message"].startswith(expected)
+        assert not any(e["event"] == "error" for e in events)
+    else:
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+        assert len(warnings) == 1, result.stderr
+        assert warnings[0].startswith(f"warning: {expected}")
+        assert "error: " not in result.stderr
+
+
+def test_a_termination_log_that_fails_keeps_the_exit_code(
+    dev_api: DevApiServer, docs: Path
+) -> None:
+    if not stat.S_ISCHR(os.stat("/dev/full").st_mode):
+        pytest.skip("/dev/full is not the character device that fails every write")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    # /dev/full opens for writing like /dev/termination-log does in a pod, then every write
+    # fails with "No space left on device".
+    output = Output(stdout=stdout, stderr=stderr, termination_log=Path("/dev/full"))
+    settings = Settings(task_id="t", api_url=dev_api.url, root=str(docs))
+    code, _harvest = run_cleanup(settings, output, kubernetes=False)
+    assert code is ExitCode.OK, stderr.getvalue()
+    assert (
+        "warning: /dev/full: the termination message cannot be written (No space left on device)"
+        in stderr.getvalue()
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], log_format: str) -> str:
+    """Exit 2 with one sentence (one JSON error event in json mode), no traceback; the sentence."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    if log_format == "json":
+        assert result.stderr == ""
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        assert all(isinstance(event, dict) for event in events)
+        errors = [event for event in events if event["event"] == "error"]
+        assert len(errors) == 1, result.stdout
+        message: str = errors[0]["message"]
+        return message
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.stderr
+    return lines[-1].removeprefix("error: ")
+
+
+@pytest.fixture
+def permissive(httpserver: HTTPServer) -> HTTPServer:
+    """A server that says yes to anything: only the harvester's own checks can stop a run."""
+    httpserver.expect_request(re.compile(".*")).respond_with_json({"id": "doc-1"})
+    return httpserver
+
+
+BAD_TOKENS: dict[str, tuple[str, str | bytes, str]] = {
+    # id: (where, the token's text or file bytes, what the sentence says)
+    "env-line-feed": ("env", "Zq7s3cr\nX-Evil: 1", "a line break at character 8"),
+    "env-carriage-return": ("env", "Zq7s3cr\rX-Evil: 1", "a line break at character 8"),
+    "env-not-latin1": ("env", "Zq7s3cr\u20acX-Evil", "a non-ASCII character at character 8"),
+    "env-not-utf8": ("env", "Zq7s3cr\udcffX-Evil", "not UTF-8 at character 8"),
+    "file-two-lines": ("file", b"Zq7s3cr\nX-Evil: 1\n", "a line break at character 8"),
+    "file-nul": ("file", b"Zq7s3cr\x00X-Evil\n", "a NUL character at character 8"),
+    "file-del": ("file", b"Zq7s3cr\x7fX-Evil\n", "a control character at character 8"),
+    "file-not-utf8": ("file", b"Zq7s3cr\xe9X-Evil\n", "not UTF-8 (byte 8)"),
+}
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+def test_a_token_that_cannot_be_a_header_exits_2_and_is_never_shown(
+    case: str, log_format: str, docs: Path, permissive: HTTPServer, tmp_path: Path
+) -> None:
+    where, token, problem = BAD_TOKENS[case]
+    args = ["cleanup", "--task-id=t", f"--api-url={permissive.url_for('/')}", f"--root={docs}"]
+    env = {"KERUTA_LOG_FORMAT": log_format}
+    if where == "env":
+        assert isinstance(token, str)
+        env["KERUTA_API_TOKEN"] = token
+        source = "KERUTA_API_TOKEN: "
+    else:
+        assert isinstance(token, bytes)
+        token_file = tmp_path / "token"
+        token_file.write_bytes(token)
+        args.append(f"--token-file={token_file}")
+        source = f"--token-file {token_file}: "
+    result = run(*args, env=env)
+    sentence = assert_refused(result, log_format)
+    assert sentence.startswith(source)
+    assert problem in sentence
+    for part in SECRET_PARTS:
+        assert part not in result.stdout + result.stderr
+    assert permissive.log == []
+
+
+KUBECONFIGS: dict[str, str | bytes | None] = {
+    "garbage": "garbage: [unclosed\n",
+    "not-a-mapping": "just a string\n",
+    "not-utf8": b"\xff\xfe\x00garbage",
+    "a-folder": None,
+    "missing-reference": (
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:6443',"
+        " certificate-authority: /nonexistent/ca.crt}}]\n"
+        "users: [{name: u, user: {}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\n"
+    ),
+}
+
+CONFIG_MISTAKES: dict[str, tuple[list[str], dict[str, str], str]] = {
+    # id: (flags, environment, what the sentence names); {url} is the permissive server's URL
+    "ipv6-unclosed": (["--api-url=http://[::1"], {}, "--api-url"),
+    "port-too-big": (["--api-url=http://127.0.0.1:70000"], {}, "Port out of range"),
+    "space-in-url": (["--api-url=http://keruta api:8080"], {}, "contains a space"),
+    "query": (["--api-url={url}?x=1"], {}, "query"),
+    "fragment": (["--api-url={url}#frag"], {}, "fragment"),
+    "max-size-inf": (["--max-file-size=inf"], {}, "--max-file-size"),
+    "max-size-nan": (["--max-file-size=nan"], {}, "--max-file-size"),
+    "max-size-negative": (["--max-file-size=-1"], {}, "--max-file-size"),
+    "max-size-env-inf": ([], {"KERUTA_MAX_FILE_SIZE": "inf"}, "--max-file-size"),
+    "task-id-control": (["--task-id=t\tx"], {}, "--task-id"),
+    **{
+        f"kubeconfig-{name}": (["--keep-pvc"], {"KUBECONFIG": f"{{tmp}}/kubeconfig-{name}"}, "")
+        for name in KUBECONFIGS
+    },
+    "summary-folder-missing": (["--summary-json={tmp}/missing/summary.json"], {}, "folder"),
+    "summary-is-a-folder": (["--summary-json={tmp}"], {}, "is a folder"),
+    # A FIFO of our own: before the check, the summary replaced whatever stood there (as root,
+    # even /dev/full), so the test must not point at anything outside tmp_path.
+    "summary-is-a-fifo": (["--summary-json={tmp}/fifo"], {}, "not a regular file"),
+}
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+@pytest.mark.parametrize("case", sorted(CONFIG_MISTAKES))
+def test_a_configuration_mistake_exits_2_before_anything_is_sent(
+    case: str, log_format: str, docs: Path, permissive: HTTPServer, tmp_path: Path
+) -> None:
+    for name, content in KUBECONFIGS.items():
+        path = tmp_path / f"kubeconfig-{name}"
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    make_fifo(tmp_path / "fifo")
+    flags, env, named = CONFIG_MISTAKES[case]
+    url = permissive.url_for("/").rstrip("/")
+
+    def fill(text: str) -> str:
+        return text.replace("{url}", url).replace("{tmp}", str(tmp_path))
+
+    args = ["cleanup", "--task-id=t", f"--api-url={url}", f"--root={docs}"]
+    args += [fill(flag) for flag in flags]
+    environment = {"KERUTA_LOG_FORMAT": log_format, **{k: fill(v) for k, v in env.items()}}
+    sentence = assert_refused(run(*args, env=environment), log_format)
+    assert named in sentence
+    if case.startswith("kubeconfig-"):
+        assert sentence.startswith(f"KUBECONFIG {tmp_path}/kubeconfig-")
+    assert permissive.log == []
+
+
+def test_a_task_id_with_a_trailing_newline_is_trimmed(docs: Path, dev_api: DevApiServer) -> None:
+    result = run(
+        "cleanup", f"--api-url={dev_api.url}", f"--root={docs}", env={"KERUTA_TASK_ID": " t\n"}
+    )
+    assert result.returncode == 0, result.stderr
+    task = dev_api.store.task("t")
+    assert task is not None and task.status == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--concurrency=abc"], ["--bogus"], ["--log-level=loud"], ["--max-file-size=big"]],
+    ids=["not-a-number", "unknown-option", "not-a-choice", "not-a-float"],
+)
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+def test_a_wrong_flag_value_is_one_sentence(args: list[str], log_format: str) -> None:
+    result = run(
+        "cleanup", "--task-id=t", "--api-url=http://x", *args, f"--log-format={log_format}"
+    )
+    sentence = assert_refused(result, log_format)
+    assert "harvester cleanup --help" in sentence
+    as_env = run("cleanup", "--concurrency=abc", env={"KERUTA_LOG_FORMAT": log_format})
+    assert_refused(as_env, log_format)
