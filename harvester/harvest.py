@@ -89,7 +89,7 @@ def run_harvest(
         max_file_size=settings.max_file_size,
     )
 
-    scanned = scan(settings.root, options, listener)
+    scanned = scan(settings.root, options, listener, stop=stop)
     if not scanned.root_exists:
         if pvc_step is not None and gate.why_closed(Act.DELETE_PVC) is None:
             # "No documents" would release the volume: only believe it when the volume is

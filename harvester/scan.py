@@ -17,6 +17,7 @@ import errno
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -47,11 +48,19 @@ class ScanOptions:
     max_file_size: int | None = 100 * 1024 * 1024
 
 
-def scan(root: str, options: ScanOptions, listener: Listener = _NULL_LISTENER) -> ScanResult:
+def scan(
+    root: str,
+    options: ScanOptions,
+    listener: Listener = _NULL_LISTENER,
+    *,
+    stop: threading.Event | None = None,
+) -> ScanResult:
     """List every file below `root` with what the scan decided about it.
 
-    A missing root gives an empty result with `root_exists=False`. Raises `ConfigError` when the
-    root is not a folder or cannot be read, or when a pattern or the size limit is invalid.
+    A missing root gives an empty result with `root_exists=False`. Once `stop` is set no further
+    folder is listed (the result is then partial: the caller knows it was stopped). Raises
+    `ConfigError` when the root is not a folder or cannot be read, or when a pattern or the size
+    limit is invalid.
     """
     excludes = GlobSet.compile(options.exclude, option="--exclude")
     includes = GlobSet.compile(options.include, option="--include")
@@ -68,7 +77,7 @@ def scan(root: str, options: ScanOptions, listener: Listener = _NULL_LISTENER) -
     listener.stage_started(Stage.SCAN, 0, 0)
     try:
         with root_dir:
-            walker = _Walker(options, excludes, includes, listener)
+            walker = _Walker(options, excludes, includes, listener, stop or threading.Event())
             walker.walk(root_dir.fd, root)
             return walker.result()
     finally:
@@ -296,14 +305,21 @@ class _Walker:
         "_includes",
         "_listener",
         "_max_size",
+        "_stop",
         "entries",
         "failed",
         "skipped",
     )
 
     def __init__(
-        self, options: ScanOptions, excludes: GlobSet, includes: GlobSet, listener: Listener
+        self,
+        options: ScanOptions,
+        excludes: GlobSet,
+        includes: GlobSet,
+        listener: Listener,
+        stop: threading.Event,
     ) -> None:
+        self._stop = stop
         self._excludes = excludes
         self._includes = includes
         self._include_hidden = options.include_hidden
@@ -324,7 +340,7 @@ class _Walker:
         # refused by O_NOFOLLOW at every step, and a wide folder costs no descriptors.
         stack: list[tuple[int, str, str, list[tuple[str, str]]]] = [(-1, "", "", subdirs)]
         try:
-            while stack:
+            while stack and not self._stop.is_set():
                 fd, os_prefix, shown_prefix, pending = stack[-1]
                 if not pending:
                     stack.pop()

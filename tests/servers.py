@@ -9,6 +9,7 @@ that trickles, never ends, or echoes the request's headers.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import struct
 import threading
@@ -207,3 +208,30 @@ class ScriptedServer:
                     self.sent[index] += len(chunk)
                 if answer.interval:
                     self._stop.wait(answer.interval)
+
+
+def routes(
+    *,
+    listing: Callable[[Seen], Answer] | None = None,
+    upload: Callable[[Seen], Answer] | None = None,
+    status: Callable[[Seen], Answer] | None = None,
+) -> Callable[[Seen], Answer]:
+    """A keruta-api: an empty listing, uploads and status accepted, unless told otherwise."""
+
+    def answer(seen: Seen) -> Answer:
+        if seen.method == "GET":
+            return listing(seen) if listing else json_answer(200, [])
+        if seen.method == "POST":
+            return upload(seen) if upload else json_answer(201, {"id": "doc"})
+        return status(seen) if status else json_answer(200, {"status": "COMPLETED"})
+
+    return answer
+
+
+def json_answer(code: int, data: object, *headers: tuple[str, str]) -> Answer:
+    body = json.dumps(data).encode()
+    return Answer(
+        code,
+        (("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers),
+        [body],
+    )

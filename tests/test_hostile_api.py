@@ -21,7 +21,7 @@ from harvester.app import Output, run_cleanup
 from harvester.settings import Settings
 from tests.fstree import write_tree
 from tests.process import BIN, isolated_env
-from tests.servers import Answer, ScriptedServer, Seen, endless
+from tests.servers import Answer, ScriptedServer, Seen, endless, json_answer, routes
 
 TOKEN = "tok-9b1e77-never-print-me"
 MIB = 1024 * 1024
@@ -54,33 +54,6 @@ def finish(process: subprocess.Popen[str], within: float) -> tuple[str, str, flo
 @pytest.fixture
 def docs(tmp_path: Path) -> Path:
     return write_tree(tmp_path / "doc", {"a.md": "# a\n", "b/c.txt": "c\n"})
-
-
-def routes(
-    *,
-    listing: Callable[[Seen], Answer] | None = None,
-    upload: Callable[[Seen], Answer] | None = None,
-    status: Callable[[Seen], Answer] | None = None,
-) -> Callable[[Seen], Answer]:
-    """A keruta-api: an empty listing, uploads and status accepted, unless told otherwise."""
-
-    def answer(seen: Seen) -> Answer:
-        if seen.method == "GET":
-            return listing(seen) if listing else json_answer(200, [])
-        if seen.method == "POST":
-            return upload(seen) if upload else json_answer(201, {"id": "doc"})
-        return status(seen) if status else json_answer(200, {"status": "COMPLETED"})
-
-    return answer
-
-
-def json_answer(code: int, data: object, *headers: tuple[str, str]) -> Answer:
-    body = json.dumps(data).encode()
-    return Answer(
-        code,
-        (("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers),
-        [body],
-    )
 
 
 def trickling(_seen: Seen) -> Answer:

@@ -6,6 +6,7 @@ import fnmatch
 import io
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from harvester.errors import ConfigError
 from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
 from harvester.report import LogReporter
 from harvester.scan import GlobSet, ScanOptions, display_path, scan
-from harvester.stats import Level, Stage
+from harvester.stats import Level, NullListener, Stage
 from tests.fstree import (
     make_char_device,
     make_fifo,
@@ -505,3 +506,16 @@ def test_unlistable_folder_is_told_to_the_live_log_as_it_happens(tmp_path: Path)
     finished = next(i for i, line in enumerate(lines) if line.startswith("scan finished:"))
     assert lines.index(failed) < finished, "the failure is shown while the scan runs"
     assert lines[finished].endswith(", 1 failed")
+
+
+def test_a_stop_ends_the_scan_at_the_next_folder(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "doc", {f"d{i:02}/f.md": "x" for i in range(50)})
+    stop = threading.Event()
+
+    class StopOnFirstFile(NullListener):
+        def advanced(self, stage: Stage, files: int = 0, nbytes: int = 0) -> None:
+            if stage is Stage.SCAN and files:
+                stop.set()
+
+    result = scan(str(root), ScanOptions(), StopOnFirstFile(), stop=stop)
+    assert len(result.entries) == 1
