@@ -174,17 +174,7 @@ def _volume_step(
 
 def fail(output: Output, message: str) -> None:
     """Tell a person (and the pod's termination message) that the run could not start."""
-    if output.log_format == "json":
-        print(json_event("error", message=message), file=output.stdout, flush=True)
-    else:
-        # soft_wrap: one line however long, so `kubectl logs | grep error:` finds all of it.
-        output.console(output.stderr).print(
-            f"error: {printable(message)}",
-            style="bold red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+    _say(output, message, json_event("error", message=message), prefix="error", style="bold red")
     try:
         if output.termination_log.exists():
             text = f"error: {printable(message)}\n"[:4096]
@@ -195,13 +185,20 @@ def fail(output: Output, message: str) -> None:
 
 def warn(output: Output, message: str) -> None:
     """Tell a person that something went wrong after the harvest; its result stands."""
+    level = Level.WARNING.value
+    event = json_event("notice", level=level, message=message)
+    _say(output, message, event, prefix=level, style="yellow")
+
+
+def _say(output: Output, message: str, event: str, *, prefix: str, style: str) -> None:
+    """One line outside the reporters: the JSON `event`, or `prefix: message` on stderr."""
     if output.log_format == "json":
-        event = json_event("notice", level=Level.WARNING.value, message=message)
         print(event, file=output.stdout, flush=True)
     else:
+        # soft_wrap: one line however long, so `kubectl logs | grep error:` finds all of it.
         output.console(output.stderr).print(
-            f"{Level.WARNING.value}: {message}",
-            style="yellow",
+            f"{prefix}: {printable(message)}",
+            style=style,
             markup=False,
             highlight=False,
             soft_wrap=True,

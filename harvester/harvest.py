@@ -346,17 +346,8 @@ def _dry_run_report(settings: Settings, plan: UploadPlan, elapsed: float) -> Har
 
 def _interrupted_report(settings: Settings, plan: UploadPlan, elapsed: float) -> HarvestReport:
     """The report of a harvest stopped by a signal before it uploaded anything."""
-    files = _file_reports(plan, (), unsent_error=f"not attempted: {INTERRUPTED}")
-    return HarvestReport(
-        task_id=settings.task_id,
-        root=settings.root,
-        dry_run=False,
-        files=files,
-        elapsed_seconds=elapsed,
-        bytes_uploaded=0,
-        status=StepResult(StepState.SKIPPED, _INTERRUPTED_STATUS),
-        pvc=StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE),
-        interrupted=True,
+    return _report_without_uploads(
+        settings, plan, elapsed, INTERRUPTED, status=_INTERRUPTED_STATUS, interrupted=True
     )
 
 
@@ -371,18 +362,35 @@ def _aborted_report(
         reason = "keruta-api refused the first request"
     else:
         reason = "keruta-api could not be reached"
-    files = _file_reports(plan, (), unsent_error=f"not attempted: {reason}")
+    return _report_without_uploads(
+        settings, plan, elapsed, reason, status=reason, auth_rejected=auth, notes=(str(error),)
+    )
+
+
+def _report_without_uploads(
+    settings: Settings,
+    plan: UploadPlan,
+    elapsed: float,
+    reason: str,
+    *,
+    status: str,
+    auth_rejected: bool = False,
+    interrupted: bool = False,
+    notes: tuple[str, ...] = (),
+) -> HarvestReport:
+    """Every planned upload "not attempted" for `reason`; no status sent, the volume kept."""
     return HarvestReport(
         task_id=settings.task_id,
         root=settings.root,
         dry_run=False,
-        files=files,
+        files=_file_reports(plan, (), unsent_error=f"not attempted: {reason}"),
         elapsed_seconds=elapsed,
         bytes_uploaded=0,
-        status=StepResult(StepState.SKIPPED, reason),
+        status=StepResult(StepState.SKIPPED, status),
         pvc=StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE),
-        auth_rejected=auth,
-        notes=(str(error),),
+        auth_rejected=auth_rejected,
+        interrupted=interrupted,
+        notes=notes,
     )
 
 

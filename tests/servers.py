@@ -16,15 +16,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 
-class ResettingProxy:
-    """A TCP proxy on 127.0.0.1 that resets the first `resets` connections."""
+class _LoopbackServer:
+    """A TCP listener on 127.0.0.1 that hands each connection to `_handle` on its own thread,
+    from `with` until the block ends."""
 
-    def __init__(self, target_host: str, target_port: int, *, resets: int = 1) -> None:
-        self._target = (target_host, target_port)
-        self._resets_left = resets
-        self.resets_done = 0
+    def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
@@ -33,7 +32,7 @@ class ResettingProxy:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
-    def __enter__(self) -> ResettingProxy:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -55,13 +54,29 @@ class ResettingProxy:
                 continue
             except OSError:
                 return
-            with self._lock:
-                reset = self._resets_left > 0
-                self._resets_left -= 1 if reset else 0
-            if reset:
-                threading.Thread(target=self._reset, args=(client,), daemon=True).start()
-            else:
-                threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class ResettingProxy(_LoopbackServer):
+    """A TCP proxy on 127.0.0.1 that resets the first `resets` connections."""
+
+    def __init__(self, target_host: str, target_port: int, *, resets: int = 1) -> None:
+        super().__init__()
+        self._target = (target_host, target_port)
+        self._resets_left = resets
+        self.resets_done = 0
+
+    def _handle(self, client: socket.socket) -> None:
+        with self._lock:
+            reset = self._resets_left > 0
+            self._resets_left -= 1 if reset else 0
+        if reset:
+            self._reset(client)
+        else:
+            self._forward(client)
 
     def _reset(self, client: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -127,7 +142,7 @@ def endless(chunk: bytes = b"x" * 65536, total: int | None = None) -> Iterator[b
         given += len(chunk)
 
 
-class ScriptedServer:
+class ScriptedServer(_LoopbackServer):
     """An HTTP/1.1 server on 127.0.0.1 whose answers a test writes byte by byte.
 
     Each connection carries one request (`Connection: close`); the request body is read and
@@ -136,47 +151,17 @@ class ScriptedServer:
     """
 
     def __init__(self, answer: Callable[[Seen], Answer]) -> None:
+        super().__init__()
         self._answer = answer
         self.seen: list[Seen] = []
         self.sent: list[int] = []
         self.requested = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-
-    def __enter__(self) -> ScriptedServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
 
     def requests_to(self, method: str, path_part: str = "") -> list[Seen]:
         with self._lock:
             return [s for s in self.seen if s.method == method and path_part in s.path]
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _addr = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
+    def _handle(self, client: socket.socket) -> None:
         with client, contextlib.suppress(OSError):
             client.settimeout(10)
             reader = client.makefile("rb")

@@ -51,24 +51,25 @@ def test_a_token_that_cannot_be_a_header_is_refused_without_showing_it(
     assert not any(part in message for part in SECRET_PARTS)
 
 
-def test_a_token_file_is_checked_like_the_variable(tmp_path: Path) -> None:
-    two_lines = tmp_path / "two-lines"
-    two_lines.write_text("Zq7s3cr\nX-Evil: 1\n", encoding="utf-8")
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"Zq7s3cr\nX-Evil: 1\n", "a line break at character 8"),
+        (b"Zq7s3cr\xe9X-Evil\n", "not UTF-8 (byte 8)"),
+    ],
+    ids=["two-lines", "latin-1"],
+)
+def test_a_token_file_is_checked_like_the_variable(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(content)
     with pytest.raises(ConfigError) as refused:
-        read_token(two_lines, None)
-    assert str(refused.value).startswith(f"--token-file {two_lines}: ")
-    assert "a line break at character 8" in str(refused.value)
-    assert not any(part in str(refused.value) for part in SECRET_PARTS)
-
-
-def test_a_token_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
-    latin1 = tmp_path / "latin1"
-    latin1.write_bytes(b"Zq7s3cr\xe9X-Evil\n")
-    with pytest.raises(ConfigError) as refused:
-        read_token(latin1, None)
-    assert str(refused.value).startswith(f"--token-file {latin1}: ")
-    assert "not UTF-8 (byte 8)" in str(refused.value)
-    assert not any(part in str(refused.value) for part in SECRET_PARTS)
+        read_token(token_file, None)
+    message = str(refused.value)
+    assert message.startswith(f"--token-file {token_file}: ")
+    assert problem in message
+    assert not any(part in message for part in SECRET_PARTS)
 
 
 def test_surrounding_whitespace_of_a_token_is_trimmed(tmp_path: Path) -> None:
