@@ -452,8 +452,10 @@ class _Walker:
                 self._fail(
                     Failed(
                         entry.rel_path,
-                        f"{entry.rel_path}: its name is not valid UTF-8 and, once its odd bytes "
-                        "are escaped, reads the same as another file's; rename one of them",
+                        f"{entry.rel_path}: its name is not valid UTF-8 (its bytes: "
+                        f"{os.fsencode(entry.os_path).decode('ascii', 'backslashreplace')}) and, "
+                        "once its odd bytes are escaped, reads the same as another file's; "
+                        "rename one of them",
                         entry.size,
                     )
                 )

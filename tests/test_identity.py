@@ -48,6 +48,7 @@ def test_a_name_that_escapes_to_another_files_name_fails_alone(dev_api: DevApiSe
     assert outcomes == [(Action.FAIL, Outcome.FAILED), (Action.UPLOAD, Outcome.UPLOADED)]
     (failed,) = report.failures
     assert "reads the same as another file's" in (failed.error or "")
+    assert "(its bytes: a\\xff)" in (failed.error or "")  # which of the two, unambiguously
     assert report.count(Outcome.UPLOADED) == 1
     assert exit_code_for(report) is ExitCode.UPLOADS_FAILED
     task = dev_api.store.task(task_id)
