@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bench.tools import HARVESTER, BenchError, Timed, isolated_env, run_timed
-from harvester.multipart import document_body
+from harvester.wire.multipart import document_body
 
 __all__ = [
     "Measurement",

@@ -2,9 +2,9 @@
 
 Takes an API URL, a task id and a documents root; uploads every file one at a time, each read
 whole into memory, each over a new connection, then sets the task's status; prints one JSON line
-(`{"files": n, "bytes": b}`) and exits non-zero on the first failed request. The multipart body
-is the harvester's own (`harvester.multipart.document_body`), so the two send the same bytes and
-differ only in how they send them. No Idempotency-Key: the old agent sent none.
+(`{"files": n, "bytes": b}`) and exits non-zero on the first failed request. The multipart
+body is the harvester's own (`harvester.wire.multipart.document_body`), so the two send the same
+bytes and differ only in how they send them. No Idempotency-Key: the old agent sent none.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from bench.data import iter_files
-from harvester.multipart import document_body
+from harvester.wire.multipart import document_body
 
 __all__ = ["main", "upload_all"]
 

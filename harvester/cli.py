@@ -16,9 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from harvester import __version__
-from harvester.app import Output, fail, run_cleanup, stop_on_signals
 from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode
+from harvester.run import Output, fail, run_cleanup, stop_on_signals
 from harvester.settings import (
     DEFAULT_DOCUMENTS_PATH,
     DEFAULT_ROOT,
@@ -167,7 +167,7 @@ def dev_api(
     ] = 0.0,
 ) -> None:
     """Serve a small keruta-api stand-in that stores what it receives."""
-    from harvester.demo import serve_dev_api
+    from harvester.devapi.demo import serve_dev_api
 
     serve_dev_api(host=host, port=port, data_dir=data_dir, token=token, latency=latency)
 
@@ -179,7 +179,7 @@ def demo(
     ] = None,
 ) -> None:
     """Start dev-api on loopback, harvest the sample documents, show what the server got."""
-    from harvester.demo import run_demo
+    from harvester.devapi.demo import run_demo
 
     raise typer.Exit(run_demo(root))
 

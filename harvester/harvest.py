@@ -14,8 +14,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from harvester.api import KerutaApi
-from harvester.digest import hash_entries
 from harvester.errors import (
     INTERRUPTED,
     ApiError,
@@ -36,14 +34,16 @@ from harvester.model import (
     StepState,
     UploadPlan,
 )
-from harvester.mounts import require_mounted_volume
-from harvester.plan import build_plan
+from harvester.pipeline.digest import hash_entries
+from harvester.pipeline.mounts import require_mounted_volume
+from harvester.pipeline.plan import build_plan
+from harvester.pipeline.rootfs import RootDir
+from harvester.pipeline.scan import ScanOptions, scan
+from harvester.pipeline.upload import Uploader, UploadResult
 from harvester.retry import Retrier, RetryPolicy
-from harvester.safeopen import RootDir
-from harvester.scan import ScanOptions, scan
 from harvester.settings import NO_CLUSTER, Settings
 from harvester.stats import Level, Listener
-from harvester.upload import Uploader, UploadResult
+from harvester.wire.client import KerutaApi
 
 UPLOAD_FAILED_CODE = "HARVEST_UPLOAD_FAILED"
 _STATUS_MESSAGE_LIMIT = 500

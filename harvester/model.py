@@ -155,7 +155,6 @@ class Receipt:
     outcome: Outcome
     attempts: int = 0
     document_id: str | None = None
-    status_code: int | None = None
     error: str | None = None
 
 

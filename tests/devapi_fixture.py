@@ -14,7 +14,7 @@ from typing import Protocol
 
 import pytest
 
-from harvester.devapi import DevApiServer
+from harvester.devapi.server import DevApiServer
 
 
 class DevApiFactory(Protocol):

@@ -36,7 +36,7 @@ import yaml  # type: ignore[import-untyped]
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from harvester.kube import PERMISSIONS
+from harvester.kube.cluster import PERMISSIONS
 from tests.controlplane import ControlPlane, binaries_built, create
 from tests.kube_fixture import ApiCall, FakeCluster, pod_spec
 from tests.kube_recorder import ApiRecorder

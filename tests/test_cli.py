@@ -14,9 +14,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from harvester.app import Output, run_cleanup
-from harvester.devapi import DevApiServer
+from harvester.devapi.server import DevApiServer
 from harvester.exitcodes import ExitCode
+from harvester.run import Output, run_cleanup
 from harvester.settings import Settings
 from tests.devapi_fixture import DevApiFactory
 from tests.fstree import make_fifo, write_tree

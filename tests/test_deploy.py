@@ -2,7 +2,8 @@
 
 - every Kubernetes object under deploy/ validates (kubernetes-validate, strict) for every minor
   version from 1.29 to the newest the installed kubernetes-validate ships;
-- the Role grants exactly `harvester.kube.PERMISSIONS`, bound to the cleanup Job's ServiceAccount;
+- the Role grants exactly `harvester.kube.cluster.PERMISSIONS`, bound to the cleanup Job's
+  ServiceAccount;
 - the cleanup Job runs the seed's command line, mounts the main Job's volume read-only where the
   harvester looks, takes the token from the Secret, and is locked down (non-root, read-only root
   filesystem, no capabilities, bounded in time and memory);
@@ -26,9 +27,9 @@ import yaml  # type: ignore[import-untyped]
 from kubernetes_validate import utils as kv_utils
 
 from harvester import cli
-from harvester.app import TERMINATION_LOG
 from harvester.exitcodes import ExitCode
-from harvester.kube import PERMISSIONS, Permission
+from harvester.kube.cluster import PERMISSIONS, Permission
+from harvester.run import TERMINATION_LOG
 from harvester.settings import DEFAULT_ROOT, OPTIONS, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harvester.devapi import TASK_STATUSES, DevApiServer
-from harvester.multipart import document_body
+from harvester.devapi.server import TASK_STATUSES, DevApiServer
+from harvester.wire.multipart import document_body
 
 DOCS = "/api/tasks/{}/documents"
 STATUS = "/api/v1/tasks/{}/status"
@@ -49,7 +49,7 @@ def upload(
     claimed_size: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    """POST one document exactly as the harvester frames it (harvester.multipart)."""
+    """POST one document exactly as the harvester frames it (harvester.wire.multipart)."""
     body = document_body(
         rel_path,
         sha(content) if claimed_sha is None else claimed_sha,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harvester.digest import CHUNK_SIZE, hash_entries, hash_file, sha256_of_fd
 from harvester.errors import FileChanged, FileProblem, NotRegularFile
 from harvester.model import Digest, Failed, FileEntry
-from harvester.safeopen import RootDir
-from harvester.scan import ScanOptions, scan
+from harvester.pipeline.digest import CHUNK_SIZE, hash_entries, hash_file, sha256_of_fd
+from harvester.pipeline.rootfs import RootDir
+from harvester.pipeline.scan import ScanOptions, scan
 from harvester.stats import Level, Stage
 from tests.fstree import (
     make_fifo,

@@ -17,7 +17,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from harvester.devapi import DevApiServer
+from harvester.devapi.server import DevApiServer
 from harvester.exitcodes import ExitCode, exit_code_for
 from harvester.harvest import Harvest, run_harvest
 from harvester.model import Action, Outcome, StepState

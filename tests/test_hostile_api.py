@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.tools import run_timed
-from harvester.app import Output, run_cleanup
+from harvester.run import Output, run_cleanup
 from harvester.settings import Settings
 from tests.fstree import write_tree
 from tests.process import BIN, isolated_env

@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from harvester.kube import PERMISSIONS, PVC_PROTECTION
+from harvester.kube.cluster import PERMISSIONS, PVC_PROTECTION
 from tests.controlplane import ControlPlane
 from tests.kube_backends import KubeApi, RealNamespace, audited_calls
 from tests.kube_fixture import ApiCall, FakeCluster

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.tools import run_timed
-from harvester.devapi import DevApiServer
+from harvester.devapi.server import DevApiServer
 from tests.process import BIN, isolated_env
 
 MIB = 1024 * 1024

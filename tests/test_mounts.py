@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import ConfigError
-from harvester.mounts import (
+from harvester.pipeline.mounts import (
     holding_mount,
     mount_points,
     nearest_existing,

@@ -8,7 +8,7 @@ import email.policy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harvester.multipart import (
+from harvester.wire.multipart import (
     document_body,
     filename_params,
     guess_content_type,

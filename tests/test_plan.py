@@ -17,7 +17,7 @@ from harvester.model import (
     Skipped,
     SkipReason,
 )
-from harvester.plan import build_plan
+from harvester.pipeline.plan import build_plan
 
 
 def digest(path: str, content: bytes) -> Digest:

@@ -15,7 +15,7 @@ import yaml  # type: ignore[import-untyped]
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
-from harvester.kube import PERMISSIONS
+from harvester.kube.cluster import PERMISSIONS
 from harvester.model import StepState
 from harvester.stats import Level
 from tests.kube_backends import DEPLOY, RealNamespace, wait_until

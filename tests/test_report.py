@@ -28,7 +28,7 @@ from harvester.model import (
     StepState,
     UploadPlan,
 )
-from harvester.report import (
+from harvester.report.render import (
     JsonReporter,
     LogReporter,
     TerminalReporter,

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from harvester.errors import ConfigError
 from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
-from harvester.report import LogReporter
-from harvester.scan import GlobSet, ScanOptions, display_path, scan
+from harvester.pipeline.scan import GlobSet, ScanOptions, display_path, scan
+from harvester.report.render import LogReporter
 from harvester.stats import Level, NullListener, Stage
 from tests.fstree import (
     make_char_device,

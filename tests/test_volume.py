@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from pytest_httpserver import HTTPServer
 
-from harvester.devapi import DevApiServer
-from harvester.kube import PERMISSIONS, PVC_PROTECTION, Cluster, DeleteResult, connect
+from harvester.devapi.server import DevApiServer
+from harvester.kube.cluster import PERMISSIONS, PVC_PROTECTION, Cluster, DeleteResult, connect
+from harvester.kube.volume import Volume, VolumeOptions
 from harvester.model import StepResult, StepState
-from harvester.mounts import holding_mount, mount_points, nearest_existing
+from harvester.pipeline.mounts import holding_mount, mount_points, nearest_existing
 from harvester.settings import ClusterAccess
-from harvester.volume import Volume, VolumeOptions
 from tests.fstree import write_tree
 from tests.kube_backends import KubeApi
 from tests.process import BIN, isolated_env

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harvester.kube import connect
+from harvester.kube.cluster import connect
+from harvester.kube.volume import Volume, VolumeOptions
 from harvester.model import HarvestReport, StepResult, StepState
 from harvester.settings import ClusterAccess
 from harvester.stats import Level, NullListener
-from harvester.volume import Volume, VolumeOptions
 from tests.kube_backends import KubeApi
 
 TASK = "123"

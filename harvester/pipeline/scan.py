@@ -24,7 +24,7 @@ from operator import attrgetter
 
 from harvester.errors import ConfigError
 from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
-from harvester.safeopen import RootDir, RootMissing
+from harvester.pipeline.rootfs import RootDir, RootMissing
 from harvester.stats import Listener, NullListener, Stage
 
 __all__ = ["GlobSet", "ScanOptions", "display_path", "scan"]

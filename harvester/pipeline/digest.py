@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from harvester.errors import INTERRUPTED, FileChanged, FileProblem
 from harvester.model import Digest, Failed, FileEntry
-from harvester.safeopen import RootDir
+from harvester.pipeline.rootfs import RootDir
 from harvester.stats import Level, Listener, NullListener, Stage
 
 __all__ = ["CHUNK_SIZE", "hash_entries", "hash_file", "sha256_of_fd"]

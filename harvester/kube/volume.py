@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harvester.kube import PVC_PROTECTION, ClaimMount, Cluster, DeleteResult, KubeError, PodInfo
+from harvester.kube.cluster import (
+    PVC_PROTECTION,
+    ClaimMount,
+    Cluster,
+    DeleteResult,
+    KubeError,
+    PodInfo,
+)
 from harvester.model import HarvestReport, Outcome, StepResult, StepState
 from harvester.stats import Level, Listener
 

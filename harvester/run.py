@@ -17,20 +17,19 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Literal, TextIO
 
-from rich.console import Console
-
 from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode, exit_code_for
 from harvester.harvest import NO_PVC_STEP, Harvest, PvcStep, run_harvest
-from harvester.report import (
+from harvester.report.render import (
     JsonReporter,
     LogReporter,
     TerminalReporter,
+    console_for,
     json_event,
     plan_to_json,
+    print_line,
+    print_result,
     printable,
-    render_plan,
-    render_summary,
     report_to_json,
     write_summary_json,
     write_termination_log,
@@ -39,7 +38,7 @@ from harvester.settings import Settings
 from harvester.stats import Level, Listener
 
 if TYPE_CHECKING:
-    from harvester.volume import Volume
+    from harvester.kube.volume import Volume
 
 TERMINATION_LOG = Path("/dev/termination-log")
 LogFormat = Literal["text", "json"]
@@ -63,19 +62,13 @@ class Output:
             return self.interactive
         return self.stderr.isatty()
 
-    def console(self, stream: TextIO) -> Console:
-        if self.is_interactive:
-            return Console(file=stream)
-        # Not a terminal (kubectl logs): no colour codes, and wide enough for one plain line.
-        return Console(file=stream, force_terminal=False, no_color=True, width=80)
-
 
 def make_reporter(output: Output) -> TerminalReporter | LogReporter | JsonReporter:
     level = output.log_level
     if output.log_format == "json":
         return JsonReporter(output.stdout, interval=output.progress_interval, level=level)
     if output.is_interactive:
-        return TerminalReporter(output.console(output.stderr), level=level)
+        return TerminalReporter(console_for(output.stderr, interactive=True), level=level)
     return LogReporter(output.stderr, interval=output.progress_interval, level=level)
 
 
@@ -118,8 +111,9 @@ def run_cleanup(
             flush=True,
         )
     else:
-        console = output.console(output.stdout)
-        console.print(render_plan(harvest.plan) if settings.dry_run else render_summary(report))
+        print_result(
+            output.stdout, interactive=output.is_interactive, plan=harvest.plan, report=report
+        )
 
     # The harvest is over (the status sent, the volume perhaps released): a report that cannot
     # be written now is said once, and the harvest's own exit code stands, since a Job retried
@@ -151,8 +145,8 @@ def _volume_step(
         return None, None
     # Imported only with a cluster to talk to: the official client costs a quarter of a second
     # and some 30 MB, for nothing on a laptop or in a dry run.
-    from harvester.kube import connect
-    from harvester.volume import Volume, VolumeOptions
+    from harvester.kube.cluster import connect
+    from harvester.kube.volume import Volume, VolumeOptions
 
     cluster = resources.enter_context(connect(settings.cluster, namespace=settings.namespace))
     volume = Volume(
@@ -195,13 +189,8 @@ def _say(output: Output, message: str, event: str, *, prefix: str, style: str) -
     if output.log_format == "json":
         print(event, file=output.stdout, flush=True)
     else:
-        # soft_wrap: one line however long, so `kubectl logs | grep error:` finds all of it.
-        output.console(output.stderr).print(
-            f"{prefix}: {printable(message)}",
-            style=style,
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+        print_line(
+            f"{prefix}: {message}", output.stderr, interactive=output.is_interactive, style=style
         )
 
 

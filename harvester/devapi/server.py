@@ -51,7 +51,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from harvester.multipart import parse_content_disposition
+from harvester.wire.multipart import parse_content_disposition
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

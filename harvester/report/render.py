@@ -351,6 +351,30 @@ def _draw_failed(snap: _Snapshot, task: Task) -> RenderableType:
     return Text(f"{snap.failed} failed", style="bold red") if snap.failed else Text("")
 
 
+def console_for(stream: TextIO, *, interactive: bool) -> Console:
+    """A console on `stream`: colours and the terminal's width when a person watches, plain
+    80 columns otherwise (kubectl logs), so a line stays one line."""
+    if interactive:
+        return Console(file=stream)
+    return Console(file=stream, force_terminal=False, no_color=True, width=80)
+
+
+def print_result(
+    stream: TextIO, *, interactive: bool, plan: UploadPlan, report: HarvestReport
+) -> None:
+    """The end of a run for people: the plan table after a dry run, else the summary."""
+    console = console_for(stream, interactive=interactive)
+    console.print(render_plan(plan) if report.dry_run else render_summary(report))
+
+
+def print_line(text: str, stream: TextIO, *, interactive: bool, style: str) -> None:
+    """One line outside the reporters (an error before the run, a warning after it), made
+    printable and never wrapped, so `kubectl logs | grep error:` finds all of it."""
+    console_for(stream, interactive=interactive).print(
+        printable(text), style=style, markup=False, highlight=False, soft_wrap=True
+    )
+
+
 class TerminalReporter:
     """Progress bars on a terminal: one row per stage, failures and notices printed above.
 

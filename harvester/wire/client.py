@@ -57,9 +57,9 @@ from harvester import USER_AGENT
 from harvester.errors import AuthRejected, Interrupted, RejectedError, RetryableError
 from harvester.gate import Act, Gate
 from harvester.model import RemoteDocument
-from harvester.multipart import document_body
 from harvester.retry import parse_retry_after
 from harvester.settings import DEFAULT_DOCUMENTS_PATH, DEFAULT_STATUS_PATH
+from harvester.wire.multipart import document_body
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 TASK_STATUSES = frozenset(
@@ -86,13 +86,6 @@ _REDACTED = "[redacted]"
 _BEARER = re.compile(r"\bbearer(?:\s|%20|\+)+[^\s\"',;&]+", re.IGNORECASE)
 # A Location shown in a message: URL characters stay, anything else is %-escaped.
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
-
-
-@dataclass(frozen=True, slots=True)
-class UploadAnswer:
-    status_code: int
-    document_id: str | None
-    replayed: bool = False
 
 
 def idempotency_key(task_id: str, rel_path: str, sha256: str) -> str:
@@ -193,7 +186,7 @@ class KerutaApi:
         sha256: str,
         size: int,
         content: bytes | Iterable[bytes],
-    ) -> UploadAnswer:
+    ) -> str | None:
         """POST one document. `content` is, or yields, exactly `size` bytes of the file.
 
         Given as bytes, the whole body goes out in one write. An exception raised by an iterable
@@ -218,10 +211,7 @@ class KerutaApi:
         if not 200 <= response.status < 300:
             raise self._classify(response, what="upload")
         document_id = _document_id(response.body) if response.complete else None
-        replayed = _header(response, b"idempotent-replayed") == "true"
-        return UploadAnswer(
-            response.status, self._redact(document_id) if document_id else None, replayed
-        )
+        return self._redact(document_id) if document_id else None
 
     def set_status(
         self,

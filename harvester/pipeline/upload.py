@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
-from harvester.api import KerutaApi
-from harvester.digest import hash_file
 from harvester.errors import (
     INTERRUPTED,
     ApiError,
@@ -30,8 +29,9 @@ from harvester.errors import (
     RetryableError,
 )
 from harvester.model import Digest, Outcome, PlanItem, Receipt
+from harvester.pipeline.digest import hash_file
+from harvester.pipeline.rootfs import RootDir
 from harvester.retry import Retrier
-from harvester.safeopen import RootDir
 from harvester.stats import Level, Listener, NullListener, Stage
 
 CHUNK_SIZE = 1024 * 1024
@@ -39,6 +39,25 @@ CHUNK_SIZE = 1024 * 1024
 SMALL_FILE = 256 * 1024
 # How often a file may change under our feet before it counts as still being written.
 MAX_CONTENT_CHANGES = 2
+
+
+class DocumentSink(Protocol):
+    """Where documents go: keruta-api's client (`harvester.wire.client.KerutaApi`) in a harvest.
+
+    `upload_document` sends one document whose content is, or yields, exactly `size` bytes, and
+    gives the server's id for it (None when the server named none); it raises the errors of
+    `harvester.errors` (retryable, rejected, auth), and lets an exception from `content` (the
+    file changed) through unchanged after aborting the request.
+    """
+
+    def upload_document(
+        self,
+        task_id: str,
+        rel_path: str,
+        sha256: str,
+        size: int,
+        content: bytes | Iterable[bytes],
+    ) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +72,7 @@ class Uploader:
 
     def __init__(
         self,
-        api: KerutaApi,
+        api: DocumentSink,
         root: RootDir,
         task_id: str,
         retrier: Retrier,
@@ -115,9 +134,9 @@ class Uploader:
                 if self._auth_error is None:
                     self._auth_error = exc
                 self._abort.set()
-                return self._failed(item, f"{item.rel_path}: {exc}", attempts, exc.status_code)
+                return self._failed(item, f"{item.rel_path}: {exc}", attempts)
             except ApiError as exc:
-                return self._failed(item, f"{item.rel_path}: {exc}", attempts, exc.status_code)
+                return self._failed(item, f"{item.rel_path}: {exc}", attempts)
             except FileProblem as exc:
                 return self._failed(item, str(exc), attempts)
         message = (
@@ -152,7 +171,7 @@ class Uploader:
                 content: bytes | Iterator[bytes] = b"".join(verified_chunks(fd, digest))
             else:
                 content = counted(verified_chunks(fd, digest))
-            answer = self._api.upload_document(
+            document_id = self._api.upload_document(
                 self._task_id, digest.rel_path, digest.sha256, digest.size, content
             )
         except BaseException:
@@ -167,8 +186,7 @@ class Uploader:
             digest.rel_path,
             Outcome.UPLOADED,
             attempts,
-            document_id=answer.document_id,
-            status_code=answer.status_code,
+            document_id=document_id,
         )
 
     def _on_retry(self, rel_path: str) -> Callable[[int, RetryableError, float], None]:
@@ -179,16 +197,12 @@ class Uploader:
 
         return notice
 
-    def _failed(
-        self, item: PlanItem, message: str, attempts: int, status_code: int | None = None
-    ) -> Receipt:
+    def _failed(self, item: PlanItem, message: str, attempts: int) -> Receipt:
         self._listener.file_failed(item.rel_path, message)
         # A failed file completes its share of the stage's bytes (its bytes sent were taken
         # back), so the counter reads bytes dealt with of bytes planned and still ends full.
         self._listener.advanced(Stage.UPLOAD, files=1, nbytes=item.size or 0)
-        return Receipt(
-            item.rel_path, Outcome.FAILED, attempts, status_code=status_code, error=message
-        )
+        return Receipt(item.rel_path, Outcome.FAILED, attempts, error=message)
 
 
 def verified_chunks(fd: int, digest: Digest, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
