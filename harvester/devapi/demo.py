@@ -24,7 +24,7 @@ from harvester.settings import Settings
 from harvester.stats import NullListener
 
 DEMO_TASK_ID = "demo-123"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "doc"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "doc"
 
 
 def run_demo(root: Path | None = None, *, console: Console | None = None) -> int:
