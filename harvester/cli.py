@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import sys
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,17 +22,16 @@ from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode
 from harvester.run import Output, fail, run_cleanup, stop_on_signals
 from harvester.settings import (
-    DEFAULT_DOCUMENTS_PATH,
-    DEFAULT_ROOT,
-    DEFAULT_STATUS_PATH,
-    OPTIONS,
+    TOKEN_ENV,
+    TOKEN_FILE,
     ClusterAccess,
+    Flag,
+    LogFormat,
+    Reporting,
     Settings,
-    megabytes,
-    parse_duration,
+    flags_of,
     read_token,
 )
-from harvester.stats import Level
 
 app = typer.Typer(
     help="Harvest a keruta task's documents from its volume into keruta-api.",
@@ -41,114 +42,84 @@ app = typer.Typer(
 )
 
 
-class LogFormat(StrEnum):
-    text = "text"
-    json = "json"
-
-
-def _opt(
-    name: str,
-    *flags: str,
-    min: float | None = None,
-    max: float | None = None,
-    case_sensitive: bool = True,
-) -> Any:
-    """A typer option whose help and environment variable come from `settings.OPTIONS`."""
-    option = OPTIONS[name]
+def _typer_option(flag: Flag) -> Any:
     return typer.Option(
-        *flags,
-        help=option.help,
-        envvar=option.envvar,
-        show_envvar=bool(option.envvar),
-        min=min,
-        max=max,
-        case_sensitive=case_sensitive,
+        *flag.names,
+        help=flag.help,
+        envvar=flag.envvar,
+        show_envvar=bool(flag.envvar),
+        min=flag.low,
+        max=flag.high,
+        case_sensitive=False,
     )
 
 
+def _parameter(name: str, flag: Flag) -> inspect.Parameter:
+    """The typer parameter of one flag: its type and default are those a person types."""
+    typed = flag.typed
+    kind: Any
+    default: Any = typed
+    if isinstance(typed, tuple):
+        kind, default = list[str] | None, None  # repeatable
+    elif typed is None:
+        kind = Path | None  # the only optional path: --summary-json
+    else:
+        kind = type(typed)
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[kind, _typer_option(flag)],
+    )
+
+
+def _with_flags(*sources: tuple[str, Flag]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the flags of `sources` as its signature, so typer builds them from the
+    settings' fields: each option's flag, environment variable, default and help said once."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [_parameter(name, flag) for name, flag in sources]
+        )
+        return command
+
+    return decorate
+
+
 @app.command()
-def cleanup(
-    task_id: Annotated[str, _opt("task_id", "--task-id")] = "",
-    api_url: Annotated[str, _opt("api_url", "--api-url")] = "",
-    source_pod: Annotated[str | None, _opt("source_pod", "--source-pod")] = None,
-    pvc: Annotated[str | None, _opt("pvc", "--pvc")] = None,
-    keep_pvc: Annotated[bool, _opt("keep_pvc", "--keep-pvc")] = False,
-    namespace: Annotated[str | None, _opt("namespace", "--namespace", "-n")] = None,
-    own_pod: Annotated[str | None, _opt("own_pod", "--pod-name")] = None,
-    force_delete_pvc: Annotated[bool, _opt("force_delete_pvc", "--force-delete-pvc")] = False,
-    release_pvc_finalizer: Annotated[
-        bool, _opt("release_pvc_finalizer", "--release-pvc-finalizer")
-    ] = False,
-    root: Annotated[str, _opt("root", "--root")] = DEFAULT_ROOT,
-    dry_run: Annotated[bool, _opt("dry_run", "--dry-run")] = False,
-    concurrency: Annotated[int, _opt("concurrency", "--concurrency", min=1, max=256)] = 8,
-    include: Annotated[list[str] | None, _opt("include", "--include")] = None,
-    exclude: Annotated[list[str] | None, _opt("exclude", "--exclude")] = None,
-    include_hidden: Annotated[bool, _opt("include_hidden", "--include-hidden")] = False,
-    keep_duplicates: Annotated[bool, _opt("keep_duplicates", "--keep-duplicates")] = False,
-    max_file_size: Annotated[float, _opt("max_file_size", "--max-file-size")] = 100.0,
-    timeout: Annotated[str, _opt("timeout", "--timeout")] = "30s",
-    retries: Annotated[int, _opt("retries", "--retries", min=0)] = 3,
-    deadline: Annotated[str, _opt("deadline", "--deadline")] = "1h",
-    token_file: Annotated[Path | None, _opt("token_file", "--token-file")] = None,
-    summary_json: Annotated[Path | None, _opt("summary_json", "--summary-json")] = None,
-    log_format: Annotated[LogFormat, _opt("log_format", "--log-format")] = LogFormat.text,
-    progress_interval: Annotated[
-        float, _opt("progress_interval", "--progress-interval", min=0.1)
-    ] = 5.0,
-    log_level: Annotated[Level, _opt("log_level", "--log-level", case_sensitive=False)] = (
-        Level.INFO
-    ),
-    documents_path: Annotated[
-        str, _opt("documents_path", "--documents-path")
-    ] = DEFAULT_DOCUMENTS_PATH,
-    status_path: Annotated[str, _opt("status_path", "--status-path")] = DEFAULT_STATUS_PATH,
-) -> None:
+@_with_flags(*flags_of(Settings), ("token_file", TOKEN_FILE), *flags_of(Reporting))
+def cleanup(**typed: Any) -> None:
     """Harvest the documents folder into keruta-api, set the task status, release the PVC.
 
     Exit codes: 0 done, 2 bad usage or configuration, 3 some uploads failed, 4 status update
     failed, 5 PVC deletion failed or refused, 6 authentication rejected, 1 anything unexpected.
     The token comes from KERUTA_API_TOKEN or --token-file, never from a flag.
     """
-    output = Output(
-        log_format=log_format.value, progress_interval=progress_interval, log_level=log_level
-    )
+    output = Output(reporting=Reporting(**_values(Reporting, typed)))
     try:
+        values = _values(Settings, typed)
+        dry_run = values["dry_run"]
+        token_file = TOKEN_FILE.value(typed["token_file"])
         settings = Settings(
-            task_id=task_id,
-            api_url=api_url,
-            token=None if dry_run else read_token(token_file, os.environ.get("KERUTA_API_TOKEN")),
-            root=root,
-            source_pod=source_pod or None,
-            pvc=pvc or None,
-            keep_pvc=keep_pvc,
+            **values,
+            token=None if dry_run else read_token(token_file, os.environ.get(TOKEN_ENV)),
             # A dry run changes nothing in the cluster, so it does not need to reach one.
             cluster=ClusterAccess() if dry_run else ClusterAccess.from_environment(os.environ),
-            namespace=namespace or None,
-            # In a pod the hostname is the pod's name, should the downward API not say.
-            own_pod=own_pod or socket.gethostname(),
-            force_delete_pvc=force_delete_pvc,
-            release_pvc_finalizer=release_pvc_finalizer,
-            dry_run=dry_run,
-            concurrency=concurrency,
-            include=tuple(include or ()),
-            exclude=tuple(exclude or ()),
-            include_hidden=include_hidden,
-            keep_duplicates=keep_duplicates,
-            max_file_size=megabytes(max_file_size),
-            timeout=parse_duration(timeout, what="--timeout"),
-            retries=retries,
-            deadline=parse_duration(deadline, what="--deadline") or None,
-            summary_json=summary_json,
-            documents_path=documents_path,
-            status_path=status_path,
         )
+        if settings.own_pod is None:
+            # In a pod the hostname is the pod's name, should the downward API not say.
+            settings = replace(settings, own_pod=socket.gethostname())
     except ConfigError as exc:
         fail(output, str(exc))
         raise typer.Exit(ExitCode.USAGE) from None
     with stop_on_signals() as stop:
         code, _harvest = run_cleanup(settings, output, stop=stop)
     raise typer.Exit(code)
+
+
+def _values(cls: type, typed: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `cls` from what was typed, each parsed by its flag (ConfigError if bad)."""
+    return {name: flag.value(typed[name]) for name, flag in flags_of(cls)}
 
 
 @app.command("dev-api")
@@ -204,18 +175,19 @@ def main() -> None:
         context = getattr(exc, "ctx", None)
         if context is not None:
             message += f"; see '{context.command_path} --help'"
-        fail(Output(log_format=_log_format_asked(args).value), message)
+        fail(Output(reporting=Reporting(log_format=_log_format_asked(args))), message)
         raise SystemExit(exc.exit_code) from None
     raise SystemExit(code if isinstance(code, int) else ExitCode.OK)
 
 
 def _log_format_asked(args: list[str]) -> LogFormat:
     """The --log-format of a command line that could not be parsed: the last one given, else
-    KERUTA_LOG_FORMAT, else text."""
-    value = os.environ.get(OPTIONS["log_format"].envvar or "", "")
-    for flag, following in zip(args, [*args[1:], ""], strict=True):
-        if flag == "--log-format":
+    its environment variable, else text."""
+    flag = Reporting.__dataclass_fields__["log_format"].metadata["flag"]
+    value = os.environ.get(flag.envvar or "", "")
+    for arg, following in zip(args, [*args[1:], ""], strict=True):
+        if arg in flag.names:
             value = following
-        elif flag.startswith("--log-format="):
-            value = flag.partition("=")[2]
-    return LogFormat.json if value == LogFormat.json.value else LogFormat.text
+        elif arg.startswith(tuple(f"{name}=" for name in flag.names)):
+            value = arg.partition("=")[2]
+    return LogFormat.JSON if value.lower() == LogFormat.JSON.value else LogFormat.TEXT

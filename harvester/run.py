@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode, exit_code_for
@@ -34,23 +34,20 @@ from harvester.report.render import (
     write_summary_json,
     write_termination_log,
 )
-from harvester.settings import Settings
+from harvester.settings import LogFormat, Reporting, Settings
 from harvester.stats import Level, Listener
 
 if TYPE_CHECKING:
     from harvester.kube.volume import Volume
 
 TERMINATION_LOG = Path("/dev/termination-log")
-LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True)
 class Output:
     """Where and how a run reports. `interactive=None` means: ask whether stderr is a TTY."""
 
-    log_format: LogFormat = "text"
-    progress_interval: float = 5.0
-    log_level: Level = Level.INFO
+    reporting: Reporting = field(default_factory=Reporting)
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     interactive: bool | None = None
@@ -64,12 +61,12 @@ class Output:
 
 
 def make_reporter(output: Output) -> TerminalReporter | LogReporter | JsonReporter:
-    level = output.log_level
-    if output.log_format == "json":
-        return JsonReporter(output.stdout, interval=output.progress_interval, level=level)
+    level, interval = output.reporting.log_level, output.reporting.progress_interval
+    if output.reporting.log_format is LogFormat.JSON:
+        return JsonReporter(output.stdout, interval=interval, level=level)
     if output.is_interactive:
         return TerminalReporter(console_for(output.stderr, interactive=True), level=level)
-    return LogReporter(output.stderr, interval=output.progress_interval, level=level)
+    return LogReporter(output.stderr, interval=interval, level=level)
 
 
 def run_cleanup(
@@ -99,7 +96,7 @@ def run_cleanup(
         return ExitCode.USAGE, None
 
     report = harvest.report
-    if output.log_format == "json":
+    if output.reporting.log_format is LogFormat.JSON:
         document = (
             plan_to_json(harvest.plan, settings.task_id, settings.root)
             if settings.dry_run
@@ -186,7 +183,7 @@ def warn(output: Output, message: str) -> None:
 
 def _say(output: Output, message: str, event: str, *, prefix: str, style: str) -> None:
     """One line outside the reporters: the JSON `event`, or `prefix: message` on stderr."""
-    if output.log_format == "json":
+    if output.reporting.log_format is LogFormat.JSON:
         print(event, file=output.stdout, flush=True)
     else:
         print_line(

@@ -1,8 +1,10 @@
 """One settings object for a harvest, every option documented once.
 
 Takes the values the CLI collected (flags, then keruta environment variables, then the defaults
-below); gives a validated, frozen `Settings`. `OPTIONS` holds the help text and environment name of
-each option, so `cli.py` only wires flags to it. Nothing else in the package reads `os.environ`.
+below); gives a validated, frozen `Settings` (what to harvest and how) and `Reporting` (how to
+talk). Each field carries its `Flag`: flag names, environment variable, help, and its default as
+a person types it; `cli.py` builds the command line from them, so each is said once here.
+Nothing else in the package reads `os.environ`.
 """
 
 from __future__ import annotations
@@ -12,78 +14,20 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from harvester.errors import ConfigError
+from harvester.stats import Level
 
 DEFAULT_ROOT = "/.keruta/doc"
 DEFAULT_DOCUMENTS_PATH = "/api/tasks/{taskId}/documents"
 DEFAULT_STATUS_PATH = "/api/v1/tasks/{taskId}/status"
 MB = 1024 * 1024
 
-
-class Option(NamedTuple):
-    envvar: str | None
-    help: str
-
-
-OPTIONS: dict[str, Option] = {
-    "task_id": Option("KERUTA_TASK_ID", "The keruta task whose documents are harvested."),
-    "api_url": Option("KERUTA_API_URL", "Base URL of keruta-api, e.g. http://keruta-api:8080."),
-    "source_pod": Option(
-        "KERUTA_SOURCE_POD", "The main Job's pod; used to find the PVC to delete."
-    ),
-    "pvc": Option("KERUTA_PVC", "The PVC to delete after a complete harvest (default: found)."),
-    "keep_pvc": Option(None, "Never delete the PVC, even after a complete harvest."),
-    "namespace": Option(
-        "POD_NAMESPACE", "Kubernetes namespace (default: the pod's, else the kubeconfig's)."
-    ),
-    "own_pod": Option(
-        "POD_NAME", "This cleanup pod's name (downward API); never counted as a user."
-    ),
-    "force_delete_pvc": Option(
-        None, "Delete the PVC even when its task-id label names another task."
-    ),
-    "release_pvc_finalizer": Option(
-        None,
-        "After the delete, remove kubernetes.io/pvc-protection so the volume is released "
-        "although the main Job's finished pods still name it (see deploy/README.md).",
-    ),
-    "root": Option("KERUTA_ARTIFACTS_DIR", "The documents folder (mounted read-only)."),
-    "dry_run": Option(None, "Show the plan as a table; send nothing, change nothing."),
-    "concurrency": Option("KERUTA_CONCURRENCY", "Uploads in flight at once."),
-    "include": Option(None, "Only harvest files matching this glob (repeatable; ** crosses /)."),
-    "exclude": Option(None, "Skip files and folders matching this glob (repeatable)."),
-    "include_hidden": Option(None, "Also harvest hidden files and folders (names with a dot)."),
-    "keep_duplicates": Option(None, "Upload every path, even when its content was already sent."),
-    "max_file_size": Option(
-        "KERUTA_MAX_FILE_SIZE", "Skip files larger than this many MB (0: no limit)."
-    ),
-    "timeout": Option(
-        "KERUTA_TIMEOUT", "Timeout of one request without progress: 30s, 2m, 1.5 (seconds)."
-    ),
-    "retries": Option("KERUTA_RETRY_COUNT", "Retries of a request that failed transiently."),
-    "deadline": Option(
-        "KERUTA_DEADLINE", "Give up retrying after this long in all (e.g. 30m; 0: no deadline)."
-    ),
-    "token_file": Option(
-        "KERUTA_API_TOKEN_FILE",
-        "Read the keruta-api token from this file (else from KERUTA_API_TOKEN).",
-    ),
-    "summary_json": Option(None, "Write the machine-readable result of the harvest here."),
-    "log_format": Option("KERUTA_LOG_FORMAT", "Progress and results as text or json lines."),
-    "progress_interval": Option(
-        None, "Seconds between progress lines when not on a terminal (kubectl logs)."
-    ),
-    "log_level": Option("KERUTA_LOG_LEVEL", "debug, info, warning or error."),
-    "documents_path": Option(
-        "KERUTA_DOCUMENTS_PATH", "Upload endpoint path; {taskId} is replaced."
-    ),
-    "status_path": Option("KERUTA_STATUS_PATH", "Status endpoint path; {taskId} is replaced."),
-}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -131,35 +75,248 @@ class ClusterAccess:
         return cls(kubeconfig=str(path))
 
 
+def megabytes(value: float) -> int | None:
+    """--max-file-size in MB -> bytes; 0 means no limit."""
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"--max-file-size {value}: write a size in MB, e.g. 100 or 0.5 (0: no limit)"
+        )
+    return int(value * MB) if value > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """How a setting reaches the command line: its flag names, environment variable and help,
+    the value as a person types it, and how that text becomes the setting (`parse`)."""
+
+    names: tuple[str, ...]
+    help: str
+    envvar: str | None = None
+    typed: Any = None
+    parse: Callable[[Any], Any] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def value(self, typed: Any) -> Any:
+        return self.parse(typed) if self.parse is not None else typed
+
+
+def option(
+    *names: str,
+    help: str,
+    typed: Any,
+    env: str | None = None,
+    parse: Callable[[Any], Any] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+) -> Any:
+    """A settings field with its `Flag`: the default is `typed` as parsed, so a default is
+    written once, the way a person would type it."""
+    flag = Flag(names, help, env, typed, parse, low, high)
+    default = flag.value(typed)
+    if isinstance(default, (list, dict, set)):
+        raise TypeError(f"{names[0]}: a mutable default; give a tuple")
+    return field(default=default, metadata={"flag": flag})
+
+
+def flags_of(cls: type) -> list[tuple[str, Flag]]:
+    """(field name, Flag) of every field of the dataclass `cls` that has a flag, in order."""
+    return [(f.name, f.metadata["flag"]) for f in fields(cls) if "flag" in f.metadata]
+
+
+def _none_if_empty(text: str | None) -> str | None:
+    return text or None
+
+
+def _durations(what: str, *, zero_is_none: bool = False) -> Callable[[str], float | None]:
+    def parse(text: str) -> float | None:
+        seconds = parse_duration(text, what=what)
+        return None if zero_is_none and not seconds else seconds
+
+    return parse
+
+
+def _patterns(values: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    return tuple(values or ())
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Reporting:
+    """How a run talks: the log format, the interval of progress lines, the least level shown."""
+
+    log_format: LogFormat = option(
+        "--log-format",
+        env="KERUTA_LOG_FORMAT",
+        typed=LogFormat.TEXT,
+        help="Progress and results as text or json lines.",
+    )
+    progress_interval: float = option(
+        "--progress-interval",
+        typed=5.0,
+        low=0.1,
+        help="Seconds between progress lines when not on a terminal (kubectl logs).",
+    )
+    log_level: Level = option(
+        "--log-level",
+        env="KERUTA_LOG_LEVEL",
+        typed=Level.INFO,
+        help="debug, info, warning or error.",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """A validated harvest configuration. The token never shows in repr()."""
+    """A validated harvest configuration: every option with its flag, environment variable,
+    default and help, once (cli.py builds the flags from these fields). The token never shows
+    in repr()."""
 
-    task_id: str
-    api_url: str
+    task_id: str = option(
+        "--task-id",
+        env="KERUTA_TASK_ID",
+        typed="",
+        help="The keruta task whose documents are harvested.",
+    )
+    api_url: str = option(
+        "--api-url",
+        env="KERUTA_API_URL",
+        typed="",
+        help="Base URL of keruta-api, e.g. http://keruta-api:8080.",
+    )
     token: str | None = field(default=None, repr=False)
-    root: str = DEFAULT_ROOT
-    source_pod: str | None = None
-    pvc: str | None = None
-    keep_pvc: bool = False
+    source_pod: str | None = option(
+        "--source-pod",
+        env="KERUTA_SOURCE_POD",
+        typed="",
+        parse=_none_if_empty,
+        help="The main Job's pod; used to find the PVC to delete.",
+    )
+    pvc: str | None = option(
+        "--pvc",
+        env="KERUTA_PVC",
+        typed="",
+        parse=_none_if_empty,
+        help="The PVC to delete after a complete harvest (default: found).",
+    )
+    keep_pvc: bool = option(
+        "--keep-pvc", typed=False, help="Never delete the PVC, even after a complete harvest."
+    )
+    namespace: str | None = option(
+        "--namespace",
+        "-n",
+        env="POD_NAMESPACE",
+        typed="",
+        parse=_none_if_empty,
+        help="Kubernetes namespace (default: the pod's, else the kubeconfig's).",
+    )
+    own_pod: str | None = option(
+        "--pod-name",
+        env="POD_NAME",
+        typed="",
+        parse=_none_if_empty,
+        help="This cleanup pod's name (downward API; default: the hostname, which is the pod's "
+        "name in a pod); never counted as a user.",
+    )
+    force_delete_pvc: bool = option(
+        "--force-delete-pvc",
+        typed=False,
+        help="Delete the PVC even when its task-id label names another task.",
+    )
+    release_pvc_finalizer: bool = option(
+        "--release-pvc-finalizer",
+        typed=False,
+        help="After the delete, remove kubernetes.io/pvc-protection so the volume is released "
+        "although the main Job's finished pods still name it (see deploy/README.md).",
+    )
+    root: str = option(
+        "--root",
+        env="KERUTA_ARTIFACTS_DIR",
+        typed=DEFAULT_ROOT,
+        help="The documents folder (mounted read-only).",
+    )
+    dry_run: bool = option(
+        "--dry-run", typed=False, help="Show the plan as a table; send nothing, change nothing."
+    )
+    concurrency: int = option(
+        "--concurrency",
+        env="KERUTA_CONCURRENCY",
+        typed=8,
+        low=1,
+        high=256,
+        help="Uploads in flight at once.",
+    )
+    include: tuple[str, ...] = option(
+        "--include",
+        typed=(),
+        parse=_patterns,
+        help="Only harvest files matching this glob (repeatable; ** crosses /).",
+    )
+    exclude: tuple[str, ...] = option(
+        "--exclude",
+        typed=(),
+        parse=_patterns,
+        help="Skip files and folders matching this glob (repeatable).",
+    )
+    include_hidden: bool = option(
+        "--include-hidden",
+        typed=False,
+        help="Also harvest hidden files and folders (names with a dot).",
+    )
+    keep_duplicates: bool = option(
+        "--keep-duplicates",
+        typed=False,
+        help="Upload every path, even when its content was already sent.",
+    )
+    max_file_size: int | None = option(
+        "--max-file-size",
+        env="KERUTA_MAX_FILE_SIZE",
+        typed=100.0,
+        parse=lambda value: megabytes(value),
+        help="Skip files larger than this many MiB (0: no limit).",
+    )
+    timeout: float = option(
+        "--timeout",
+        env="KERUTA_TIMEOUT",
+        typed="30s",
+        parse=_durations("--timeout"),
+        help="Timeout of one request without progress: 30s, 2m, 1.5 (seconds).",
+    )
+    retries: int = option(
+        "--retries",
+        env="KERUTA_RETRY_COUNT",
+        typed=3,
+        low=0,
+        help="Retries of a request that failed transiently.",
+    )
+    deadline: float | None = option(
+        "--deadline",
+        env="KERUTA_DEADLINE",
+        typed="1h",
+        parse=_durations("--deadline", zero_is_none=True),
+        help="Give up retrying after this long in all (e.g. 30m; 0: no deadline).",
+    )
+    summary_json: Path | None = option(
+        "--summary-json",
+        typed=None,
+        help="Write the machine-readable result of the harvest here.",
+    )
+    documents_path: str = option(
+        "--documents-path",
+        env="KERUTA_DOCUMENTS_PATH",
+        typed=DEFAULT_DOCUMENTS_PATH,
+        help="Upload endpoint path; {taskId} is replaced.",
+    )
+    status_path: str = option(
+        "--status-path",
+        env="KERUTA_STATUS_PATH",
+        typed=DEFAULT_STATUS_PATH,
+        help="Status endpoint path; {taskId} is replaced.",
+    )
     cluster: ClusterAccess = field(default_factory=ClusterAccess)
-    namespace: str | None = None
-    own_pod: str | None = None
-    force_delete_pvc: bool = False
-    release_pvc_finalizer: bool = False
-    dry_run: bool = False
-    concurrency: int = 8
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    include_hidden: bool = False
-    keep_duplicates: bool = False
-    max_file_size: int | None = 100 * MB
-    timeout: float = 30.0
-    retries: int = 3
-    deadline: float | None = 3600.0
-    summary_json: Path | None = None
-    documents_path: str = DEFAULT_DOCUMENTS_PATH
-    status_path: str = DEFAULT_STATUS_PATH
     hash_workers: int = 4
 
     def __post_init__(self) -> None:
@@ -281,18 +438,19 @@ def check_output_path(path: Path, flag: str) -> None:
     raise ConfigError(f"{flag} {path}: {problem}")
 
 
-def megabytes(value: float) -> int | None:
-    """--max-file-size in MB -> bytes; 0 means no limit."""
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(
-            f"--max-file-size {value}: write a size in MB, e.g. 100 or 0.5 (0: no limit)"
-        )
-    return int(value * MB) if value > 0 else None
-
-
 BEARER_RULE = (
     "a token is visible ASCII characters only, without spaces or line breaks "
     "(RFC 6750); write it again without them"
+)
+
+
+TOKEN_ENV = "KERUTA_API_TOKEN"  # noqa: S105 - the variable's name, not a token
+# Not a setting of its own: it names where the token (a Settings field without a flag) is read.
+TOKEN_FILE = Flag(
+    ("--token-file",),
+    "Read the keruta-api token from this file (else from KERUTA_API_TOKEN).",
+    envvar="KERUTA_API_TOKEN_FILE",
+    typed=None,
 )
 
 
@@ -318,7 +476,7 @@ def read_token(token_file: Path | None, env_token: str | None) -> str | None:
         if not token:
             raise ConfigError(f"{source}: the file is empty")
     else:
-        source = "KERUTA_API_TOKEN"
+        source = TOKEN_ENV
         token = (env_token or "").strip()
         if not token:
             return None

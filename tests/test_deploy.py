@@ -30,7 +30,15 @@ from harvester import cli
 from harvester.exitcodes import ExitCode
 from harvester.kube.cluster import PERMISSIONS, Permission
 from harvester.run import TERMINATION_LOG
-from harvester.settings import DEFAULT_ROOT, OPTIONS, parse_duration
+from harvester.settings import (
+    DEFAULT_ROOT,
+    TOKEN_ENV,
+    TOKEN_FILE,
+    Reporting,
+    Settings,
+    flags_of,
+    parse_duration,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -291,8 +299,9 @@ def test_cleanup_job_environment() -> None:
     assert env_value(c, "KERUTA_LOG_FORMAT") == "text"
     assert env_value(c, "KERUTA_SOURCE_POD").startswith("keruta-job-")
     # Every variable is one the harvester reads (a typo would be ignored silently).
-    known = {option.envvar for option in OPTIONS.values() if option.envvar}
-    known.add("KERUTA_API_TOKEN")  # read from the environment only, never from a flag
+    flags = [flag for _name, flag in (*flags_of(Settings), *flags_of(Reporting))]
+    known = {flag.envvar for flag in (*flags, TOKEN_FILE) if flag.envvar}
+    known.add(TOKEN_ENV)  # read from the environment only, never from a flag
     assert set(env) <= known, f"variables the harvester does not read: {set(env) - known}"
 
 

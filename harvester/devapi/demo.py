@@ -20,7 +20,7 @@ from harvester.harvest import run_harvest
 from harvester.model import Outcome
 from harvester.report.render import human_size
 from harvester.run import Output, run_cleanup
-from harvester.settings import Settings
+from harvester.settings import Reporting, Settings
 from harvester.stats import NullListener
 
 DEMO_TASK_ID = "demo-123"
@@ -55,7 +55,9 @@ def run_demo(root: Path | None = None, *, console: Console | None = None) -> int
             highlight=False,
         )
         settings = Settings(task_id=DEMO_TASK_ID, api_url=server.url, root=str(root), keep_pvc=True)
-        code, _harvest = run_cleanup(settings, Output(progress_interval=1.0), kubernetes=False)
+        code, _harvest = run_cleanup(
+            settings, Output(reporting=Reporting(progress_interval=1.0)), kubernetes=False
+        )
 
         console.print()
         console.rule("[bold]What keruta-api received")
