@@ -12,8 +12,8 @@ import pytest
 
 from harvester.errors import FileChanged, FileProblem, NotRegularFile
 from harvester.model import Digest, Failed, FileEntry
-from harvester.pipeline.digest import CHUNK_SIZE, hash_entries, hash_file, sha256_of_fd
-from harvester.pipeline.rootfs import RootDir
+from harvester.pipeline.digest import hash_entries, hash_file, sha256_of_fd
+from harvester.pipeline.rootfs import CHUNK_SIZE, RootDir
 from harvester.pipeline.scan import ScanOptions, scan
 from harvester.stats import Level, Stage
 from tests.fstree import (

@@ -7,8 +7,9 @@ listener hears of each `Failed` as it is found).
 
 Only `lstat` information is used. Links are never followed, and nothing that is not a folder is
 ever opened: opening a FIFO blocks until a writer appears (a hung pod), and opening a device can
-have side effects. Folders are opened with `O_NOFOLLOW` relative to their parent's descriptor, so
-a folder swapped for a link while the scan runs cannot lead it outside the root.
+have side effects. Folders are opened with `O_NOFOLLOW` relative to their parent's descriptor
+(`rootfs.open_folder`), so a folder swapped for a link while the scan runs cannot lead it outside
+the root.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from operator import attrgetter
 from harvester.errors import ConfigError
 from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
 from harvester.pipeline.globs import GlobSet
-from harvester.pipeline.rootfs import RootDir, RootMissing
+from harvester.pipeline.rootfs import RootDir, RootMissing, open_folder
 from harvester.stats import Listener, NullListener, Stage
 
 __all__ = ["ScanOptions", "display_path", "scan"]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NULL_LISTENER = NullListener()
 _BY_PATH = attrgetter("rel_path")
 
@@ -204,7 +204,7 @@ class _Walker:
                 parent_fd = root_fd if fd < 0 else fd
                 os_rel, rel = os_prefix + name, shown_prefix + shown
                 try:
-                    child_fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                    child_fd = open_folder(name, parent_fd)
                 except OSError as exc:
                     self._fail(Failed(rel, _listing_error(rel, exc)))
                     continue
