@@ -176,7 +176,7 @@ def hash_entries(
     root: RootDir,
     entries: Sequence[FileEntry],
     *,
-    workers: int = 4,
+    workers: int,
     listener: Listener = _NULL_LISTENER,
     stop: threading.Event | None = None,
 ) -> tuple[list[Digest], list[Failed]]:

@@ -38,13 +38,14 @@ class ScanOptions:
     """What the scan keeps.
 
     `include`/`exclude` are glob patterns (see `harvester.pipeline.globs`); `max_file_size` is
-    in bytes, `None` for no limit.
+    in bytes, `None` for no limit. The defaults keep everything; a harvest's limits are its
+    `Settings`' (the one place an option's default is said).
     """
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     include_hidden: bool = False
-    max_file_size: int | None = 100 * 1024 * 1024
+    max_file_size: int | None = None
 
 
 def scan(

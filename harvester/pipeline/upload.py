@@ -74,7 +74,7 @@ class Uploader:
         task_id: str,
         retrier: Retrier,
         *,
-        concurrency: int = 8,
+        concurrency: int,
         listener: Listener | None = None,
         stop: threading.Event | None = None,
         deadline: float | None = None,
