@@ -3,9 +3,10 @@
 Takes the plan's upload items, the open documents root and a `DocumentSink` (keruta-api's
 client, which asks the run's gate before every upload); gives one `Receipt` per item, in plan
 order. Each file is re-opened for every attempt (never rewound from a consumed stream) and
-streamed in chunks while its size, mtime and SHA-256 are checked against the digest: a file that
-changed since it was hashed aborts the request mid-body, is hashed again and sent again, and
-after a few changes is reported as failed, never uploaded half-written.
+streamed in chunks while its inode, size, mtime and ctime are checked against the digest's (see
+`verified_chunks`): a file that changed since it was hashed aborts the request mid-body, is
+hashed again and sent again, and after a few changes is reported as failed, never uploaded
+half-written.
 
 A rejected token (401/403) stops every worker at once; the remaining items are "not attempted".
 """
