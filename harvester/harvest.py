@@ -80,7 +80,7 @@ def run_harvest(
     """
     started = clock()
     stop = stop or threading.Event()
-    gate = Gate(dry_run=settings.dry_run, keep_pvc=settings.keep_pvc)
+    gate = gate_for(settings)
     deadline = started + settings.deadline if settings.deadline else None
     options = ScanOptions(
         include=settings.include,
@@ -195,6 +195,11 @@ def run_harvest(
             notes=() if scanned.root_exists else (f"{settings.root} does not exist",),
         )
         return Harvest(plan, report)
+
+
+def gate_for(settings: Settings) -> Gate:
+    """The gate every act of a run with `settings` passes (see `harvester.gate`)."""
+    return Gate(dry_run=settings.dry_run, keep_pvc=settings.keep_pvc)
 
 
 def _new_api(

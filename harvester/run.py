@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode, exit_code_for
-from harvester.harvest import NO_PVC_STEP, Harvest, PvcStep, run_harvest
+from harvester.harvest import NO_PVC_STEP, Harvest, PvcStep, gate_for, run_harvest
 from harvester.report.render import (
     JsonReporter,
     LogReporter,
@@ -86,6 +86,8 @@ def run_cleanup(
         with reporter, ExitStack() as resources:
             volume: Volume | None = None
             pvc_step: PvcStep | None = None
+            # A dry run acts on nothing, so it needs no cluster (its gate would refuse the
+            # volume's every act anyway); skipping it spares the client's import and a connection.
             if kubernetes and not settings.dry_run:
                 volume, pvc_step = _volume_step(settings, reporter, resources)
             harvest = run_harvest(settings, reporter, pvc_step=pvc_step, stop=stop)
@@ -158,6 +160,7 @@ def _volume_step(
             release_finalizer=settings.release_pvc_finalizer,
         ),
         listener,
+        gate=gate_for(settings),
     )
     volume.locate()
     return volume, volume.release

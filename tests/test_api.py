@@ -27,12 +27,15 @@ from harvester.errors import (
 )
 from harvester.gate import Gate, GateClosed
 from harvester.wire.client import LISTING_CAP, KerutaApi, idempotency_key
-from tests.servers import Answer, ResettingProxy, ScriptedServer, Seen, endless
+from tests.servers import Answer, ResettingProxy, ScriptedServer, Seen, endless, routes
 
 TOKEN = "s3cr3t-token-value"
+# What a harvest that may write passes; the gate's refusals have their own tests below.
+OPEN = Gate()
 
 
 def api_for(server: HTTPServer, **kwargs: object) -> KerutaApi:
+    kwargs.setdefault("gate", OPEN)
     return KerutaApi(server.url_for("/").rstrip("/"), **kwargs)  # type: ignore[arg-type]
 
 
@@ -171,7 +174,7 @@ def test_slow_server_times_out_as_retryable(httpserver: HTTPServer) -> None:
 def test_connection_reset_is_retryable(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/api/v1/tasks/t/status").respond_with_json({"id": "t"})
     with ResettingProxy(httpserver.host, httpserver.port, resets=1) as proxy:
-        with KerutaApi(proxy.url) as api:
+        with KerutaApi(proxy.url, gate=OPEN) as api:
             with pytest.raises(RetryableError, match="connection"):
                 api.set_status("t", "COMPLETED", "done")
             api.set_status("t", "COMPLETED", "done")  # the next connection goes through
@@ -179,7 +182,7 @@ def test_connection_reset_is_retryable(httpserver: HTTPServer) -> None:
 
 
 def test_refused_connection_is_retryable_and_names_the_url() -> None:
-    with KerutaApi("http://127.0.0.1:9") as api, pytest.raises(RetryableError) as info:
+    with KerutaApi("http://127.0.0.1:9", gate=OPEN) as api, pytest.raises(RetryableError) as info:
         api.set_status("t", "COMPLETED", "done")
     assert "http://127.0.0.1:9" in str(info.value)
 
@@ -223,14 +226,30 @@ def test_dry_run_gate_blocks_every_write(httpserver: HTTPServer) -> None:
         with pytest.raises(GateClosed):
             api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
         with pytest.raises(GateClosed):
+            api.upload_document("t", "a.txt", "0" * 64, 1, b"x")
+        with pytest.raises(GateClosed):
             api.set_status("t", "COMPLETED", "done")
     assert httpserver.log == []
+
+
+def test_a_kept_pvc_still_lets_the_documents_and_the_status_through() -> None:
+    with (
+        ScriptedServer(routes()) as server,
+        KerutaApi(server.url, gate=Gate(keep_pvc=True)) as api,
+    ):
+        assert api.upload_document("t", "a.txt", hashlib.sha256(b"x").hexdigest(), 1, b"x")
+        api.set_status("t", "COMPLETED", "done")
+    assert [(seen.method, seen.path) for seen in server.seen] == [
+        ("POST", "/api/tasks/t/documents"),
+        ("PUT", "/api/v1/tasks/t/status"),
+    ]
 
 
 def test_custom_endpoint_paths(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/v2/t/docs", method="POST").respond_with_json({"id": 42})
     api = KerutaApi(
         httpserver.url_for("/").rstrip("/"),
+        gate=OPEN,
         pool=httpcore.ConnectionPool(),
         documents_path="/v2/{taskId}/docs",
     )
@@ -242,7 +261,7 @@ def test_a_retried_upload_is_stored_once_thanks_to_the_idempotency_key(
 ) -> None:
     content = b"the same document, sent twice"
     sha = hashlib.sha256(content).hexdigest()
-    with KerutaApi(dev_api.url) as api:
+    with KerutaApi(dev_api.url, gate=OPEN) as api:
         first = api.upload_document("t", "a/b.md", sha, len(content), [content])
         again = api.upload_document("t", "a/b.md", sha, len(content), [content])
     assert first is not None
@@ -261,7 +280,7 @@ def trickling(_seen: Seen) -> Answer:
 
 
 def test_a_trickling_answer_is_cut_at_the_total_time_limit() -> None:
-    with ScriptedServer(trickling) as server, KerutaApi(server.url, timeout=1.0) as api:
+    with ScriptedServer(trickling) as server, KerutaApi(server.url, gate=OPEN, timeout=1.0) as api:
         started = time.monotonic()
         with pytest.raises(RetryableError) as info:
             api.list_documents("t")
@@ -276,7 +295,7 @@ def test_the_overall_deadline_cuts_a_request_short() -> None:
     deadline = time.monotonic() + 1.0
     with (
         ScriptedServer(trickling) as server,
-        KerutaApi(server.url, timeout=60.0, deadline=deadline) as api,
+        KerutaApi(server.url, gate=OPEN, timeout=60.0, deadline=deadline) as api,
         pytest.raises(RetryableError, match="--deadline"),
     ):
         api.set_status("t", "COMPLETED", "done")
@@ -290,7 +309,7 @@ def stop_once(requested: threading.Event, stop: threading.Event) -> None:
 
 def test_stop_abandons_a_waiting_request_after_a_short_grace() -> None:
     stop = threading.Event()
-    with ScriptedServer(trickling) as server, KerutaApi(server.url, stop=stop) as api:
+    with ScriptedServer(trickling) as server, KerutaApi(server.url, gate=OPEN, stop=stop) as api:
         threading.Thread(target=stop_once, args=(server.requested, stop)).start()
         started = time.monotonic()
         with pytest.raises(Interrupted, match="interrupted"):
@@ -310,7 +329,7 @@ def test_a_huge_answer_to_an_upload_is_not_read_whole(status: int) -> None:
     def answer(_seen: Seen) -> Answer:
         return Answer(status, (("Content-Type", "application/json"),), endless(total=huge))
 
-    with ScriptedServer(answer) as server, KerutaApi(server.url) as api:
+    with ScriptedServer(answer) as server, KerutaApi(server.url, gate=OPEN) as api:
         if status == 201:
             assert api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"]) is None
         else:
@@ -326,7 +345,7 @@ def test_a_listing_past_its_cap_means_unknown_with_a_warning() -> None:
         return Answer(200, (("Content-Type", "application/json"),), endless(total=256 * MIB))
 
     notices: list[str] = []
-    with ScriptedServer(answer) as server, KerutaApi(server.url) as api:
+    with ScriptedServer(answer) as server, KerutaApi(server.url, gate=OPEN) as api:
         assert api.list_documents("t", notice=notices.append) is None
     assert server.sent[0] < (LISTING_CAP + 32 * MIB)
     (notice,) = notices
@@ -348,7 +367,7 @@ def echo_authorization(status: int) -> Callable[[Seen], Answer]:
 def test_a_server_echoing_the_token_never_gets_it_into_a_message(status: int) -> None:
     with (
         ScriptedServer(echo_authorization(status)) as server,
-        KerutaApi(server.url, token=TOKEN) as api,
+        KerutaApi(server.url, gate=OPEN, token=TOKEN) as api,
         pytest.raises(ApiError) as info,
     ):
         api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
@@ -366,7 +385,7 @@ def test_a_redirect_is_refused_naming_where_it_pointed(status: int) -> None:
     def answer(_seen: Seen) -> Answer:
         return Answer(status, (("Location", location), ("Content-Length", "0")))
 
-    with ScriptedServer(answer) as server, KerutaApi(server.url, token=TOKEN) as api:
+    with ScriptedServer(answer) as server, KerutaApi(server.url, gate=OPEN, token=TOKEN) as api:
         for call in (
             lambda: api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"]),
             lambda: api.set_status("t", "COMPLETED", "done"),

@@ -12,8 +12,8 @@ import pytest
 
 from harvester.errors import FileChanged, FileProblem, NotRegularFile
 from harvester.model import Digest, Failed, FileEntry
-from harvester.pipeline.digest import CHUNK_SIZE, hash_entries, hash_file, sha256_of_fd
-from harvester.pipeline.rootfs import RootDir
+from harvester.pipeline.digest import hash_entries, hash_file, sha256_of_fd
+from harvester.pipeline.rootfs import CHUNK_SIZE, RootDir
 from harvester.pipeline.scan import ScanOptions, scan
 from harvester.stats import Level, Stage
 from tests.fstree import (
@@ -335,7 +335,7 @@ def test_stop_before_the_start_hashes_nothing(tmp_path: Path) -> None:
     stop.set()
     recorder = Recorder()
     with RootDir(str(tmp_path)) as root:
-        digests, failed = hash_entries(root, entries, listener=recorder, stop=stop)
+        digests, failed = hash_entries(root, entries, workers=4, listener=recorder, stop=stop)
     assert digests == []
     assert failed == [
         Failed("a.txt", "a.txt: not hashed: the harvest was interrupted", 1),
@@ -371,7 +371,7 @@ def test_stop_during_the_stage_leaves_the_rest_unstarted(tmp_path: Path) -> None
 def test_hash_entries_of_nothing(tmp_path: Path) -> None:
     recorder = Recorder()
     with RootDir(str(tmp_path)) as root:
-        assert hash_entries(root, [], listener=recorder) == ([], [])
+        assert hash_entries(root, [], workers=4, listener=recorder) == ([], [])
     assert recorder.started == [(Stage.HASH, 0, 0)]
     assert recorder.finished == [Stage.HASH]
 
@@ -405,7 +405,7 @@ def test_pseudo_file_whose_size_lies_is_not_called_still_being_written(
     assert [entry.rel_path for entry in scanned.entries] == [name]
     recorder = Recorder()
     with RootDir(folder) as root:
-        digests, failed = hash_entries(root, scanned.entries, listener=recorder)
+        digests, failed = hash_entries(root, scanned.entries, workers=4, listener=recorder)
     assert digests == []
     ((path, message),) = recorder.failures
     assert path == name and failed[0].error == message

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import os
 import stat
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from harvester.errors import ConfigError
 from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
-from harvester.pipeline.scan import GlobSet, ScanOptions, display_path, scan
+from harvester.pipeline.scan import ScanOptions, display_path, scan
 from harvester.report.render import LogReporter
 from harvester.stats import Level, NullListener, Stage
 from tests.fstree import (
@@ -322,24 +321,6 @@ def test_question_mark_and_classes(tmp_path: Path) -> None:
     ]
 
 
-def test_glob_rules_directly() -> None:
-    globs = GlobSet.compile(["**/tmp/**", "/top.txt", "a/**/z", r"lit\*.txt", "x[/]y"])
-    assert globs.matches_file("tmp/a")
-    assert globs.matches_file("p/q/tmp/r/s")
-    assert globs.matches_dir("p/tmp")
-    assert not globs.matches_file("tmp")  # a file named tmp is not "inside tmp"
-    assert globs.matches_file("top.txt")
-    assert not globs.matches_file("sub/top.txt")
-    assert globs.matches_file("a/z")
-    assert globs.matches_file("a/b/c/z")
-    assert not globs.matches_file("ab/z")
-    assert globs.matches_file("lit*.txt")
-    assert not globs.matches_file("litX.txt")
-    assert not globs.matches_file("x/y")  # a class never matches the separator
-    assert not GlobSet.compile([])
-    assert GlobSet.compile(["[unclosed"]).matches_file("dir/[unclosed")
-
-
 @pytest.mark.parametrize("pattern", ["", "/", "//"])
 def test_empty_pattern_is_a_config_error(tmp_path: Path, pattern: str) -> None:
     with pytest.raises(ConfigError, match="--exclude"):
@@ -349,16 +330,6 @@ def test_empty_pattern_is_a_config_error(tmp_path: Path, pattern: str) -> None:
 def test_backwards_range_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--include '\[z-a\]\*'.*backwards"):
         scan(str(tmp_path), ScanOptions(include=("[z-a]*",)))
-
-
-@given(
-    pattern=st.text(alphabet="ab*?.", min_size=1, max_size=8),
-    folder=st.sampled_from(["", "x/", "x/y/"]),
-    name=st.text(alphabet="ab.", min_size=1, max_size=8),
-)
-def test_base_name_patterns_agree_with_fnmatch(pattern: str, folder: str, name: str) -> None:
-    globs = GlobSet.compile([pattern])
-    assert globs.matches_file(folder + name) == fnmatch.fnmatchcase(name, pattern)
 
 
 # -- names --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from harvester.devapi.server import DevApiServer
+from harvester.gate import Gate, GateClosed
 from harvester.kube.cluster import PERMISSIONS, PVC_PROTECTION, Cluster, DeleteResult, connect
 from harvester.kube.volume import Volume, VolumeOptions
 from harvester.model import StepResult, StepState
@@ -24,6 +25,7 @@ from tests.fstree import write_tree
 from tests.kube_backends import KubeApi
 from tests.process import BIN, isolated_env
 from tests.volume_support import (
+    OPEN,
     OWN_POD,
     SOURCE_POD,
     TASK,
@@ -33,6 +35,7 @@ from tests.volume_support import (
 )
 
 SHARED_MEMORY = "/dev/shm"
+READS = frozenset({"get", "list"})
 
 
 @pytest.fixture
@@ -41,7 +44,9 @@ def cluster(kube_api: KubeApi) -> Iterator[Cluster]:
         yield Cluster(api_client, kube_api.namespace)
 
 
-def volume(cluster: Cluster, notices: Notices | None = None, **options: object) -> Volume:
+def volume(
+    cluster: Cluster, notices: Notices | None = None, *, gate: Gate = OPEN, **options: object
+) -> Volume:
     """A Volume with the cleanup Job's usual options, telling `notices` what it says."""
     values: dict[str, object] = {
         "task_id": TASK,
@@ -50,11 +55,21 @@ def volume(cluster: Cluster, notices: Notices | None = None, **options: object) 
         "own_pod": OWN_POD,
     }
     values.update(options)
-    return Volume(cluster, VolumeOptions(**values), notices or Notices())  # type: ignore[arg-type]
+    return Volume(
+        cluster,
+        VolumeOptions(**values),  # type: ignore[arg-type]
+        notices or Notices(),
+        gate=gate,
+    )
 
 
 def deletes(kube_api: KubeApi) -> list[object]:
     return [call.body for call in kube_api.calls if call.verb == "delete"]
+
+
+def writes(kube_api: KubeApi) -> list[str]:
+    """Every request that changed something, as "verb resource"."""
+    return [f"{call.verb} {call.resource}" for call in kube_api.calls if call.verb not in READS]
 
 
 def test_the_pvc_is_found_from_the_source_pod_and_deleted_with_its_uid(
@@ -300,6 +315,49 @@ def test_failing_to_write_an_event_never_fails_the_harvest(
     assert any("Event not written" in text for _level, text in notices.lines)
 
 
+# ---------------------------------------------------------------- the gate: nothing acts past it
+
+
+def test_a_dry_run_volume_refuses_every_act_before_any_request(
+    kube_api: KubeApi, cluster: Cluster
+) -> None:
+    """A dry run changes nothing, Events included: the delete, the finalizer patch and the
+    Events each raise `GateClosed`, whatever code path would call them."""
+    uid = main_job_volume(kube_api)
+    vol = volume(cluster, gate=Gate(dry_run=True), release_finalizer=True)
+    assert vol.locate() is not None  # reads change nothing: they do not pass the gate
+    with pytest.raises(GateClosed, match="delete the PVC: dry run"):
+        vol.release()
+    with pytest.raises(GateClosed, match="record a Kubernetes Event: dry run"):
+        vol.record_outcome(complete_harvest(pvc=StepResult(StepState.DONE, "deleted")))
+    assert writes(kube_api) == []
+    assert kube_api.events == []
+    pvc = kube_api.get("persistentvolumeclaims", "pvc-123")
+    assert pvc is not None and pvc["metadata"]["uid"] == uid
+    assert PVC_PROTECTION in pvc["metadata"]["finalizers"]
+
+
+@pytest.mark.parametrize("release_finalizer", [False, True])
+def test_a_kept_pvc_is_neither_deleted_nor_unprotected_yet_the_events_are_written(
+    kube_api: KubeApi, cluster: Cluster, release_finalizer: bool
+) -> None:
+    """--keep-pvc closes the delete and the finalizer patch; Events stay open (they are records
+    for `kubectl describe pvc` and change nothing about the volume)."""
+    uid = main_job_volume(kube_api)
+    vol = volume(cluster, gate=Gate(keep_pvc=True), release_finalizer=release_finalizer)
+    vol.locate()
+    with pytest.raises(GateClosed, match=r"kept \(--keep-pvc\)"):
+        vol.release()
+    assert writes(kube_api) == []
+    pvc = kube_api.get("persistentvolumeclaims", "pvc-123")
+    assert pvc is not None and pvc["metadata"]["uid"] == uid
+    assert PVC_PROTECTION in pvc["metadata"]["finalizers"]
+
+    vol.record_outcome(complete_harvest(pvc=StepResult(StepState.SKIPPED, "kept (--keep-pvc)")))
+    assert [e["reason"] for e in kube_api.events] == ["HarvestSucceeded"]
+    assert writes(kube_api) == ["create events"]
+
+
 def test_namespace_comes_from_the_kubeconfig_context(kube_api: KubeApi) -> None:
     access = ClusterAccess(kubeconfig=str(kube_api.kubeconfig))
     with connect(access) as found:
@@ -367,6 +425,18 @@ def test_keep_pvc_deletes_nothing(kube_api: KubeApi, dev_api: DevApiServer, docs
     assert result.returncode == 0, result.stderr
     assert deletes(kube_api) == []
     assert len(dev_api.store.documents(TASK)) == 2
+    assert [e["reason"] for e in kube_api.events] == ["HarvestSucceeded"]
+
+
+def test_a_dry_run_asks_nothing_of_kubernetes(
+    kube_api: KubeApi, dev_api: DevApiServer, docs: Path
+) -> None:
+    main_job_volume(kube_api)
+    result = cleanup(kube_api, dev_api, docs, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert kube_api.calls == []
+    assert kube_api.events == []
+    assert dev_api.store.task(TASK) is None
 
 
 def test_a_failed_upload_deletes_nothing(kube_api: KubeApi, docs: Path, tmp_path: Path) -> None:

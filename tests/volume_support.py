@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harvester.gate import Gate
 from harvester.kube.cluster import connect
 from harvester.kube.volume import Volume, VolumeOptions
 from harvester.model import HarvestReport, StepResult, StepState
@@ -16,6 +17,8 @@ from tests.kube_backends import KubeApi
 TASK = "123"
 SOURCE_POD = "keruta-job-123-abcde"
 OWN_POD = "cleanup-job-for-task-123-xyz"
+# The gate of a cleanup that may act (no --dry-run, no --keep-pvc).
+OPEN = Gate()
 
 
 def main_job_volume(kube_api: KubeApi, *, pvc_labels: dict[str, str] | None = None) -> str:
@@ -76,6 +79,7 @@ def run_cleanup_steps(
                 release_finalizer=release_finalizer,
             ),
             notices,
+            gate=OPEN,
         )
         volume.locate()
         result = volume.release()

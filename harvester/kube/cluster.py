@@ -22,7 +22,7 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from harvester.errors import ConfigError, HarvesterError
-from harvester.settings import KUBECONFIG_FIX, NO_CLUSTER, ClusterAccess
+from harvester.settings import KUBECONFIG_FIX, ClusterAccess
 
 
 class Permission(NamedTuple):
@@ -56,14 +56,6 @@ class KubeError(HarvesterError):
     """A Kubernetes request failed; the message says which object, why, and what to do."""
 
 
-class KubeForbidden(KubeError):
-    """RBAC denied a verb: the message names the verb and resource the Role must grant."""
-
-
-class NoCluster(HarvesterError):
-    """Neither in-cluster configuration nor a kubeconfig is available."""
-
-
 @dataclass(frozen=True, slots=True)
 class ClaimMount:
     """A PersistentVolumeClaim a pod (template) mounts, and where."""
@@ -75,17 +67,13 @@ class ClaimMount:
 @dataclass(frozen=True, slots=True)
 class PodInfo:
     name: str
-    uid: str
     phase: str
-    labels: Mapping[str, str]
     claims: tuple[ClaimMount, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class JobInfo:
     name: str
-    uid: str
-    labels: Mapping[str, str]
     claims: tuple[ClaimMount, ...]
 
 
@@ -95,7 +83,6 @@ class PvcInfo:
     uid: str
     labels: Mapping[str, str]
     finalizers: tuple[str, ...]
-    terminating: bool
 
 
 class DeleteResult(StrEnum):
@@ -108,10 +95,9 @@ def connect(access: ClusterAccess, *, namespace: str | None = None) -> Cluster:
     """Cluster access: in-cluster when running in a pod, else the kubeconfig.
 
     The namespace is, in order: `namespace` (--namespace / POD_NAMESPACE), the pod's own
-    namespace file, the kubeconfig context's namespace, then "default".
+    namespace file, the kubeconfig context's namespace, then "default". `access` must be
+    `available`: without a cluster there is nothing to connect to, and the caller says so.
     """
-    if not access.available:
-        raise NoCluster(NO_CLUSTER)
     configuration = client.Configuration()
     context_namespace: str | None = None
     try:
@@ -194,8 +180,6 @@ class Cluster:
         template = job.spec.template if job.spec else None
         return JobInfo(
             name=job.metadata.name,
-            uid=job.metadata.uid,
-            labels=dict(job.metadata.labels or {}),
             claims=_claims(template.spec if template else None),
         )
 
@@ -330,7 +314,7 @@ class Cluster:
         what = f"{resource}/{name} in namespace {self.namespace}"
         if exc.status == 403:
             group = "batch" if resource == "jobs" else '"" (core)'
-            return KubeForbidden(
+            return KubeError(
                 f"{what}: {verb} forbidden by RBAC; the ServiceAccount's Role must grant verb "
                 f'"{verb}" on "{resource}" in API group {group} (see deploy/role.yaml)'
             )
@@ -383,9 +367,7 @@ def _claims(pod_spec: Any) -> tuple[ClaimMount, ...]:
 def _pod_info(pod: Any) -> PodInfo:
     return PodInfo(
         name=pod.metadata.name,
-        uid=pod.metadata.uid,
         phase=(pod.status.phase if pod.status else None) or "Unknown",
-        labels=dict(pod.metadata.labels or {}),
         claims=_claims(pod.spec),
     )
 
@@ -396,5 +378,4 @@ def _pvc_info(pvc: Any) -> PvcInfo:
         uid=pvc.metadata.uid,
         labels=dict(pvc.metadata.labels or {}),
         finalizers=tuple(pvc.metadata.finalizers or ()),
-        terminating=pvc.metadata.deletion_timestamp is not None,
     )

@@ -1,9 +1,11 @@
 """The task's volume: which PVC it is, and releasing it only when that is safe.
 
-Takes cluster access (`kube.Cluster`, or None without a cluster) and what the Job knows (task
-id, source pod, an explicit PVC name); gives a `Volume` whose `locate()` runs before the harvest
-(recording the PVC's UID), whose `release()` is the harvest's PVC step, and whose
-`record_outcome()` tells the story as Kubernetes Events on the PVC (or the source pod).
+Takes cluster access (`kube.Cluster`), what the Job knows (task id, source pod, an explicit PVC
+name) and the run's `Gate`; gives a `Volume` whose `locate()` runs before the harvest (recording
+the PVC's UID), whose `release()` is the harvest's PVC step, and whose `record_outcome()` tells
+the story as Kubernetes Events on the PVC (or the source pod). Every act (the delete, the
+finalizer patch, the Events) asks the gate first and raises `GateClosed` before any request when
+it is closed; only reads go to the cluster without it.
 
 The PVC's name is never derived from the task id (`pvc-{taskId}` and `git-repo-pvc-{taskId}`
 both exist, and child tasks reuse their parent's): it is taken from `--pvc`, the source pod's
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harvester.gate import Act, Gate
 from harvester.kube.cluster import (
     PVC_PROTECTION,
     ClaimMount,
@@ -56,8 +59,11 @@ class VolumeNotFound(KubeError):
 class Volume:
     """Locates the task's PVC before the harvest and releases it after a complete one."""
 
-    def __init__(self, cluster: Cluster, options: VolumeOptions, listener: Listener) -> None:
+    def __init__(
+        self, cluster: Cluster, options: VolumeOptions, listener: Listener, *, gate: Gate
+    ) -> None:
         self._cluster = cluster
+        self._gate = gate
         self._options = options
         self._listener = listener
         self.target: PvcTarget | None = None
@@ -79,7 +85,15 @@ class Volume:
         return self.target
 
     def release(self) -> StepResult:
-        """Delete the PVC if it is still the one harvested, ours, and unused."""
+        """Delete the PVC if it is still the one harvested, ours, and unused.
+
+        Raises `GateClosed`, before any request, when the gate refuses the delete (or the
+        finalizer's removal, when --release-pvc-finalizer asks for it): a release is never begun
+        that could not be finished.
+        """
+        self._gate.check(Act.DELETE_PVC)
+        if self._options.release_finalizer:
+            self._gate.check(Act.RELEASE_FINALIZER)
         if self.problem is not None or self.target is None:
             return StepResult(StepState.FAILED, f"not deleted: {self.problem or 'not located'}")
         target, options = self.target, self._options
@@ -135,7 +149,9 @@ class Volume:
 
     def record_outcome(self, report: HarvestReport) -> None:
         """Kubernetes Events that let `kubectl describe pvc` tell what happened. Failing to
-        write one is a warning, never a failure of the harvest."""
+        write one is a warning, never a failure of the harvest; a closed gate (a dry run) raises
+        `GateClosed` before any request."""
+        self._gate.check(Act.RECORD_EVENT)
         kind, name, uid = "PersistentVolumeClaim", None, None
         if self.target is not None:
             name, uid = self.target.name, self.target.uid

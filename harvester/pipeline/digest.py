@@ -2,13 +2,13 @@
 
 Takes the open `RootDir` and the scan's `FileEntry`s; gives one `Digest` per file, or a `Failed`
 for a file that could not be read safely. Each file is opened through `RootDir.open_regular` (no
-link followed anywhere on its path, refused unless it is a regular file), read in 1 MiB chunks into
-one reused buffer per thread, and checked: its size, mtime, ctime and inode must be the same
-before and after the read, the bytes read must equal its size, and the path must still name the
-same file. Otherwise it is read again after a pause; a file that never holds still is reported as
-changing, never hashed half-written, and one that holds still but never reads as long as its
-size says (a pseudo-file, as under /proc or /sys) is reported as such. Files are hashed on a few
-threads, since hashlib and the reads release the GIL.
+link followed anywhere on its path, refused unless it is a regular file), read in `CHUNK_SIZE`
+pieces into one reused buffer per thread, and checked: its size, mtime, ctime and inode must be
+the same before and after the read, the bytes read must equal its size, and the path must still
+name the same file. Otherwise it is read again after a pause; a file that never holds still is
+reported as changing, never hashed half-written, and one that holds still but never reads as long
+as its size says (a pseudo-file, as under /proc or /sys) is reported as such. Files are hashed on
+a few threads, since hashlib and the reads release the GIL.
 """
 
 from __future__ import annotations
@@ -22,14 +22,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from harvester.errors import INTERRUPTED, FileChanged, FileProblem
 from harvester.model import Digest, Failed, FileEntry
-from harvester.pipeline.rootfs import RootDir
+from harvester.pipeline.rootfs import CHUNK_SIZE, THREADED_HASH_MIN_SIZE, RootDir
 from harvester.stats import Level, Listener, NullListener, Stage
 
-__all__ = ["CHUNK_SIZE", "hash_entries", "hash_file", "sha256_of_fd"]
+__all__ = ["hash_entries", "hash_file", "sha256_of_fd"]
 
-CHUNK_SIZE = 1024 * 1024
-# Files at least this large are hashed on the worker threads; smaller ones on the caller's.
-THREADED_MIN_SIZE = 256 * 1024
 NOT_HASHED = f"not hashed: {INTERRUPTED}"
 
 _NULL_LISTENER = NullListener()
@@ -179,7 +176,7 @@ def hash_entries(
     root: RootDir,
     entries: Sequence[FileEntry],
     *,
-    workers: int = 4,
+    workers: int,
     listener: Listener = _NULL_LISTENER,
     stop: threading.Event | None = None,
 ) -> tuple[list[Digest], list[Failed]]:
@@ -225,7 +222,7 @@ def _hash_all(
 ) -> list[Digest | Failed | None]:
     results: list[Digest | Failed | None] = [None] * len(entries)
     lock = threading.Lock()
-    large = [i for i, entry in enumerate(entries) if entry.size >= THREADED_MIN_SIZE]
+    large = [i for i, entry in enumerate(entries) if entry.size >= THREADED_HASH_MIN_SIZE]
     indexes = iter(large)
     abort = threading.Event()
 
@@ -251,7 +248,7 @@ def _hash_all(
             for index, entry in enumerate(entries):
                 if stopped():
                     break
-                if entry.size < THREADED_MIN_SIZE:
+                if entry.size < THREADED_HASH_MIN_SIZE:
                     results[index] = _hash_one(root, entry, listener)
             for future in as_completed(futures):
                 future.result()  # the first unexpected error stops the other workers at once

@@ -1,10 +1,13 @@
-"""Opening documents without ever leaving the root or following a link.
+"""Opening what lies below the documents root without ever leaving it or following a link, and
+the sizes every reader of documents shares.
 
-Takes a root folder and a relative path; gives an open file descriptor of a regular file. Every
-path component is opened with `O_NOFOLLOW` relative to its parent's descriptor (openat), so a link
-swapped in anywhere along the path after the scan cannot lead outside the root. The final open
-adds `O_NONBLOCK` so that a FIFO swapped in after the scan cannot hang the pod on open; `fstat`
-then refuses it before a single byte is read.
+Takes a root folder and a relative path; gives an open file descriptor of a regular file
+(`RootDir.open_regular`) or of a folder (`open_folder`). Every path component is opened with
+`O_NOFOLLOW` relative to its parent's descriptor (openat), so a link swapped in anywhere along the
+path after the scan cannot lead outside the root. The final open adds `O_NONBLOCK` so that a FIFO
+swapped in after the scan cannot hang the pod on open; `fstat` then refuses it before a single
+byte is read. The scan, the hashing and the upload all open through here, so these flags and the
+read sizes below are said once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,36 @@ from types import TracebackType
 
 from harvester.errors import ConfigError, FileProblem, NotRegularFile
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+__all__ = [
+    "CHUNK_SIZE",
+    "THREADED_HASH_MIN_SIZE",
+    "WHOLE_UPLOAD_MAX_SIZE",
+    "RootDir",
+    "RootMissing",
+    "open_folder",
+]
+
+# How much of a document is read at a time, by the hashing and by the upload. One reused buffer
+# of this size per thread keeps memory flat for any number and size of files, and a read or a
+# hash update this large costs far more than the system call and GIL hand-off around it.
+CHUNK_SIZE = 1024 * 1024
+# Files at least this large are hashed on the worker threads, smaller ones on the caller's: for a
+# small file the GIL hand-offs around every system call cost more than the hashing saves.
+THREADED_HASH_MIN_SIZE = 256 * 1024
+# Files up to this size are read whole and sent in one write with their multipart frame, larger
+# ones streamed in chunks: per-request cost is what limits many small documents, while memory
+# stays bounded at this size per concurrent upload. Not the same fact as the hashing threshold
+# above, which weighs threads against GIL hand-offs; the two are tuned apart and happen to agree.
+WHOLE_UPLOAD_MAX_SIZE = 256 * 1024
+
+# The root itself may be reached through a link (a mount path, /tmp on macOS): only what lies
+# below it must not be. Every descriptor is O_CLOEXEC so that no child process inherits it.
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# A folder below the root: O_NOFOLLOW refuses a link swapped in for it while the harvest runs.
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A document: O_NOFOLLOW as for folders, and O_NONBLOCK so that a FIFO swapped in after the scan
+# cannot hang the open (see the module docstring); the descriptor is made blocking once fstat has
+# shown a regular file.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -30,7 +62,7 @@ class RootDir:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.fd = os.open(path, _ROOT_FLAGS)
         except FileNotFoundError as exc:
             raise RootMissing(f"{path}: the documents root does not exist") from exc
         except NotADirectoryError as exc:
@@ -72,7 +104,7 @@ class RootDir:
         try:
             parent = self.fd
             for part in parts[:-1]:
-                parent = os.open(part, _DIR_FLAGS, dir_fd=parent)
+                parent = open_folder(part, parent)
                 opened.append(parent)
             fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=parent)
         except OSError as exc:
@@ -90,6 +122,13 @@ class RootDir:
             raise NotRegularFile(f"{name}: is no longer a regular file; not read")
         os.set_blocking(fd, True)
         return fd
+
+
+def open_folder(name: str, parent_fd: int) -> int:
+    """Open the folder `name` inside the folder `parent_fd`, never through a link; the caller
+    closes the descriptor. Raises `OSError` as `open` does (`ELOOP` or `ENOTDIR` for a link or
+    anything else that is not a folder)."""
+    return os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
 
 
 def _translate(name: str, exc: OSError) -> FileProblem:

@@ -1,10 +1,12 @@
 """Uploading the planned documents: bounded concurrency, retries, verified streaming.
 
-Takes the plan's upload items, the open documents root and a `KerutaApi`; gives one `Receipt` per
-item, in plan order. Each file is re-opened for every attempt (never rewound from a consumed
-stream) and streamed in chunks while its size, mtime and SHA-256 are checked against the digest:
-a file that changed since it was hashed aborts the request mid-body, is hashed again and sent
-again, and after a few changes is reported as failed, never uploaded half-written.
+Takes the plan's upload items, the open documents root and a `DocumentSink` (keruta-api's
+client, which asks the run's gate before every upload); gives one `Receipt` per item, in plan
+order. Each file is re-opened for every attempt (never rewound from a consumed stream) and
+streamed in chunks while its inode, size, mtime and ctime are checked against the digest's (see
+`verified_chunks`): a file that changed since it was hashed aborts the request mid-body, is
+hashed again and sent again, and after a few changes is reported as failed, never uploaded
+half-written.
 
 A rejected token (401/403) stops every worker at once; the remaining items are "not attempted".
 """
@@ -30,13 +32,10 @@ from harvester.errors import (
 )
 from harvester.model import Digest, Outcome, PlanItem, Receipt
 from harvester.pipeline.digest import hash_file
-from harvester.pipeline.rootfs import RootDir
+from harvester.pipeline.rootfs import CHUNK_SIZE, WHOLE_UPLOAD_MAX_SIZE, RootDir
 from harvester.retry import Retrier
 from harvester.stats import Level, Listener, NullListener, Stage
 
-CHUNK_SIZE = 1024 * 1024
-# Files up to this size are read whole and sent in one write; larger ones are streamed.
-SMALL_FILE = 256 * 1024
 # How often a file may change under our feet before it counts as still being written.
 MAX_CONTENT_CHANGES = 2
 
@@ -77,7 +76,7 @@ class Uploader:
         task_id: str,
         retrier: Retrier,
         *,
-        concurrency: int = 8,
+        concurrency: int,
         listener: Listener | None = None,
         stop: threading.Event | None = None,
         deadline: float | None = None,
@@ -165,9 +164,9 @@ class Uploader:
                 self._listener.advanced(Stage.UPLOAD, nbytes=len(chunk))
 
         try:
-            if digest.size <= SMALL_FILE:
+            if digest.size <= WHOLE_UPLOAD_MAX_SIZE:
                 # Read and checked whole before the request starts, and sent in one write with
-                # its multipart frame: per-request cost is what limits many small documents.
+                # its multipart frame.
                 content: bytes | Iterator[bytes] = b"".join(verified_chunks(fd, digest))
             else:
                 content = counted(verified_chunks(fd, digest))
@@ -205,7 +204,7 @@ class Uploader:
         return Receipt(item.rel_path, Outcome.FAILED, attempts, error=message)
 
 
-def verified_chunks(fd: int, digest: Digest, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+def verified_chunks(fd: int, digest: Digest) -> Iterator[bytes]:
     """The file's content in chunks, raising `FileChanged` before the last byte is handed on
     if the file is not exactly the one that was hashed.
 
@@ -217,7 +216,7 @@ def verified_chunks(fd: int, digest: Digest, chunk_size: int = CHUNK_SIZE) -> It
     remaining = digest.size
     pending: bytes | None = None
     while remaining > 0:
-        data = os.read(fd, min(chunk_size, remaining))
+        data = os.read(fd, min(CHUNK_SIZE, remaining))
         if not data:
             raise FileChanged(f"{digest.rel_path}: shrank while it was uploaded")
         remaining -= len(data)

@@ -126,14 +126,17 @@ class _Answer:
 class KerutaApi:
     """A client for the parts of keruta-api a harvest needs.
 
-    `timeout` is --timeout (a wait without progress); `deadline` the overall --deadline on
-    `clock`'s scale; `stop` the harvest's stop event. See the module docstring for the limits.
+    `gate` is asked before every upload and status update (never defaulted: a client that may
+    write is a decision); `timeout` is --timeout (a wait without progress); `deadline` the
+    overall --deadline on `clock`'s scale; `stop` the harvest's stop event. See the module
+    docstring for the limits.
     """
 
     def __init__(
         self,
         base_url: str,
         *,
+        gate: Gate,
         token: str | None = None,
         pool: httpcore.ConnectionPool | None = None,
         concurrency: int = 8,
@@ -144,9 +147,8 @@ class KerutaApi:
         documents_path: str = DEFAULT_DOCUMENTS_PATH,
         status_path: str = DEFAULT_STATUS_PATH,
         user_agent: str = USER_AGENT,
-        gate: Gate | None = None,
     ) -> None:
-        self._gate = gate or Gate()
+        self._gate = gate
         self.base_url = base_url.rstrip("/")
         self._origin = urlsplit(self.base_url)
         self._pool = pool if pool is not None else new_pool(concurrency)
