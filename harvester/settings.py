@@ -22,6 +22,7 @@ from harvester.errors import ConfigError
 DEFAULT_ROOT = "/.keruta/doc"
 DEFAULT_DOCUMENTS_PATH = "/api/tasks/{taskId}/documents"
 DEFAULT_STATUS_PATH = "/api/v1/tasks/{taskId}/status"
+# --max-file-size counts in MiB (binary), the unit every size is printed in (report/text.py).
 MB = 1024 * 1024
 
 
@@ -60,7 +61,7 @@ OPTIONS: dict[str, Option] = {
     "include_hidden": Option(None, "Also harvest hidden files and folders (names with a dot)."),
     "keep_duplicates": Option(None, "Upload every path, even when its content was already sent."),
     "max_file_size": Option(
-        "KERUTA_MAX_FILE_SIZE", "Skip files larger than this many MB (0: no limit)."
+        "KERUTA_MAX_FILE_SIZE", "Skip files larger than this many MiB (0: no limit)."
     ),
     "timeout": Option(
         "KERUTA_TIMEOUT", "Timeout of one request without progress: 30s, 2m, 1.5 (seconds)."
@@ -282,10 +283,10 @@ def check_output_path(path: Path, flag: str) -> None:
 
 
 def megabytes(value: float) -> int | None:
-    """--max-file-size in MB -> bytes; 0 means no limit."""
+    """--max-file-size in MiB -> bytes; 0 means no limit."""
     if not math.isfinite(value) or value < 0:
         raise ConfigError(
-            f"--max-file-size {value}: write a size in MB, e.g. 100 or 0.5 (0: no limit)"
+            f"--max-file-size {value}: write a size in MiB, e.g. 100 or 0.5 (0: no limit)"
         )
     return int(value * MB) if value > 0 else None
 
