@@ -43,6 +43,7 @@ from harvester.pipeline.upload import Uploader, UploadResult
 from harvester.retry import Retrier, RetryPolicy
 from harvester.settings import NO_CLUSTER, Settings
 from harvester.stats import Level, Listener
+from harvester.text import counts_sentence, cut, outcome_counts
 from harvester.wire.client import KerutaApi
 
 UPLOAD_FAILED_CODE = "HARVEST_UPLOAD_FAILED"
@@ -306,8 +307,8 @@ def _update_status(
         )
     else:
         status, progress, code = "COMPLETED", 100, None
-        message = complete_message or "Harvest complete: " + _counts_sentence(files)
-    message = _cut(message, _STATUS_MESSAGE_LIMIT)
+        message = complete_message or "Harvest complete: " + counts_sentence(outcome_counts(files))
+    message = cut(message, _STATUS_MESSAGE_LIMIT)
     try:
         retrier.call(
             lambda _attempt: api.set_status(
@@ -401,23 +402,3 @@ def _report_without_uploads(
 
 def _harvestable(files: tuple[FileReport, ...]) -> int:
     return sum(1 for f in files if f.action is not Action.SKIP)
-
-
-def _counts_sentence(files: tuple[FileReport, ...]) -> str:
-    counts = {outcome: 0 for outcome in Outcome}
-    for f in files:
-        counts[f.outcome] += 1
-    uploaded = counts[Outcome.UPLOADED]
-    parts = [f"{uploaded} document{'' if uploaded == 1 else 's'} uploaded"]
-    for outcome, label in (
-        (Outcome.ALREADY_UPLOADED, "already uploaded"),
-        (Outcome.DUPLICATE, "duplicate" if counts[Outcome.DUPLICATE] == 1 else "duplicates"),
-        (Outcome.SKIPPED, "skipped"),
-    ):
-        if counts[outcome]:
-            parts.append(f"{counts[outcome]} {label}")
-    return ", ".join(parts)
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, TextIO
 from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode, exit_code_for
 from harvester.harvest import NO_PVC_STEP, Harvest, PvcStep, gate_for, run_harvest
-from harvester.report.render import (
+from harvester.report import (
+    TERMINATION_LOG,
     JsonReporter,
     LogReporter,
     TerminalReporter,
@@ -29,18 +30,15 @@ from harvester.report.render import (
     plan_to_json,
     print_line,
     print_result,
-    printable,
     report_to_json,
     write_summary_json,
     write_termination_log,
 )
 from harvester.settings import LogFormat, Reporting, Settings
-from harvester.stats import Level, Listener
+from harvester.stats import Level, Listener, Tally
 
 if TYPE_CHECKING:
     from harvester.kube.volume import Volume
-
-TERMINATION_LOG = Path("/dev/termination-log")
 
 
 @dataclass(frozen=True)
@@ -60,13 +58,14 @@ class Output:
         return self.stderr.isatty()
 
 
-def make_reporter(output: Output) -> TerminalReporter | LogReporter | JsonReporter:
+def make_reporter(output: Output, tally: Tally) -> TerminalReporter | LogReporter | JsonReporter:
+    """The reporter `output` asks for, watching `tally`."""
     level, interval = output.reporting.log_level, output.reporting.progress_interval
     if output.reporting.log_format is LogFormat.JSON:
-        return JsonReporter(output.stdout, interval=interval, level=level)
+        return JsonReporter(output.stdout, tally, interval=interval, level=level)
     if output.is_interactive:
-        return TerminalReporter(console_for(output.stderr, interactive=True), level=level)
-    return LogReporter(output.stderr, interval=interval, level=level)
+        return TerminalReporter(console_for(output.stderr, interactive=True), tally, level=level)
+    return LogReporter(output.stderr, tally, interval=interval, level=level)
 
 
 def run_cleanup(
@@ -81,7 +80,8 @@ def run_cleanup(
     With `kubernetes` (and not a dry run) the task's PVC is located before the harvest and
     released after a complete one; without a cluster that step is skipped with one line.
     """
-    reporter = make_reporter(output)
+    tally = Tally()  # what the stages count, and the reporter draws from
+    reporter = make_reporter(output, tally)
     try:
         with reporter, ExitStack() as resources:
             volume: Volume | None = None
@@ -89,8 +89,8 @@ def run_cleanup(
             # A dry run acts on nothing, so it needs no cluster (its gate would refuse the
             # volume's every act anyway); skipping it spares the client's import and a connection.
             if kubernetes and not settings.dry_run:
-                volume, pvc_step = _volume_step(settings, reporter, resources)
-            harvest = run_harvest(settings, reporter, pvc_step=pvc_step, stop=stop)
+                volume, pvc_step = _volume_step(settings, tally, resources)
+            harvest = run_harvest(settings, tally, pvc_step=pvc_step, stop=stop)
             if volume is not None:
                 volume.record_outcome(harvest.report)
     except ConfigError as exc:
@@ -123,7 +123,7 @@ def run_cleanup(
         except OSError as exc:
             warn(output, f"--summary-json {settings.summary_json}: {_not_written(exc)}")
     if not settings.dry_run:
-        error = write_termination_log(report, str(output.termination_log))
+        error = write_termination_log(report, output.termination_log)
         if error is not None:
             warn(output, f"{output.termination_log}: the termination message {_not_written(error)}")
     return exit_code_for(report), harvest
@@ -169,12 +169,7 @@ def _volume_step(
 def fail(output: Output, message: str) -> None:
     """Tell a person (and the pod's termination message) that the run could not start."""
     _say(output, message, json_event("error", message=message), prefix="error", style="bold red")
-    try:
-        if output.termination_log.exists():
-            text = f"error: {printable(message)}\n"[:4096]
-            output.termination_log.write_text(text, encoding="utf-8")
-    except OSError:
-        pass
+    write_termination_log(message, output.termination_log)  # a pod's last word; never raises
 
 
 def warn(output: Output, message: str) -> None:

@@ -26,6 +26,7 @@ from harvester.stats import Level
 DEFAULT_ROOT = "/.keruta/doc"
 DEFAULT_DOCUMENTS_PATH = "/api/tasks/{taskId}/documents"
 DEFAULT_STATUS_PATH = "/api/v1/tasks/{taskId}/status"
+# --max-file-size counts in MiB (binary), the unit every size is printed in (report/text.py).
 MB = 1024 * 1024
 
 
@@ -76,10 +77,10 @@ class ClusterAccess:
 
 
 def megabytes(value: float) -> int | None:
-    """--max-file-size in MB -> bytes; 0 means no limit."""
+    """--max-file-size in MiB -> bytes; 0 means no limit."""
     if not math.isfinite(value) or value < 0:
         raise ConfigError(
-            f"--max-file-size {value}: write a size in MB, e.g. 100 or 0.5 (0: no limit)"
+            f"--max-file-size {value}: write a size in MiB, e.g. 100 or 0.5 (0: no limit)"
         )
     return int(value * MB) if value > 0 else None
 

@@ -29,7 +29,7 @@ from kubernetes_validate import utils as kv_utils
 from harvester import cli
 from harvester.exitcodes import ExitCode
 from harvester.kube.cluster import PERMISSIONS, Permission
-from harvester.run import TERMINATION_LOG
+from harvester.report import TERMINATION_LOG
 from harvester.settings import (
     DEFAULT_ROOT,
     TOKEN_ENV,

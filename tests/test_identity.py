@@ -18,7 +18,7 @@ from harvester.devapi.server import DevApiServer
 from harvester.exitcodes import ExitCode, exit_code_for
 from harvester.harvest import run_harvest
 from harvester.model import Action, HarvestReport, Outcome
-from harvester.report.render import report_to_json
+from harvester.report import report_to_json
 from harvester.settings import Settings
 from harvester.stats import NullListener
 from tests.fstree import write_bytes_name

@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TextIO
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -28,7 +29,7 @@ from harvester.model import (
     StepState,
     UploadPlan,
 )
-from harvester.report.render import (
+from harvester.report import (
     JsonReporter,
     LogReporter,
     TerminalReporter,
@@ -43,8 +44,9 @@ from harvester.report.render import (
     write_termination_log,
 )
 from harvester.settings import Settings
-from harvester.stats import Level, Listener, Stage
+from harvester.stats import Clock, Level, Listener, Stage, Tally, Watcher
 
+KiB, MiB = 1024, 1024 * 1024
 SHA_A = "0123456789abcdef" * 4
 SHA_B = "fedcba9876543210" * 4
 ERROR_413 = (
@@ -61,6 +63,13 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def log_to(stream: TextIO, *, clock: Clock | None = None, **options: Any) -> Tally:
+    """A tally (on a fake clock unless given one) watched by a `LogReporter` on `stream`."""
+    tally = Tally(clock or FakeClock())
+    LogReporter(stream, tally, **options)
+    return tally
 
 
 def out_lines(stream: io.StringIO) -> list[str]:
@@ -103,17 +112,19 @@ def run_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
         (0, "0 B"),
         (12, "12 B"),
         (999, "999 B"),
-        (1000, "1.0 kB"),
-        (812_000, "812 kB"),
-        (99_960, "100 kB"),
-        (999_600, "1.0 MB"),
-        (4_100_000, "4.1 MB"),
-        (45_200_000, "45.2 MB"),
-        (5 * 10**18, "5.0 EB"),
-        (-1500, "-1.5 kB"),
+        (1000, "1.0 KiB"),
+        (1024, "1.0 KiB"),
+        (812 * KiB, "812 KiB"),
+        (102_359, "100 KiB"),
+        (1023 * KiB, "1.0 MiB"),
+        (round(4.1 * MiB), "4.1 MiB"),
+        (round(45.2 * MiB), "45.2 MiB"),
+        (100 * MiB, "100 MiB"),  # the default --max-file-size, in its own unit
+        (5 * 2**60, "5.0 EiB"),
+        (-1536, "-1.5 KiB"),
     ],
 )
-def test_human_size_uses_decimal_units_and_three_digits(n: int, text: str) -> None:
+def test_human_size_uses_binary_units_and_three_digits(n: int, text: str) -> None:
     assert human_size(n) == text
 
 
@@ -141,13 +152,14 @@ def test_human_duration(seconds: float, text: str) -> None:
 
 def test_log_reporter_writes_a_progress_line_only_once_the_interval_has_passed() -> None:
     clock, out = FakeClock(), io.StringIO()
-    reporter = LogReporter(out, interval=5.0, clock=clock)
+    tally = Tally(clock)
+    reporter = LogReporter(out, tally, interval=5.0)
 
-    reporter.stage_started(Stage.UPLOAD, 120, 45_200_000)
-    reporter.advanced(Stage.UPLOAD, files=57, nbytes=21_300_000)
-    reporter.file_failed("reports/a.md", ERROR_413)
+    tally.stage_started(Stage.UPLOAD, 120, round(45.2 * MiB))
+    tally.advanced(Stage.UPLOAD, files=57, nbytes=round(21.3 * MiB))
+    tally.file_failed("reports/a.md", ERROR_413)
     assert out_lines(out) == [
-        "upload: 120 files, 45.2 MB to send",
+        "upload: 120 files, 45.2 MiB to send",
         f"FAILED reports/a.md: {ERROR_413}",
     ]
 
@@ -157,16 +169,16 @@ def test_log_reporter_writes_a_progress_line_only_once_the_interval_has_passed()
 
     clock.now = 1005.0
     reporter.tick()
-    assert out_lines(out)[-1] == "upload: 57/120 files, 21.3/45.2 MB, 4.3 MB/s, ETA 6s, 1 failed"
+    assert out_lines(out)[-1] == "upload: 57/120 files, 21.3/45.2 MiB, 4.3 MiB/s, ETA 6s, 1 failed"
 
     reporter.tick()
     assert len(out_lines(out)) == 3, "the interval starts again after each line"
 
     clock.now = 1010.0
-    reporter.advanced(Stage.UPLOAD, files=62, nbytes=23_900_000)
-    reporter.stage_finished(Stage.UPLOAD)
+    tally.advanced(Stage.UPLOAD, files=62, nbytes=round(23.9 * MiB))
+    tally.stage_finished(Stage.UPLOAD)
     assert out_lines(out)[-1] == (
-        "upload finished: 119/120 files, 45.2/45.2 MB in 10s, 4.5 MB/s, 1 failed"
+        "upload finished: 119/120 files, 45.2/45.2 MiB in 10s, 4.5 MiB/s, 1 failed"
     )
     clock.now = 1100.0
     reporter.tick()
@@ -175,9 +187,10 @@ def test_log_reporter_writes_a_progress_line_only_once_the_interval_has_passed()
 
 def test_log_reporter_shows_unknown_totals_and_eta_as_dashes() -> None:
     clock, out = FakeClock(), io.StringIO()
-    reporter = LogReporter(out, 2.0, clock)  # the CLI may pass them by position
-    reporter.stage_started(Stage.SCAN, 0, 0)
-    reporter.advanced(Stage.SCAN, files=3)
+    tally = Tally(clock)
+    reporter = LogReporter(out, tally, interval=2.0)
+    tally.stage_started(Stage.SCAN, 0, 0)
+    tally.advanced(Stage.SCAN, files=3)
     clock.now += 2.0
     reporter.tick()
     assert out_lines(out) == ["scan: started", "scan: 3 files, 0 B, 0 B/s, ETA -, 0 failed"]
@@ -185,12 +198,12 @@ def test_log_reporter_shows_unknown_totals_and_eta_as_dashes() -> None:
 
 def test_log_reporter_counts_failures_against_the_stage_that_runs() -> None:
     clock, out = FakeClock(), io.StringIO()
-    reporter = LogReporter(out, clock=clock)
-    reporter.stage_started(Stage.HASH, 1, 10)
-    reporter.file_failed("a.md", "a.md: changed while it was read, 3 times; stop the writer")
-    reporter.stage_finished(Stage.HASH)
-    reporter.stage_started(Stage.UPLOAD, 0, 0)
-    reporter.stage_finished(Stage.UPLOAD)
+    tally = log_to(out, clock=clock)
+    tally.stage_started(Stage.HASH, 1, 10)
+    tally.file_failed("a.md", "a.md: changed while it was read, 3 times; stop the writer")
+    tally.stage_finished(Stage.HASH)
+    tally.stage_started(Stage.UPLOAD, 0, 0)
+    tally.stage_finished(Stage.UPLOAD)
     lines = out_lines(out)
     assert "FAILED a.md: changed while it was read, 3 times; stop the writer" in lines
     assert lines[2].startswith("hash finished:") and lines[2].endswith(", 1 failed")
@@ -199,12 +212,12 @@ def test_log_reporter_counts_failures_against_the_stage_that_runs() -> None:
 
 def test_log_reporter_counts_a_failure_against_the_stage_started_last_when_they_overlap() -> None:
     clock, out = FakeClock(), io.StringIO()
-    reporter = LogReporter(out, clock=clock)
-    reporter.stage_started(Stage.HASH, 2, 20)
-    reporter.stage_started(Stage.UPLOAD, 2, 20)
-    reporter.file_failed("b.md", "upload failed: 500 from keruta-api")
-    reporter.stage_finished(Stage.HASH)
-    reporter.stage_finished(Stage.UPLOAD)
+    tally = log_to(out, clock=clock)
+    tally.stage_started(Stage.HASH, 2, 20)
+    tally.stage_started(Stage.UPLOAD, 2, 20)
+    tally.file_failed("b.md", "upload failed: 500 from keruta-api")
+    tally.stage_finished(Stage.HASH)
+    tally.stage_finished(Stage.UPLOAD)
     lines = out_lines(out)
     assert lines[-2].startswith("hash finished:") and lines[-2].endswith(", 0 failed")
     assert lines[-1].startswith("upload finished:") and lines[-1].endswith(", 1 failed")
@@ -212,10 +225,10 @@ def test_log_reporter_counts_a_failure_against_the_stage_started_last_when_they_
 
 def test_log_reporter_writes_notices_at_or_above_its_level() -> None:
     out = io.StringIO()
-    reporter = LogReporter(out, clock=FakeClock(), level=Level.INFO)
-    reporter.notice(Level.DEBUG, "connection pool of 8")
-    reporter.notice(Level.INFO, "root /.keruta/doc: 3 files")
-    reporter.notice(Level.WARNING, "PVC keruta/doc-1: kept; another pod uses it")
+    tally = log_to(out, level=Level.INFO)
+    tally.notice(Level.DEBUG, "connection pool of 8")
+    tally.notice(Level.INFO, "root /.keruta/doc: 3 files")
+    tally.notice(Level.WARNING, "PVC keruta/doc-1: kept; another pod uses it")
     assert out_lines(out) == [
         "info: root /.keruta/doc: 3 files",
         "warning: PVC keruta/doc-1: kept; another pod uses it",
@@ -224,11 +237,11 @@ def test_log_reporter_writes_notices_at_or_above_its_level() -> None:
 
 def test_log_reporter_never_writes_escape_codes_and_keeps_one_line_per_failure() -> None:
     out = io.StringIO()
-    reporter = LogReporter(out, clock=FakeClock())
-    reporter.stage_started(Stage.UPLOAD, 1, 1)
-    reporter.file_failed("evil\x1b[2J.md", "upload failed: 500 from keruta-api:\n<h1>\x1b[31mboom")
-    reporter.notice(Level.ERROR, "bell\x07 and\r\nreturn")
-    reporter.stage_finished(Stage.UPLOAD)
+    tally = log_to(out)
+    tally.stage_started(Stage.UPLOAD, 1, 1)
+    tally.file_failed("evil\x1b[2J.md", "upload failed: 500 from keruta-api:\n<h1>\x1b[31mboom")
+    tally.notice(Level.ERROR, "bell\x07 and\r\nreturn")
+    tally.stage_finished(Stage.UPLOAD)
     text = out.getvalue()
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text
     assert r"FAILED evil\x1b[2J.md: upload failed: 500 from keruta-api: <h1>\x1b[31mboom" in text
@@ -237,25 +250,25 @@ def test_log_reporter_never_writes_escape_codes_and_keeps_one_line_per_failure()
 
 def test_log_reporter_cuts_long_messages() -> None:
     out = io.StringIO()
-    LogReporter(out, clock=FakeClock()).file_failed("a.md", "upload failed: " + "x" * 5000)
+    log_to(out).file_failed("a.md", "upload failed: " + "x" * 5000)
     line = out.getvalue().rstrip("\n")
-    assert line.endswith("...") and len(line) < 400
+    assert line.endswith("…") and len(line) < 400
 
 
 def test_log_reporter_survives_an_ascii_stream_and_a_closed_one() -> None:
     raw = io.BytesIO()
     ascii_stream = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
-    LogReporter(ascii_stream, clock=FakeClock()).file_failed("日本.md", "upload failed: 500")
+    log_to(ascii_stream).file_failed("日本.md", "upload failed: 500")
     assert raw.getvalue() == b"FAILED \\u65e5\\u672c.md: upload failed: 500\n"
 
     closed = io.StringIO()
     closed.close()
-    LogReporter(closed, clock=FakeClock()).file_failed("a.md", "upload failed: 500")
+    log_to(closed).file_failed("a.md", "upload failed: 500")
 
 
 def test_log_reporter_refuses_a_non_positive_interval() -> None:
     with pytest.raises(ValueError, match="interval"):
-        LogReporter(io.StringIO(), interval=0)
+        LogReporter(io.StringIO(), Tally(), interval=0)
 
 
 class _SignallingStream(io.StringIO):
@@ -273,25 +286,27 @@ class _SignallingStream(io.StringIO):
 
 def test_log_reporter_ticker_thread_writes_lines_and_stops_on_exit() -> None:
     out = _SignallingStream()
-    reporter = LogReporter(out, interval=0.02)  # the real clock: the ticker must do the work
+    tally = Tally()  # the real clock: the ticker must do the work
+    reporter = LogReporter(out, tally, interval=0.02)
     with reporter:
-        reporter.stage_started(Stage.UPLOAD, 2, 2000)
-        reporter.advanced(Stage.UPLOAD, files=1, nbytes=1000)
+        tally.stage_started(Stage.UPLOAD, 2, 2 * KiB)
+        tally.advanced(Stage.UPLOAD, files=1, nbytes=KiB)
         assert out.progress.wait(timeout=10), "the ticker wrote no progress line"
-        reporter.stage_finished(Stage.UPLOAD)
+        tally.stage_finished(Stage.UPLOAD)
     assert not any(t.name == "harvester-report-ticker" for t in threading.enumerate())
-    assert out_lines(out)[-1].startswith("upload finished: 1/2 files, 1.0/2.0 kB in ")
+    assert out_lines(out)[-1].startswith("upload finished: 1/2 files, 1.0/2.0 KiB in ")
 
 
 def test_log_reporter_leaves_a_line_for_a_stage_cut_short() -> None:
     clock, out = FakeClock(), io.StringIO()
-    with LogReporter(out, interval=60, clock=clock) as reporter:
-        reporter.stage_started(Stage.UPLOAD, 4, 4000)
-        reporter.advanced(Stage.UPLOAD, files=1, nbytes=1000)
+    tally = Tally(clock)
+    with LogReporter(out, tally, interval=60):
+        tally.stage_started(Stage.UPLOAD, 4, 4 * KiB)
+        tally.advanced(Stage.UPLOAD, files=1, nbytes=KiB)
         clock.now += 1
     assert out_lines(out) == [
-        "upload: 4 files, 4.0 kB to send",
-        "upload: 1/4 files, 1.0/4.0 kB, 1.0 kB/s, ETA 3s, 0 failed",
+        "upload: 4 files, 4.0 KiB to send",
+        "upload: 1/4 files, 1.0/4.0 KiB, 1.0 KiB/s, ETA 3s, 0 failed",
     ]
 
 
@@ -300,15 +315,16 @@ def test_log_reporter_leaves_a_line_for_a_stage_cut_short() -> None:
 
 def test_json_reporter_writes_one_object_per_line_with_the_documented_fields() -> None:
     clock, out = FakeClock(), io.StringIO()
-    reporter = JsonReporter(out, interval=5.0, clock=clock, wall_clock=lambda: 1_700_000_000.0)
-    reporter.stage_started(Stage.UPLOAD, 120, 45_200_000)
-    reporter.advanced(Stage.UPLOAD, files=57, nbytes=21_300_000)
-    reporter.file_failed("ドキュメント/a.md", ERROR_413)
-    reporter.notice(Level.WARNING, "PVC keruta/doc-1: kept")
+    tally = Tally(clock)
+    reporter = JsonReporter(out, tally, interval=5.0, wall_clock=lambda: 1_700_000_000.0)
+    tally.stage_started(Stage.UPLOAD, 120, 45_200_000)
+    tally.advanced(Stage.UPLOAD, files=57, nbytes=21_300_000)
+    tally.file_failed("ドキュメント/a.md", ERROR_413)
+    tally.notice(Level.WARNING, "PVC keruta/doc-1: kept")
     reporter.tick()
     clock.now = 1005.0
     reporter.tick()
-    reporter.stage_finished(Stage.UPLOAD)
+    tally.stage_finished(Stage.UPLOAD)
 
     lines = out_lines(out)
     assert all(line.isascii() and "\x1b" not in line for line in lines)
@@ -341,8 +357,9 @@ def test_json_reporter_writes_one_object_per_line_with_the_documented_fields() -
 
 def test_json_reporter_unknown_rate_and_eta_are_null() -> None:
     out = io.StringIO()
-    reporter = JsonReporter(out, interval=1.0, clock=FakeClock())
-    reporter.stage_started(Stage.SCAN, 0, 0)
+    tally = Tally(FakeClock())
+    reporter = JsonReporter(out, tally, interval=1.0)
+    tally.stage_started(Stage.SCAN, 0, 0)
     reporter.tick(force=True)
     event = json.loads(out_lines(out)[-1])
     assert event["event"] == "progress"
@@ -355,12 +372,13 @@ def test_json_reporter_unknown_rate_and_eta_are_null() -> None:
 @pytest.mark.parametrize("kind", ["log", "json"])
 def test_line_reporters_count_every_event_from_many_threads(kind: str) -> None:
     clock, out = FakeClock(), io.StringIO()
+    tally = Tally(clock)
     reporter: LogReporter | JsonReporter = (
-        LogReporter(out, interval=1.0, clock=clock)
+        LogReporter(out, tally, interval=1.0)
         if kind == "log"
-        else JsonReporter(out, interval=1.0, clock=clock)
+        else JsonReporter(out, tally, interval=1.0)
     )
-    reporter.stage_started(Stage.UPLOAD, 4000, 400_000)
+    tally.stage_started(Stage.UPLOAD, 4000, 400_000)
     workers, per_worker = 8, 500
 
     def work(i: int) -> None:
@@ -370,23 +388,24 @@ def test_line_reporters_count_every_event_from_many_threads(kind: str) -> None:
                 reporter.tick()
             return
         for n in range(per_worker):
-            reporter.advanced(Stage.UPLOAD, files=1, nbytes=100)
+            tally.advanced(Stage.UPLOAD, files=1, nbytes=100)
             if n % 100 == 0:
-                reporter.file_failed(f"w{i}/f{n}.md", "upload failed: 500 from keruta-api")
+                tally.file_failed(f"w{i}/f{n}.md", "upload failed: 500 from keruta-api")
 
     assert run_threads(workers + 1, work) == []
-    reporter.stage_finished(Stage.UPLOAD)
+    tally.stage_finished(Stage.UPLOAD)
     lines = out_lines(out)
     if kind == "log":
         pattern = re.compile(
-            r"upload: (\d+ files, [\d.]+ [kMG]?B to send"
-            r"|\d+/4000 files, [\d.]+(?: [k]?B)?/400 kB, [\d.]+ [kM]?B/s, ETA \S+, \d+ failed)"
+            r"upload: (\d+ files, [\d.]+ (?:[KMG]i)?B to send"
+            r"|\d+/4000 files, [\d.]+(?: (?:Ki)?B)?/391 KiB, "
+            r"[\d.]+ (?:[KM]i)?B/s, ETA \S+, \d+ failed)"
             r"|FAILED w\d/f\d+\.md: upload failed: 500 from keruta-api"
             r"|upload finished: .*"
         )
         assert [line for line in lines if not pattern.fullmatch(line)] == []
         assert sum(line.startswith("FAILED ") for line in lines) == workers * 5
-        assert lines[-1].startswith("upload finished: 4000/4000 files, 400/400 kB in ")
+        assert lines[-1].startswith("upload finished: 4000/4000 files, 391/391 KiB in ")
         assert lines[-1].endswith(", 40 failed")
     else:
         events = [json.loads(line) for line in lines]
@@ -401,38 +420,44 @@ def test_terminal_reporter_draws_stages_and_failures_from_threads() -> None:
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=100)
     clock = FakeClock()
-    reporter = TerminalReporter(console, clock=clock)
-    listeners: list[Listener] = [reporter, LogReporter(io.StringIO()), JsonReporter(io.StringIO())]
-    assert len(listeners) == 3  # all three satisfy the protocol (checked by mypy)
+    tally = Tally(clock)
+    reporter = TerminalReporter(console, tally)
+    stages_talk_to: Listener = tally
+    watchers: list[Watcher] = [
+        reporter,
+        LogReporter(io.StringIO(), Tally()),
+        JsonReporter(io.StringIO(), Tally()),
+    ]
+    assert stages_talk_to and len(watchers) == 3  # the protocols are met (checked by mypy)
 
     with reporter:
-        reporter.stage_started(Stage.HASH, 8, 8000)
+        tally.stage_started(Stage.HASH, 8, 8 * KiB)
 
         def hash_work(i: int) -> None:
-            for _ in range(100):
-                reporter.advanced(Stage.HASH, nbytes=10)
-            reporter.advanced(Stage.HASH, files=1)
+            for _ in range(128):
+                tally.advanced(Stage.HASH, nbytes=8)
+            tally.advanced(Stage.HASH, files=1)
 
         assert run_threads(8, hash_work) == []
         clock.now += 2
-        reporter.stage_finished(Stage.HASH)
-        reporter.stage_started(Stage.UPLOAD, 10, 10_000)
+        tally.stage_finished(Stage.HASH)
+        tally.stage_started(Stage.UPLOAD, 10, 10_000)
 
         def upload_work(i: int) -> None:
-            reporter.advanced(Stage.UPLOAD, files=1, nbytes=1000)
+            tally.advanced(Stage.UPLOAD, files=1, nbytes=1000)
             if i == 0:
-                reporter.file_failed("[red]x[/red].md", "upload failed: 500 from keruta-api")
+                tally.file_failed("[red]x[/red].md", "upload failed: 500 from keruta-api")
             if i == 1:
-                reporter.notice(Level.WARNING, "keruta-api is slow")
+                tally.notice(Level.WARNING, "keruta-api is slow")
             if i == 2:
-                reporter.notice(Level.DEBUG, "pool size 8")
+                tally.notice(Level.DEBUG, "pool size 8")
 
         assert run_threads(3, upload_work) == []
         clock.now += 1
 
     text = buf.getvalue()
     assert "hash" in text and "upload" in text
-    assert "8/8 files" in text and "8.0/8.0 kB" in text
+    assert "8/8 files" in text and "8.0/8.0 KiB" in text
     assert "3/10 files" in text and "1 failed" in text
     assert "FAILED [red]x[/red].md: upload failed: 500 from keruta-api" in text  # not markup
     assert "warning: keruta-api is slow" in text
@@ -460,13 +485,16 @@ def sample_plan() -> UploadPlan:
 def test_render_plan_shows_each_action_and_the_totals() -> None:
     text = plain(render_plan(sample_plan()), width=140)
     rows = {line.split()[0]: line for line in text.splitlines() if line.strip()}
-    assert "upload" in rows["[bold]notes[/bold].md"] and "4.0 kB" in rows["[bold]notes[/bold].md"]
+    assert "upload" in rows["[bold]notes[/bold].md"] and "3.9 KiB" in rows["[bold]notes[/bold].md"]
     assert "duplicate of [bold]notes[/bold].md" in rows["a/copy.md"]
     assert "already uploaded" in rows["b.md"]
     assert "skipped: hidden (use --include-hidden to harvest it)" in rows[".env"]
     assert "failed: c.md: changed while it was read" in rows["c.md"]
     assert "0123456789ab " in text and "0123456789abc" not in text
-    assert "2 to upload (5.0 kB), 1 duplicate, 1 already uploaded, 1 skipped, 1 failed" in text
+    assert (
+        "2 documents to upload, 1 already uploaded, 1 duplicate, 1 skipped, 1 failed; "
+        "4.9 KiB to send"
+    ) in text
 
 
 def test_render_plan_respects_the_width_it_is_given() -> None:
@@ -563,14 +591,14 @@ def test_render_summary_gives_counts_steps_and_failures() -> None:
     lines = [line.rstrip() for line in plain(render_summary(report)).splitlines()]
     assert lines[0].startswith("task task-42: harvest incomplete: 1 file not harvested")
     for row in [
-        "uploaded          2 (4.1 MB)",
+        "uploaded          2 (3.9 MiB)",
         "duplicates        1",
         "already uploaded  1",
         "skipped           1",
         "failed            1",
         "not attempted     0",
         "elapsed           1m05s",
-        "average rate      63.1 kB/s",
+        "average rate      61.6 KiB/s",
         "status update     done: task task-42 set to COMPLETED",
         "PVC               skipped: PersistentVolumeClaim keruta/task-42-doc kept",
     ]:
@@ -698,8 +726,8 @@ def test_termination_message_gives_outcome_counts_steps_and_first_failures() -> 
     report = make_report(files=make_report().files + failing_files(7))
     lines = termination_message(report).splitlines()
     assert lines[1] == (
-        "2 uploaded (4.1 MB), 1 duplicate, 1 already uploaded, 1 skipped, 7 failed, "
-        "1 not attempted; 1m05s"
+        "2 documents uploaded, 1 already uploaded, 1 duplicate, 1 skipped, 7 failed, "
+        "1 not attempted; 3.9 MiB sent in 1m05s"
     )
     assert lines[2] == "status update: done: task task-42 set to COMPLETED"
     assert lines[3] == "PVC: done: PersistentVolumeClaim keruta/task-42-doc deleted"
@@ -717,9 +745,9 @@ def test_termination_message_is_cut_at_the_byte_limit_between_characters() -> No
         data = termination_message(report, limit).encode("utf-8")
         assert len(data) <= limit
         text = data.decode("utf-8")  # strict: no character was split
-        assert full.startswith(text.removesuffix("\n... (truncated)"))
+        assert full.startswith(text.removesuffix("…"))
         if limit >= 100:
-            assert text.endswith("\n... (truncated)")
+            assert text.endswith("…")
 
 
 def test_termination_message_of_a_huge_report_fits_4096_bytes() -> None:
@@ -752,7 +780,7 @@ def test_write_termination_log_writes_only_an_existing_file_and_never_raises(
 def test_a_failure_line_names_a_file_with_whitespace_exactly_once(name: str) -> None:
     message = f"{name}: {ERROR_413}"
     out = io.StringIO()
-    LogReporter(out, clock=FakeClock()).file_failed(name, message)
+    log_to(out).file_failed(name, message)
     failed = FileReport(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=message)
     report = make_report(files=(failed,))
     shown = {
@@ -795,10 +823,8 @@ def test_control_and_bidi_characters_are_escaped_wherever_a_person_reads_them(
         )
     )
     log, terminal = io.StringIO(), io.StringIO()
-    live = LogReporter(log, clock=FakeClock())
-    with TerminalReporter(
-        Console(file=terminal, width=200, force_terminal=False), clock=FakeClock()
-    ) as term:
+    live, term = log_to(log), Tally(FakeClock())
+    with TerminalReporter(Console(file=terminal, width=200, force_terminal=False), term):
         for listener in (live, term):
             listener.stage_started(Stage.UPLOAD, 1, 10)
             listener.file_failed(name, f"{name}: {server}")
@@ -822,7 +848,9 @@ def test_control_and_bidi_characters_are_escaped_wherever_a_person_reads_them(
     raw = target.read_text(encoding="utf-8")
     assert not any(ch in raw for ch in HIDDEN + "\u202e")
     assert json.loads(raw)["files"][0]["path"] == name
-    JsonReporter(json_out := io.StringIO(), clock=FakeClock()).file_failed(name, server)
+    tally = Tally(FakeClock())
+    JsonReporter(json_out := io.StringIO(), tally)
+    tally.file_failed(name, server)
     assert json_out.getvalue().isascii()
     assert json.loads(json_out.getvalue())["path"] == name
 
@@ -883,7 +911,7 @@ def test_the_byte_counter_ends_full_after_a_rejected_upload(
     root = tmp_path / "doc"
     root.mkdir()
     (root / "a.md").write_bytes(b"hello\n")
-    (root / "big.bin").write_bytes(b"x" * 300_000)  # streamed: above upload.SMALL_FILE
+    (root / "big.bin").write_bytes(b"x" * 300 * KiB)  # streamed: above upload.SMALL_FILE
 
     def handler(request: Request) -> Response:
         body = request.get_data()
@@ -895,7 +923,7 @@ def test_the_byte_counter_ends_full_after_a_rejected_upload(
     httpserver.expect_request("/api/v1/tasks/t/status", method="PUT").respond_with_json({})
     out = io.StringIO()
     settings = Settings(task_id="t", api_url=httpserver.url_for("/"), root=str(root))
-    report = run_harvest(settings, LogReporter(out, interval=3600)).report
+    report = run_harvest(settings, log_to(out, interval=3600)).report
     assert report.count(Outcome.FAILED) == 1 and report.count(Outcome.UPLOADED) == 1
     (finished,) = [line for line in out_lines(out) if line.startswith("upload finished:")]
-    assert finished.startswith("upload finished: 2/2 files, 300/300 kB in ")
+    assert finished.startswith("upload finished: 2/2 files, 300/300 KiB in ")

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from harvester.errors import ConfigError
 from harvester.model import Failed, FileEntry, ScanResult, Skipped, SkipReason
 from harvester.pipeline.scan import ScanOptions, display_path, scan
-from harvester.report.render import LogReporter
-from harvester.stats import Level, NullListener, Stage
+from harvester.report import LogReporter
+from harvester.stats import Level, NullListener, Stage, Tally
 from tests.fstree import (
     make_char_device,
     make_fifo,
@@ -463,7 +463,9 @@ def test_unlistable_folder_is_told_to_the_live_log_as_it_happens(tmp_path: Path)
 
     def scan_with_a_live_log() -> str:
         out = io.StringIO()
-        scan(".", DEFAULT, LogReporter(out, interval=3600))
+        tally = Tally()
+        LogReporter(out, tally, interval=3600)
+        scan(".", DEFAULT, tally)
         return out.getvalue()
 
     with no_access(root / "locked"):

@@ -18,7 +18,7 @@ from harvester.devapi.server import DevApiServer, serve_forever
 from harvester.exitcodes import ExitCode
 from harvester.harvest import run_harvest
 from harvester.model import Outcome
-from harvester.report.render import human_size
+from harvester.report import human_size
 from harvester.run import Output, run_cleanup
 from harvester.settings import Reporting, Settings
 from harvester.stats import NullListener

@@ -23,6 +23,12 @@ from urllib3.exceptions import HTTPError
 
 from harvester.errors import ConfigError, HarvesterError
 from harvester.settings import KUBECONFIG_FIX, ClusterAccess
+from harvester.text import cut
+
+# An Event's message is capped by the API server at 1 KiB; a refusal's text is quoted from its
+# status at most this long, enough for the server's sentence.
+_EVENT_MESSAGE_BYTES = 1024
+_STATUS_CHARS = 300
 
 
 class Permission(NamedTuple):
@@ -278,7 +284,7 @@ class Cluster:
                 api_version="v1", kind=kind, name=name, namespace=self.namespace, uid=uid
             ),
             reason=reason,
-            message=message[:1024],
+            message=cut(message, _EVENT_MESSAGE_BYTES, in_bytes=True),
             type="Warning" if warning else "Normal",
             first_timestamp=now,
             last_timestamp=now,
@@ -339,10 +345,10 @@ def _status_message(exc: ApiException) -> str:
     try:
         body = json.loads(exc.body or "")
     except (TypeError, ValueError):
-        return (str(exc.body or "") or "no details")[:300]
+        return cut(str(exc.body or "") or "no details", _STATUS_CHARS)
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return str(body["message"])[:300]
-    return str(body)[:300]
+        return cut(str(body["message"]), _STATUS_CHARS)
+    return cut(str(body), _STATUS_CHARS)
 
 
 def _claims(pod_spec: Any) -> tuple[ClaimMount, ...]:

@@ -26,8 +26,9 @@ from harvester.kube.cluster import (
     KubeError,
     PodInfo,
 )
-from harvester.model import HarvestReport, Outcome, StepResult, StepState
+from harvester.model import HarvestReport, StepResult, StepState
 from harvester.stats import Level, Listener
+from harvester.text import counts_sentence, plural
 
 LIVE_PHASES = frozenset({"Pending", "Running"})
 
@@ -165,8 +166,8 @@ class Volume:
             events.append(
                 (
                     "HarvestFailed",
-                    f"task {task}: {len(report.failures)} documents could not be harvested; "
-                    "the volume is kept",
+                    f"task {task}: {plural(len(report.failures), 'document')} could not be "
+                    "harvested; the volume is kept",
                     True,
                 )
             )
@@ -174,10 +175,7 @@ class Volume:
             events.append(
                 (
                     "HarvestSucceeded",
-                    f"task {task}: {report.count(Outcome.UPLOADED)} documents uploaded, "
-                    f"{report.count(Outcome.ALREADY_UPLOADED)} already uploaded, "
-                    f"{report.count(Outcome.DUPLICATE)} duplicates, "
-                    f"{report.count(Outcome.SKIPPED)} skipped",
+                    f"task {task}: {counts_sentence(report)}",
                     False,
                 )
             )

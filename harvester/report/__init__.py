@@ -1,0 +1,59 @@
+"""Everything a harvest shows or leaves for people and machines; the only importer of rich.
+
+Takes a `Tally` to watch while a harvest runs (stats.py) and the plain results once it is over
+(`UploadPlan`, `HarvestReport` from model.py); gives reporters (progress bars, plain log lines,
+JSON lines), the plan and summary renderers with their JSON forms, and the `--summary-json` and
+termination-message files. Callers import from here; the modules inside are:
+
+- `text`: sizes, durations, rates, `printable()` and the failure line: text for people.
+- `live`: `TerminalReporter`, `LogReporter`, `JsonReporter`, `json_event` (the one maker of a
+  JSON-lines event), `console_for`, `print_line`.
+- `summary`: `render_plan`, `render_summary`, `plan_to_json`, `report_to_json`, `headline`,
+  `termination_message`, `print_result`.
+- `files`: `write_summary_json`, `write_termination_log`.
+
+Nothing here decides an exit code or where output goes: the caller hands in streams, consoles
+and clocks.
+"""
+
+from harvester.report.files import TERMINATION_LOG, write_summary_json, write_termination_log
+from harvester.report.live import (
+    JsonReporter,
+    LogReporter,
+    TerminalReporter,
+    console_for,
+    json_event,
+    print_line,
+)
+from harvester.report.summary import (
+    headline,
+    plan_to_json,
+    print_result,
+    render_plan,
+    render_summary,
+    report_to_json,
+    termination_message,
+)
+from harvester.report.text import human_duration, human_size, printable
+
+__all__ = [
+    "TERMINATION_LOG",
+    "JsonReporter",
+    "LogReporter",
+    "TerminalReporter",
+    "console_for",
+    "headline",
+    "human_duration",
+    "human_size",
+    "json_event",
+    "plan_to_json",
+    "print_line",
+    "print_result",
+    "printable",
+    "render_plan",
+    "render_summary",
+    "report_to_json",
+    "termination_message",
+    "write_summary_json",
+    "write_termination_log",
+]

@@ -59,6 +59,7 @@ from harvester.gate import Act, Gate
 from harvester.model import RemoteDocument
 from harvester.retry import parse_retry_after
 from harvester.settings import DEFAULT_DOCUMENTS_PATH, DEFAULT_STATUS_PATH
+from harvester.text import cut
 from harvester.wire.multipart import document_body
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -372,7 +373,7 @@ class KerutaApi:
         location = _header(response, b"location")
         if location:
             shown = quote(self._redact(location.strip()), safe=_URL_SAFE)
-            where = f" to {_cut(shown, _LOCATION_CHARS)}"
+            where = f" to {cut(shown, _LOCATION_CHARS)}"
         else:
             where = " without a Location"
         return RejectedError(
@@ -641,11 +642,7 @@ def _excerpt(content: bytes, redact: Callable[[str], str]) -> str:
                 if isinstance(data.get(key), str) and data[key]:
                     text = data[key]
                     break
-    return _cut(" ".join(redact(text).split()), _BODY_EXCERPT)
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut(" ".join(redact(text).split()), _BODY_EXCERPT)
 
 
 def _document_id(content: bytes) -> str | None:

@@ -1,0 +1,357 @@
+"""The end of a harvest for people and machines: the plan, the summary, the termination text.
+
+Takes the plain results of a harvest (`UploadPlan`, `HarvestReport` from model.py); gives the
+dry-run plan and the final summary as rich renderables, their JSON-ready dicts (`--log-format
+json`, `--summary-json`), the short text for the pod's termination message, and `print_result`,
+which prints the one that fits. The sentence that opens every summary, `headline`, is written
+here once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from harvester.model import (
+    Action,
+    FileReport,
+    HarvestReport,
+    Outcome,
+    PlanItem,
+    StepResult,
+    StepState,
+    UploadPlan,
+)
+from harvester.report.live import console_for
+from harvester.report.text import (
+    ERROR_CHARS,
+    failure_line,
+    human_duration,
+    human_size,
+    one_line,
+    printable,
+    rate_text,
+    without_subject,
+)
+from harvester.text import counts_sentence, cut, plural
+
+__all__ = [
+    "TERMINATION_LIMIT",
+    "error_message",
+    "headline",
+    "plan_to_json",
+    "print_result",
+    "render_plan",
+    "render_summary",
+    "report_to_json",
+    "termination_message",
+]
+
+# Kubernetes keeps only the first 4096 bytes of a container's termination message.
+TERMINATION_LIMIT = 4096
+
+# What each planned action will end as: the plan's counts said in the summary's words.
+_OUTCOME_OF = {
+    Action.UPLOAD: Outcome.PLANNED,
+    Action.DUPLICATE: Outcome.DUPLICATE,
+    Action.ALREADY_UPLOADED: Outcome.ALREADY_UPLOADED,
+    Action.SKIP: Outcome.SKIPPED,
+    Action.FAIL: Outcome.FAILED,
+}
+
+_ACTION_STYLE = {
+    Action.UPLOAD: "green",
+    Action.DUPLICATE: "dim",
+    Action.ALREADY_UPLOADED: "dim",
+    Action.SKIP: "yellow",
+    Action.FAIL: "bold red",
+}
+
+
+def print_result(
+    stream: TextIO, *, interactive: bool, plan: UploadPlan, report: HarvestReport
+) -> None:
+    """The end of a run for people: the plan table after a dry run, else the summary."""
+    console = console_for(stream, interactive=interactive)
+    console.print(render_plan(plan) if report.dry_run else render_summary(report))
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def _action_phrase(action: Action, duplicate_of: str | None, reason: str | None) -> str:
+    match action:
+        case Action.UPLOAD:
+            return "upload"
+        case Action.DUPLICATE:
+            return f"duplicate of {printable(duplicate_of or '?')}"
+        case Action.ALREADY_UPLOADED:
+            return "already uploaded"
+        case Action.SKIP:
+            return f"skipped: {one_line(reason or 'no reason given')}"
+        case Action.FAIL:
+            return f"failed: {one_line(reason or 'no reason given')}"
+    raise AssertionError(f"unknown action {action!r}")
+
+
+def _plan_totals(plan: UploadPlan) -> str:
+    counts = {_OUTCOME_OF[action]: len(plan.with_action(action)) for action in Action}
+    sentence = counts_sentence(counts, lead=Outcome.PLANNED)
+    return f"{sentence}; {human_size(plan.upload_bytes)} to send"
+
+
+def render_plan(plan: UploadPlan, *, width: int | None = None) -> Table:
+    """The `--dry-run` table: path, size, sha256 (first 12 hex), action; totals as caption."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        width=width,
+        caption=_plan_totals(plan),
+        caption_justify="left",
+        header_style="bold",
+    )
+    table.add_column("path", overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("sha256", no_wrap=True)
+    table.add_column("action", overflow="fold")
+    for item in plan.items:
+        table.add_row(
+            Text(printable(item.rel_path)),
+            Text("-" if item.size is None else human_size(item.size)),
+            Text(item.sha256[:12] if item.sha256 else "-", style="dim"),
+            Text(
+                _action_phrase(item.action, item.duplicate_of, item.reason),
+                style=_ACTION_STYLE[item.action],
+            ),
+        )
+    return table
+
+
+def _plan_item_to_json(item: PlanItem) -> dict[str, Any]:
+    return {
+        "path": item.rel_path,
+        "size": item.size,
+        "sha256": item.sha256,
+        "action": item.action.value,
+        "duplicate_of": item.duplicate_of,
+        "reason": item.reason,
+    }
+
+
+def plan_to_json(plan: UploadPlan, task_id: str, root: str) -> dict[str, Any]:
+    """The plan for `--dry-run --log-format json`: totals and every item, in path order."""
+    return {
+        "task_id": task_id,
+        "root": root,
+        "dry_run": True,
+        "counts": {action.value: len(plan.with_action(action)) for action in Action},
+        "upload_bytes": plan.upload_bytes,
+        "items": [_plan_item_to_json(item) for item in plan.items],
+    }
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def headline(report: HarvestReport) -> str:
+    """One sentence on how the harvest ended, subject first, with what to do about it."""
+    subject = f"task {report.task_id}"
+    failed = len(report.failures)
+    kept = report.pvc.state is not StepState.DONE
+    if report.auth_rejected:
+        return (
+            f"{subject}: harvest stopped: keruta-api rejected the token (401/403); "
+            "check KERUTA_API_TOKEN or --token-file and that the token may write this task"
+        )
+    if report.interrupted:
+        if any(_another_run_helps(f) for f in report.failures):
+            return (
+                f"{subject}: harvest interrupted before it finished; run it again to send the rest"
+            )
+        if failed:
+            return (
+                f"{subject}: harvest interrupted; {plural(failed, 'file')} not harvested; "
+                "fix the causes below and run it again"
+            )
+        if report.status.state is not StepState.DONE:
+            return (
+                f"{subject}: harvest interrupted after every upload finished; "
+                "run it again to set the task status"
+            )
+    if failed:
+        # "Send the rest" only when a run as it stands would: a rejected file needs a fix first.
+        todo = (
+            "run it again to send the rest"
+            if all(_another_run_helps(f) for f in report.failures)
+            else "fix the causes below and run it again"
+        )
+        tail = f"; {todo}" + (" (the volume was kept)" if kept else "")
+        return f"{subject}: harvest incomplete: {plural(failed, 'file')} not harvested{tail}"
+    if report.dry_run:
+        planned = report.count(Outcome.PLANNED)
+        return f"{subject}: dry run, nothing was sent; {plural(planned, 'file')} would be uploaded"
+    if report.status.state is StepState.FAILED:
+        return f"{subject}: documents harvested, but the task status update failed"
+    if report.pvc.state in (StepState.FAILED, StepState.REFUSED):
+        return f"{subject}: documents harvested and status set, but the PVC was not deleted"
+    return f"{subject}: harvest done"
+
+
+def _another_run_helps(f: FileReport) -> bool:
+    """Whether running again as it stands could harvest `f`: it was never tried, or it was tried
+    more than once (only transient failures are retried: 5xx, timeouts, a file being written)."""
+    return f.outcome is Outcome.NOT_ATTEMPTED or (f.outcome is Outcome.FAILED and f.attempts > 1)
+
+
+def _headline_style(report: HarvestReport) -> str:
+    if report.auth_rejected or report.failures or report.status.state is StepState.FAILED:
+        return "bold red"
+    if report.interrupted or report.pvc.state in (StepState.FAILED, StepState.REFUSED):
+        return "bold yellow"
+    return "bold green"
+
+
+def _step_text(step: StepResult, limit: int = 2 * ERROR_CHARS) -> str:
+    return f"{step.state.value}: {one_line(step.message, limit)}"
+
+
+def _average_rate(report: HarvestReport) -> float | None:
+    if report.elapsed_seconds <= 0 or report.bytes_uploaded <= 0:
+        return None
+    return report.bytes_uploaded / report.elapsed_seconds
+
+
+def _bytes_of(report: HarvestReport, outcome: Outcome) -> int:
+    return sum(f.size or 0 for f in report.files if f.outcome is outcome)
+
+
+def _failure_error(f: FileReport, limit: int = ERROR_CHARS) -> str:
+    """The error of a failed file, without the path that the table already shows."""
+    if f.error:
+        return one_line(without_subject(f.path, f.error), limit)
+    if f.outcome is Outcome.NOT_ATTEMPTED:
+        return "not attempted: the run stopped first"
+    return "failed (no error recorded)"
+
+
+def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
+    """The final summary for people: outcome, counts, steps, then the failed files.
+
+    Fits any console of 80 columns or more (long paths and errors wrap or are cut); paths and
+    messages are printed as text, never as rich markup.
+    """
+    parts: list[RenderableType] = [
+        Text(printable(headline(report)), style=_headline_style(report)),
+        Text(""),
+    ]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True, style="bold")
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, str]] = [
+        (
+            "uploaded",
+            f"{report.count(Outcome.UPLOADED)} ({human_size(report.bytes_uploaded)})",
+        ),
+    ]
+    if report.dry_run or report.count(Outcome.PLANNED):
+        planned = report.count(Outcome.PLANNED)
+        rows.append(("planned", f"{planned} ({human_size(_bytes_of(report, Outcome.PLANNED))})"))
+    rows += [
+        ("duplicates", str(report.count(Outcome.DUPLICATE))),
+        ("already uploaded", str(report.count(Outcome.ALREADY_UPLOADED))),
+        ("skipped", str(report.count(Outcome.SKIPPED))),
+        ("failed", str(report.count(Outcome.FAILED))),
+        ("not attempted", str(report.count(Outcome.NOT_ATTEMPTED))),
+        ("elapsed", human_duration(report.elapsed_seconds)),
+        ("average rate", rate_text(_average_rate(report))),
+        ("status update", _step_text(report.status)),
+        ("PVC", _step_text(report.pvc)),
+    ]
+    for key, value in rows:
+        grid.add_row(Text(key), Text(value))
+    parts.append(grid)
+
+    failures = report.failures
+    if failures:
+        parts += [Text(""), Text(f"Failed files ({len(failures)})", style="bold red")]
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", show_edge=False)
+        table.add_column("path", overflow="fold", ratio=2)
+        table.add_column("error", overflow="fold", ratio=3)
+        for f in failures[:max_failures]:
+            table.add_row(Text(printable(f.path)), Text(_failure_error(f), style="red"))
+        parts.append(table)
+        if len(failures) > max_failures:
+            parts.append(
+                Text(f"... and {len(failures) - max_failures} more; all are in --summary-json")
+            )
+    if report.notes:
+        parts += [Text(""), Text("Notes", style="bold")]
+        parts += [Text(f"- {one_line(note, 2 * ERROR_CHARS)}") for note in report.notes]
+    return Group(*parts)
+
+
+def _file_to_json(f: FileReport) -> dict[str, Any]:
+    return {
+        "path": f.path,
+        "size": f.size,
+        "sha256": f.sha256,
+        "action": f.action.value,
+        "outcome": f.outcome.value,
+        "duplicate_of": f.duplicate_of,
+        "reason": f.reason,
+        "document_id": f.document_id,
+        "error": f.error,
+        "attempts": f.attempts,
+    }
+
+
+def report_to_json(report: HarvestReport) -> dict[str, Any]:
+    """The machine-readable summary (`--summary-json`): every field of the report, plain JSON."""
+    return {
+        "task_id": report.task_id,
+        "root": report.root,
+        "dry_run": report.dry_run,
+        "elapsed_seconds": round(report.elapsed_seconds, 3),
+        "bytes_uploaded": report.bytes_uploaded,
+        "counts": {outcome.value: report.count(outcome) for outcome in Outcome},
+        "status": {"state": report.status.state.value, "message": report.status.message},
+        "pvc": {"state": report.pvc.state.value, "message": report.pvc.message},
+        "auth_rejected": report.auth_rejected,
+        "interrupted": report.interrupted,
+        "notes": list(report.notes),
+        "files": [_file_to_json(f) for f in report.files],
+    }
+
+
+# --------------------------------------------------------------------------- termination message
+
+
+def termination_message(
+    report: HarvestReport, limit: int = TERMINATION_LIMIT, *, max_failures: int = 5
+) -> str:
+    """A short summary for /dev/termination-log: at most `limit` bytes of UTF-8.
+
+    The most useful lines come first, since Kubernetes keeps only the start: the outcome, the
+    counts, the status and PVC steps, then the first failures.
+    """
+    sent = f"{human_size(report.bytes_uploaded)} sent in {human_duration(report.elapsed_seconds)}"
+    lines = [
+        printable(headline(report)),
+        f"{counts_sentence(report)}; {sent}",
+        f"status update: {_step_text(report.status, ERROR_CHARS)}",
+        f"PVC: {_step_text(report.pvc, ERROR_CHARS)}",
+    ]
+    failures = report.failures
+    lines += [failure_line(f.path, _failure_error(f)) for f in failures[:max_failures]]
+    if len(failures) > max_failures:
+        lines.append(f"... and {len(failures) - max_failures} more failed")
+    return cut("\n".join(lines) + "\n", limit, in_bytes=True)
+
+
+def error_message(message: str, limit: int = TERMINATION_LIMIT) -> str:
+    """The termination message of a run that could not start: `error: <message>`."""
+    return cut(f"error: {printable(message)}\n", limit, in_bytes=True)
