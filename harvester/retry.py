@@ -1,7 +1,7 @@
 """Retrying a transient failure: exponential backoff with full jitter, Retry-After, a deadline.
 
 Takes an operation that raises `RetryableError` when it may succeed later; gives its result, or
-the last error once the attempts or the overall deadline are spent; any other
+`GaveUp` (carrying the last error) once the attempts or the overall deadline are spent; any other
 error passes through at once. The wait is at least what the server asked for (the error's
 `retry_after`, read from Retry-After by the wire client). The clock, the sleep and the random
 source are injected so tests can assert the delays asked for without waiting.
@@ -21,13 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from harvester.errors import Interrupted, RetryableError
+from harvester.errors import GaveUp, Interrupted, RetryableError
 
 T = TypeVar("T")
-
-
-class GaveUp(RetryableError):
-    """The retries or the deadline ran out; the message says which, and the last error."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from harvester.errors import Interrupted, RejectedError, RetryableError
-from harvester.retry import GaveUp, Retrier, RetryPolicy
+from harvester.errors import ApiError, GaveUp, Interrupted, RejectedError, RetryableError
+from harvester.retry import Retrier, RetryPolicy
 
 
 class Recorder:
@@ -97,6 +97,21 @@ def test_permanent_errors_are_not_retried() -> None:
         retrier.call(operation)
     assert calls == [1]
     assert rec.sleeps == []
+
+
+def test_giving_up_is_final_so_an_outer_retrier_does_not_retry_it() -> None:
+    rec = Recorder()
+    inner = Retrier(RetryPolicy(retries=1), sleep=rec.sleep, rand=lambda: 0.0)
+    outer = Retrier(RetryPolicy(retries=3), sleep=rec.sleep, rand=lambda: 0.0)
+    last = RetryableError("503", status_code=503)
+    calls, operation = failing(10, last)
+    with pytest.raises(GaveUp) as info:
+        outer.call(lambda _attempt: inner.call(operation))
+    assert calls == [1, 2]  # the inner retrier's two attempts, and no more
+    assert isinstance(info.value, ApiError)
+    assert not isinstance(info.value, RetryableError)
+    assert info.value.status_code == 503
+    assert info.value.__cause__ is last
 
 
 def test_a_stop_during_the_wait_ends_the_retries_without_another_attempt() -> None:
