@@ -283,8 +283,10 @@ MIB = 1024 * 1024
 
 
 def trickling(_seen: Seen) -> Answer:
-    """Headers at once, then one byte a second: never idle long enough for a read timeout."""
-    return Answer(200, (("Content-Length", "1000000"),), endless(b"[", None), interval=1.0)
+    """Headers at once, then one byte every half second: never idle long enough for the one
+    second read timeout the tests set (a byte a second raced it: a late byte on a busy machine
+    ended the request as "no progress" before the watchdog could)."""
+    return Answer(200, (("Content-Length", "1000000"),), endless(b"[", None), interval=0.5)
 
 
 def test_a_trickling_answer_is_cut_at_the_total_time_limit() -> None:
