@@ -45,6 +45,14 @@ class RetryableError(ApiError):
         self.retry_after = retry_after
 
 
+class GaveUp(ApiError):
+    """A retryable failure that stayed: the retries or the overall deadline ran out.
+
+    Not a `RetryableError`, so no caller retries it again; the message says which limit ran
+    out and carries the last error, which is also its `__cause__`.
+    """
+
+
 class RejectedError(ApiError):
     """A permanent refusal of this one request (4xx other than auth): do not retry it."""
 

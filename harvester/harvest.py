@@ -32,6 +32,7 @@ from harvester.model import (
     RemoteDocument,
     StepResult,
     StepState,
+    TaskStatus,
     UploadPlan,
 )
 from harvester.pipeline.digest import hash_entries
@@ -300,13 +301,13 @@ def _update_status(
 ) -> StepResult:
     if failures:
         first = failures[0].error or failures[0].path
-        status, progress, code = "FAILED", None, UPLOAD_FAILED_CODE
+        status, progress, code = TaskStatus.FAILED, None, UPLOAD_FAILED_CODE
         message = (
             f"Harvest incomplete: {len(failures)} of {_harvestable(files)} documents could not be "
             f"harvested; the volume was kept. First: {first}"
         )
     else:
-        status, progress, code = "COMPLETED", 100, None
+        status, progress, code = TaskStatus.COMPLETED, 100, None
         message = complete_message or "Harvest complete: " + counts_sentence(outcome_counts(files))
     message = cut(message, _STATUS_MESSAGE_LIMIT)
     try:

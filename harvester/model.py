@@ -2,7 +2,8 @@
 
 scan gives `FileEntry`s and `Skipped`s, digest turns entries into `Digest`s (or `Failed`s),
 plan gives an `UploadPlan` of `PlanItem`s, upload gives one `Receipt` per planned upload, and the
-orchestrator folds all of it into a `HarvestReport`. Everything here is frozen and printable.
+orchestrator folds all of it into a `HarvestReport`; the task's `TaskStatus` is what it sends at the
+end. Everything here is frozen and printable.
 """
 
 from __future__ import annotations
@@ -84,6 +85,17 @@ class Digest:
     @property
     def rel_path(self) -> str:
         return self.entry.rel_path
+
+
+class TaskStatus(StrEnum):
+    """A keruta task's status, as keruta-api accepts it in a status update (and dev-api too)."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    WAITING_FOR_INPUT = "WAITING_FOR_INPUT"
+    RETRYING = "RETRYING"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
 """Retrying a transient failure: exponential backoff with full jitter, Retry-After, a deadline.
 
 Takes an operation that raises `RetryableError` when it may succeed later; gives its result, or
-the last error once the attempts or the overall deadline are spent. The clock, the sleep and the
-random source are injected so tests can assert the delays asked for without waiting.
+`GaveUp` (carrying the last error) once the attempts or the overall deadline are spent; any other
+error passes through at once. The wait is at least what the server asked for (the error's
+`retry_after`, read from Retry-After by the wire client). The clock, the sleep and the random
+source are injected so tests can assert the delays asked for without waiting.
 
 A stop (the harvest's stop event, set by SIGTERM) ends the retrying: no retry is announced or
 slept for once it is set, and none is made after a sleep it cut short (`stop.wait` returns at
@@ -17,21 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
-from harvester.errors import Interrupted, RetryableError
+from harvester.errors import GaveUp, Interrupted, RetryableError
 
 T = TypeVar("T")
-
-# A server asking for more than this is treated as asking for this: a cleanup Job that sleeps
-# for an hour because of one header is worse than one that tries again and fails clearly.
-MAX_RETRY_AFTER = 300.0
-
-
-class GaveUp(RetryableError):
-    """The retries or the deadline ran out; the message says which, and the last error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,25 +32,6 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 30.0
     deadline: float | None = None  # on the injected clock's scale (time.monotonic by default)
-
-
-def parse_retry_after(
-    value: str | None, *, now: Callable[[], datetime] | None = None
-) -> float | None:
-    """A Retry-After header (delta-seconds or an HTTP date) -> seconds to wait, or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now() if now else datetime.now(UTC)
-    return min(max(0.0, (when - current).total_seconds()), MAX_RETRY_AFTER)
 
 
 class Retrier:

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http import HTTPStatus
 
 import httpcore
@@ -26,7 +27,9 @@ from harvester.errors import (
     RetryableError,
 )
 from harvester.gate import Gate, GateClosed
-from harvester.wire.client import LISTING_CAP, KerutaApi, idempotency_key
+from harvester.model import TaskStatus
+from harvester.wire.client import LISTING_CAP, MAX_RETRY_AFTER, KerutaApi, parse_retry_after
+from harvester.wire.contract import STATUS_KEYS, idempotency_key, status_body
 from tests.servers import Answer, ResettingProxy, ScriptedServer, Seen, endless, routes
 
 TOKEN = "s3cr3t-token-value"
@@ -96,7 +99,7 @@ def test_status_update_sends_only_the_accepted_keys(httpserver: HTTPServer) -> N
         {"id": "t 1", "status": "FAILED"}
     )
     with api_for(httpserver, token=TOKEN) as api:
-        api.set_status("t 1", "FAILED", "2 failed", error_code="HARVEST_UPLOAD_FAILED")
+        api.set_status("t 1", TaskStatus.FAILED, "2 failed", error_code="HARVEST_UPLOAD_FAILED")
     request, _response = httpserver.log[0]
     assert request.headers["Content-Type"] == "application/json"
     assert json.loads(request.get_data()) == {
@@ -108,8 +111,14 @@ def test_status_update_sends_only_the_accepted_keys(httpserver: HTTPServer) -> N
 
 def test_status_outside_the_contract_is_refused_locally(httpserver: HTTPServer) -> None:
     with api_for(httpserver) as api, pytest.raises(ValueError, match="PROCESSING"):
-        api.set_status("t", "PROCESSING", "old docs used this")
+        api.set_status("t", TaskStatus("PROCESSING"), "old docs used this")
     assert httpserver.log == []
+
+
+def test_a_status_body_carries_only_the_keys_the_contract_names() -> None:
+    body = status_body(TaskStatus.FAILED, "m", progress=0, error_code="E")
+    assert tuple(body) == STATUS_KEYS
+    assert body["status"] == "FAILED"
 
 
 @pytest.mark.parametrize("code", [401, 403])
@@ -139,6 +148,24 @@ def test_transient_statuses_are_retryable(httpserver: HTTPServer, code: int) -> 
     assert "busy" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("12", 12.0),
+        (" 0 ", 0.0),
+        ("Wed, 26 Nov 2026 12:00:30 GMT", 30.0),
+        ("Wed, 26 Nov 2026 11:59:00 GMT", 0.0),  # in the past: go now
+        ("99999", MAX_RETRY_AFTER),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after(header, now=lambda: now) == expected
+
+
 def test_payload_too_large_is_permanent_and_says_what_to_do(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/api/tasks/t/documents").respond_with_json(
         {"message": "Maximum upload size exceeded"}, status=413
@@ -166,7 +193,7 @@ def test_slow_server_times_out_as_retryable(httpserver: HTTPServer) -> None:
 
     httpserver.expect_request("/api/v1/tasks/t/status").respond_with_handler(slow)
     with api_for(httpserver, timeout=0.2) as api, pytest.raises(RetryableError) as info:
-        api.set_status("t", "COMPLETED", "done")
+        api.set_status("t", TaskStatus.COMPLETED, "done")
     assert "timed out" in str(info.value)
     assert "--timeout" in str(info.value)
 
@@ -176,14 +203,14 @@ def test_connection_reset_is_retryable(httpserver: HTTPServer) -> None:
     with ResettingProxy(httpserver.host, httpserver.port, resets=1) as proxy:
         with KerutaApi(proxy.url, gate=OPEN) as api:
             with pytest.raises(RetryableError, match="connection"):
-                api.set_status("t", "COMPLETED", "done")
-            api.set_status("t", "COMPLETED", "done")  # the next connection goes through
+                api.set_status("t", TaskStatus.COMPLETED, "done")
+            api.set_status("t", TaskStatus.COMPLETED, "done")  # the next connection goes through
         assert proxy.resets_done == 1
 
 
 def test_refused_connection_is_retryable_and_names_the_url() -> None:
     with KerutaApi("http://127.0.0.1:9", gate=OPEN) as api, pytest.raises(RetryableError) as info:
-        api.set_status("t", "COMPLETED", "done")
+        api.set_status("t", TaskStatus.COMPLETED, "done")
     assert "http://127.0.0.1:9" in str(info.value)
 
 
@@ -228,7 +255,7 @@ def test_dry_run_gate_blocks_every_write(httpserver: HTTPServer) -> None:
         with pytest.raises(GateClosed):
             api.upload_document("t", "a.txt", "0" * 64, 1, b"x")
         with pytest.raises(GateClosed):
-            api.set_status("t", "COMPLETED", "done")
+            api.set_status("t", TaskStatus.COMPLETED, "done")
     assert httpserver.log == []
 
 
@@ -238,7 +265,7 @@ def test_a_kept_pvc_still_lets_the_documents_and_the_status_through() -> None:
         KerutaApi(server.url, gate=Gate(keep_pvc=True)) as api,
     ):
         assert api.upload_document("t", "a.txt", hashlib.sha256(b"x").hexdigest(), 1, b"x")
-        api.set_status("t", "COMPLETED", "done")
+        api.set_status("t", TaskStatus.COMPLETED, "done")
     assert [(seen.method, seen.path) for seen in server.seen] == [
         ("POST", "/api/tasks/t/documents"),
         ("PUT", "/api/v1/tasks/t/status"),
@@ -275,8 +302,10 @@ MIB = 1024 * 1024
 
 
 def trickling(_seen: Seen) -> Answer:
-    """Headers at once, then one byte a second: never idle long enough for a read timeout."""
-    return Answer(200, (("Content-Length", "1000000"),), endless(b"[", None), interval=1.0)
+    """Headers at once, then one byte every half second: never idle long enough for the one
+    second read timeout the tests set (a byte a second raced it: a late byte on a busy machine
+    ended the request as "no progress" before the watchdog could)."""
+    return Answer(200, (("Content-Length", "1000000"),), endless(b"[", None), interval=0.5)
 
 
 def test_a_trickling_answer_is_cut_at_the_total_time_limit() -> None:
@@ -298,7 +327,7 @@ def test_the_overall_deadline_cuts_a_request_short() -> None:
         KerutaApi(server.url, gate=OPEN, timeout=60.0, deadline=deadline) as api,
         pytest.raises(RetryableError, match="--deadline"),
     ):
-        api.set_status("t", "COMPLETED", "done")
+        api.set_status("t", TaskStatus.COMPLETED, "done")
 
 
 def stop_once(requested: threading.Event, stop: threading.Event) -> None:
@@ -318,7 +347,7 @@ def test_stop_abandons_a_waiting_request_after_a_short_grace() -> None:
         assert elapsed < 15, f"the stop took {elapsed:.0f}s to end the request"
         # Once stopped, no new request leaves at all.
         with pytest.raises(Interrupted):
-            api.set_status("t", "COMPLETED", "done")
+            api.set_status("t", TaskStatus.COMPLETED, "done")
     assert len(server.seen) == 1
 
 
@@ -388,7 +417,7 @@ def test_a_redirect_is_refused_naming_where_it_pointed(status: int) -> None:
     with ScriptedServer(answer) as server, KerutaApi(server.url, gate=OPEN, token=TOKEN) as api:
         for call in (
             lambda: api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"]),
-            lambda: api.set_status("t", "COMPLETED", "done"),
+            lambda: api.set_status("t", TaskStatus.COMPLETED, "done"),
             lambda: api.list_documents("t"),
         ):
             with pytest.raises(RejectedError) as info:

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harvester.devapi.server import TASK_STATUSES, DevApiServer
+from harvester.devapi.server import DevApiServer
+from harvester.model import TaskStatus
 from harvester.wire.multipart import document_body
 
 DOCS = "/api/tasks/{}/documents"
@@ -412,7 +413,7 @@ def test_failed_status_keeps_the_error_code(client: httpx.Client) -> None:
     assert response.json()["errorCode"] == "UPLOAD_FAILED"
 
 
-@pytest.mark.parametrize("status", TASK_STATUSES)
+@pytest.mark.parametrize("status", list(TaskStatus))
 def test_every_documented_status_is_accepted(client: httpx.Client, status: str) -> None:
     assert client.put(STATUS.format("t1"), json={"status": status}).status_code == 200
 
@@ -426,7 +427,7 @@ def test_invalid_status_is_400_naming_the_allowed_values(
     assert response.status_code == 400
     message = response.json()["message"]
     assert repr(status) in message
-    assert all(allowed in message for allowed in TASK_STATUSES)
+    assert all(allowed in message for allowed in TaskStatus)
     assert server.store.task("t1") is None
 
 

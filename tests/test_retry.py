@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import pytest
 
-from harvester.errors import Interrupted, RejectedError, RetryableError
-from harvester.retry import MAX_RETRY_AFTER, GaveUp, Retrier, RetryPolicy, parse_retry_after
+from harvester.errors import ApiError, GaveUp, Interrupted, RejectedError, RetryableError
+from harvester.retry import Retrier, RetryPolicy
 
 
 class Recorder:
@@ -100,22 +99,19 @@ def test_permanent_errors_are_not_retried() -> None:
     assert rec.sleeps == []
 
 
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        ("12", 12.0),
-        (" 0 ", 0.0),
-        ("Wed, 26 Nov 2026 12:00:30 GMT", 30.0),
-        ("Wed, 26 Nov 2026 11:59:00 GMT", 0.0),  # in the past: go now
-        ("99999", MAX_RETRY_AFTER),
-        ("soon", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_retry_after(header: str | None, expected: float | None) -> None:
-    now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
-    assert parse_retry_after(header, now=lambda: now) == expected
+def test_giving_up_is_final_so_an_outer_retrier_does_not_retry_it() -> None:
+    rec = Recorder()
+    inner = Retrier(RetryPolicy(retries=1), sleep=rec.sleep, rand=lambda: 0.0)
+    outer = Retrier(RetryPolicy(retries=3), sleep=rec.sleep, rand=lambda: 0.0)
+    last = RetryableError("503", status_code=503)
+    calls, operation = failing(10, last)
+    with pytest.raises(GaveUp) as info:
+        outer.call(lambda _attempt: inner.call(operation))
+    assert calls == [1, 2]  # the inner retrier's two attempts, and no more
+    assert isinstance(info.value, ApiError)
+    assert not isinstance(info.value, RetryableError)
+    assert info.value.status_code == 503
+    assert info.value.__cause__ is last
 
 
 def test_a_stop_during_the_wait_ends_the_retries_without_another_attempt() -> None:

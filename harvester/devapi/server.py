@@ -16,6 +16,9 @@ What it serves:
 - `PUT /api/v1/tasks/{taskId}/status` and `GET /api/v1/tasks/{taskId}`: task status, validated as
   strictly as the current keruta-api (unknown keys and unknown statuses are rejected).
 
+The contract's names (part names, Idempotency-Key, the status keys, `TaskStatus`) are the ones the
+client sends, imported from `harvester.wire.contract` and `harvester.model`, never copied.
+
 Documents and statuses live in memory (`DevApiStore`); only the blobs are on disk. Everything runs
 on uvicorn's one event loop, so the store needs no locking against itself; a lock only guards
 readers on other threads (tests inspecting `DevApiServer.store`).
@@ -51,14 +54,22 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from harvester.model import TaskStatus
+from harvester.wire.contract import (
+    FILE_PART,
+    IDEMPOTENCY_KEY_HEADER,
+    PATH_PART,
+    SHA256_PART,
+    SIZE_PART,
+    STATUS_KEYS,
+    TEXT_PARTS,
+)
 from harvester.wire.multipart import parse_content_disposition
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 __all__ = [
-    "STATUS_KEYS",
-    "TASK_STATUSES",
     "DevApiServer",
     "DevApiStore",
     "StatusUpdate",
@@ -69,25 +80,14 @@ __all__ = [
     "store_of",
 ]
 
-TASK_STATUSES: Final = (
-    "PENDING",
-    "IN_PROGRESS",
-    "COMPLETED",
-    "FAILED",
-    "WAITING_FOR_INPUT",
-    "RETRYING",
-)
-STATUS_KEYS: Final = ("status", "message", "progress", "errorCode")
-
 # A file part up to this size is hashed in memory and written only if its blob is new, so a
 # benchmark of small (often identical) uploads never touches the disk; anything larger streams
 # through a temp file. Memory per upload stays bounded by this, whatever the file size.
 _SPOOL_LIMIT: Final = 256 * 1024
 _TEXT_PART_LIMIT: Final = 64 * 1024
 _JSON_BODY_LIMIT: Final = 64 * 1024
-_TEXT_PARTS: Final = frozenset({"path", "sha256", "size"})
 # The exact headers the harvester sends for its text parts: a dict hit instead of a parse.
-_PLAIN_TEXT_DISPOSITIONS: Final = {f'form-data; name="{name}"': name for name in _TEXT_PARTS}
+_PLAIN_TEXT_DISPOSITIONS: Final = {f'form-data; name="{name}"': name for name in TEXT_PARTS}
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -127,7 +127,7 @@ class StoredDocument:
 class StatusUpdate:
     """One accepted `PUT .../status`."""
 
-    status: str
+    status: TaskStatus
     message: str | None
     progress: int | None
     error_code: str | None
@@ -148,7 +148,7 @@ class TaskState:
     """A snapshot of one task: its latest status (PENDING until one is set) and its history."""
 
     id: str
-    status: str
+    status: TaskStatus
     message: str | None
     progress: int | None
     error_code: str | None
@@ -180,7 +180,7 @@ class _TaskRecord:
 
     def snapshot(self) -> TaskState:
         if not self.history:
-            return TaskState(self.id, "PENDING", None, None, None, self.created_at, ())
+            return TaskState(self.id, TaskStatus.PENDING, None, None, None, self.created_at, ())
         last = self.history[-1]
         return TaskState(
             self.id,
@@ -280,7 +280,7 @@ class DevApiStore:
     def set_status(
         self,
         task_id: str,
-        status: str,
+        status: TaskStatus,
         *,
         message: str | None = None,
         progress: int | None = None,
@@ -391,7 +391,7 @@ class _UploadReceiver:
                 msg = f"a part's Content-Disposition cannot be decoded: {exc}"
                 raise _Rejected(msg) from exc
             name = params.get("name", "")
-        if name == "file":
+        if name == FILE_PART:
             if self.has_file:
                 raise _Rejected(
                     "the body has more than one part named 'file'; send one per request"
@@ -400,7 +400,7 @@ class _UploadReceiver:
             self.filename = params.get("filename")
             self.content_type = self._headers.get("content-type") or self.content_type
             self._kind = 2
-        elif name in _TEXT_PARTS:
+        elif name in TEXT_PARTS:
             self._part_name = name
             self._text.clear()
             self._kind = 1
@@ -503,7 +503,7 @@ class _DevApi:
 
     async def upload(self, request: Request) -> Response:
         task_id: str = request.path_params["task_id"]
-        key = request.headers.get("idempotency-key") or None
+        key = request.headers.get(IDEMPOTENCY_KEY_HEADER) or None
         if key is not None:
             original = self.store.by_idempotency_key(task_id, key)
             if original is not None:
@@ -539,13 +539,13 @@ class _DevApi:
         if not receiver.has_file:
             raise _Rejected("the body has no part named 'file'")
         digest = receiver.sha256
-        claimed_sha = receiver.fields.get("sha256")
+        claimed_sha = receiver.fields.get(SHA256_PART)
         if claimed_sha is not None and claimed_sha.strip().lower() != digest:
             raise _Rejected(
                 f"sha256 mismatch: the 'sha256' part says {claimed_sha.strip()[:80]!r}, "
                 f"the received content hashes to {digest}"
             )
-        claimed_size = receiver.fields.get("size")
+        claimed_size = receiver.fields.get(SIZE_PART)
         if claimed_size is not None:
             text = claimed_size.strip()
             if not (text.isascii() and text.isdigit()):
@@ -555,7 +555,7 @@ class _DevApi:
                     f"size mismatch: the 'size' part says {int(text)}, "
                     f"{receiver.size} bytes of content arrived"
                 )
-        path = receiver.fields.get("path") or receiver.filename
+        path = receiver.fields.get(PATH_PART) or receiver.filename
         if not path:
             raise _Rejected("the 'file' part has no filename and there is no 'path' part")
         if key is not None:
@@ -610,10 +610,8 @@ class _DevApi:
                 f"unknown field {names} in the status body; allowed: {', '.join(STATUS_KEYS)}"
             )
         status = data.get("status")
-        if status not in TASK_STATUSES:
-            raise _Rejected(
-                f"invalid status {status!r}; allowed values: {', '.join(TASK_STATUSES)}"
-            )
+        if not isinstance(status, str) or status not in tuple(TaskStatus):
+            raise _Rejected(f"invalid status {status!r}; allowed values: {', '.join(TaskStatus)}")
         message = data.get("message")
         if message is not None and not isinstance(message, str):
             raise _Rejected("'message' must be a string")
@@ -626,7 +624,7 @@ class _DevApi:
         ):
             raise _Rejected(f"'progress' must be an integer from 0 to 100, not {progress!r}")
         state = self.store.set_status(
-            task_id, status, message=message, progress=progress, error_code=error_code
+            task_id, TaskStatus(status), message=message, progress=progress, error_code=error_code
         )
         return JSONResponse(state.to_json())
 

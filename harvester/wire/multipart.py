@@ -17,6 +17,8 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from harvester.wire.contract import FILE_PART, TEXT_PARTS
+
 mimetypes.init()
 
 _PLAIN_FILENAME_CHARS = frozenset(
@@ -58,17 +60,17 @@ class MultipartBody:
 def document_body(
     rel_path: str, sha256: str, size: int, *, boundary: str | None = None
 ) -> MultipartBody:
-    """The multipart body for one document: parts `path`, `sha256`, `size`, then `file`."""
+    """The multipart body for one document: `TEXT_PARTS` (path, sha256, size), then the file."""
     boundary = boundary or "keruta-" + secrets.token_hex(16)
     dash = f"--{boundary}\r\n".encode("ascii")
     head = bytearray()
-    for name, value in (("path", rel_path), ("sha256", sha256), ("size", str(size))):
+    for name, value in zip(TEXT_PARTS, (rel_path, sha256, str(size)), strict=True):
         head += dash
         head += f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode("ascii")
         head += value.encode("utf-8") + b"\r\n"
     head += dash
     head += (
-        f'Content-Disposition: form-data; name="file"; {filename_params(rel_path)}\r\n'
+        f'Content-Disposition: form-data; name="{FILE_PART}"; {filename_params(rel_path)}\r\n'
         f"Content-Type: {guess_content_type(rel_path)}\r\n\r\n"
     ).encode()
     return MultipartBody(
