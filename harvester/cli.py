@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
@@ -138,8 +139,7 @@ def dev_api(
     ] = 0.0,
 ) -> None:
     """Serve a small keruta-api stand-in that stores what it receives."""
-    from harvester.devapi.demo import serve_dev_api
-
+    serve_dev_api = _dev_api_stack("dev-api").serve_dev_api
     serve_dev_api(host=host, port=port, data_dir=data_dir, token=token, latency=latency)
 
 
@@ -150,9 +150,33 @@ def demo(
     ] = None,
 ) -> None:
     """Start dev-api on loopback, harvest the sample documents, show what the server got."""
-    from harvester.devapi.demo import run_demo
+    raise typer.Exit(_dev_api_stack("demo").run_demo(root))
 
-    raise typer.Exit(run_demo(root))
+
+# The dev-api's server stack is the `dev-api` extra of pyproject.toml, left out of the cleanup
+# image; these are the top-level modules it brings.
+DEV_API_EXTRA = "dev-api"
+DEV_API_STACK = frozenset({"starlette", "uvicorn", "httptools", "uvloop", "python_multipart"})
+
+
+def _dev_api_stack(command: str) -> ModuleType:
+    """`harvester.devapi.demo`, imported only by the commands that serve (so `--help` and
+    `cleanup` never load a web server), or exit 2 saying which extra to install."""
+    try:
+        from harvester.devapi import demo
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in DEV_API_STACK:
+            raise
+        fail(
+            Output(),
+            f"harvester {command}: needs the dev-api's server stack, but {missing} is not "
+            f"installed; install the {DEV_API_EXTRA} extra "
+            f"(pip install 'keruta-harvester[{DEV_API_EXTRA}]', or '.[{DEV_API_EXTRA}]' "
+            "in a checkout)",
+        )
+        raise typer.Exit(ExitCode.USAGE) from None
+    return demo
 
 
 @app.command()

@@ -312,7 +312,7 @@ class RealNamespace:
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {"name": name, "labels": dict(labels or {})},
-                "spec": pod_spec(list(claims), mount_paths or {}, {}),
+                "spec": pod_spec(list(claims), mount_paths or {}),
             }
         )
         if phase != "Pending":  # no kubelet here: say what it would have reported
@@ -341,7 +341,7 @@ class RealNamespace:
                     "backoffLimit": 0,
                     "template": {
                         "metadata": {"labels": dict(labels or {})},
-                        "spec": pod_spec(list(claims), mount_paths or {}, {}),
+                        "spec": pod_spec(list(claims), mount_paths or {}),
                     },
                 },
             }

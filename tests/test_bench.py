@@ -1,8 +1,11 @@
-"""`python -m bench --quick` runs end to end on a tiny tree, with or without wrk and curl.
+"""The benchmark's arithmetic on figures made up here, and `python -m bench --quick` end to end.
 
-Runs the benchmark as a child process (the dev-api it starts is a separate process too) and
-checks the shape of what it prints and writes. No timing is asserted: figures on a shared CI
-machine say nothing, and PASS/MISS verdicts are information, not test outcomes.
+The verdicts and ratios are checked on constructed data (PASS at or above a `>=` target, MISS
+below, n/a without a figure). The quick run is a child process (the dev-api it starts is a
+separate process too), with or without wrk and curl: its figures must be positive and agree
+with each other and with the tree it made (files counted = files made, rates = amount / time,
+the verdict = the target's comparison of its own ratio). No speed is asserted: figures on a
+shared CI machine say nothing, so whether a target is met is information, not a test outcome.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from bench.contenders import Measurement
+from bench.report import as_json, format_summary
+from bench.results import MB, ContenderResult, Ratio, ScenarioResult, Target
 from tests.process import isolated_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,15 +77,111 @@ def check_shape(stdout: str, document: dict[str, Any]) -> dict[str, Any]:
     assert harvester_run["files"] == scenario["files"]
     assert harvester_run["detail"]["counts"]["uploaded"] == scenario["files"]
     assert scenario["ratios"]["sequential / harvester"]["value"] > 0
-    [target] = scenario["targets"]
-    assert target["verdict"] in {"PASS", "MISS", "n/a"}
+    check_consistent(scenario)
     return scenario
+
+
+def check_consistent(scenario: dict[str, Any]) -> None:
+    """Every figure is derived from the runs, and the verdict from the target's own ratio."""
+    files, size = scenario["files"], scenario["bytes"]
+    for key in ("harvester", "sequential"):
+        contender = scenario["contenders"][key]
+        [run] = contender["runs"]
+        assert (run["files"], run["bytes"]) == (files, size)
+        assert contender["median_wall_s"] == run["wall_s"] > 0
+        assert contender["files_per_s"] == pytest.approx(files / run["wall_s"])
+        assert contender["mb_per_s"] == pytest.approx(size / run["wall_s"] / MB)
+    for ratio in scenario["ratios"].values():
+        if ratio["numerator"] is None or ratio["denominator"] is None:
+            assert ratio["value"] is None
+        else:
+            assert ratio["value"] == pytest.approx(ratio["numerator"] / ratio["denominator"])
+    speedup = scenario["ratios"]["sequential / harvester"]
+    assert speedup["value"] > 0
+    vs_ceiling = scenario["ratios"]["harvester / ceiling (wrk)"]
+    assert vs_ceiling["numerator"] == scenario["contenders"]["harvester"]["files_per_s"]
+    [target] = scenario["targets"]
+    assert (target["op"], target["value"]) == (">=", vs_ceiling["value"])
+    if target["value"] is None:
+        assert target["verdict"] == "n/a"
+    else:
+        assert target["verdict"] == ("PASS" if target["value"] >= target["limit"] else "MISS")
+
+
+def check_tree(tmp_path: Path, scenario: dict[str, Any]) -> None:
+    """The files the benchmark counted are the files it made."""
+    [tree] = [path for path in (tmp_path / "work" / "trees").iterdir() if path.is_dir()]
+    made = [path for path in tree.rglob("*") if path.is_file()]
+    assert len(made) == scenario["files"] > 0
+    assert sum(path.stat().st_size for path in made) == scenario["bytes"]
+
+
+@pytest.mark.parametrize(
+    ("value", "op", "limit", "verdict"),
+    [
+        (0.41, ">=", 0.40, "PASS"),
+        (0.40, ">=", 0.40, "PASS"),
+        (0.39, ">=", 0.40, "MISS"),
+        (1.9, "<=", 2.0, "PASS"),
+        (2.1, "<=", 2.0, "MISS"),
+        (99.0, "<", 100.0, "PASS"),
+        (100.0, "<", 100.0, "MISS"),
+        (None, ">=", 0.40, "n/a"),
+    ],
+)
+def test_a_verdict_compares_the_value_with_its_target(
+    value: float | None, op: Any, limit: float, verdict: str
+) -> None:
+    assert Target("made up", value, op, limit).verdict == verdict
+
+
+def test_a_target_met_or_missed_by_a_measured_ratio_is_reported_so() -> None:
+    def scenario(name: str, harvester_wall_s: float) -> ScenarioResult:
+        harvester = ContenderResult("harvester", "harvester")
+        harvester.runs = [Measurement(wall_s=harvester_wall_s, files=1_000, bytes=4_096_000)]
+        ceiling = ContenderResult("wrk", "ceiling", rate_only=True)
+        ceiling.runs = [Measurement(wall_s=1.0, files=2_000, bytes=8_192_000)]  # 2,000 files/s
+        ratio = Ratio("harvester / ceiling", harvester.files_per_s(1_000), 2_000.0, "files/s")
+        result = ScenarioResult(name, "made up", files=1_000, bytes=4_096_000, runs=1)
+        result.contenders = [harvester, ceiling]
+        result.ratios = [ratio]
+        result.targets = [Target("harvester / ceiling", ratio.value, ">=", 0.40)]
+        return result
+
+    fast, slow = scenario("fast", harvester_wall_s=1.0), scenario("slow", harvester_wall_s=4.0)
+    assert fast.ratios[0].value == pytest.approx(0.5)  # 1,000 files/s of 2,000
+    assert slow.ratios[0].value == pytest.approx(0.125)  # 250 files/s of 2,000
+    assert [t.verdict for t in fast.targets + slow.targets] == ["PASS", "MISS"]
+    summary = format_summary([fast, slow])
+    assert summary[1].split()[0] == "PASS" and summary[2].split()[0] == "MISS"
+    document = as_json([fast, slow], meta={})
+    verdicts = [s["targets"][0]["verdict"] for s in document["scenarios"].values()]
+    assert verdicts == ["PASS", "MISS"]
+
+
+def test_a_figure_is_the_median_of_the_runs() -> None:
+    contender = ContenderResult("harvester", "harvester")
+    contender.runs = [
+        Measurement(wall_s=wall, files=100, bytes=1_000_000) for wall in (2.0, 1.0, 4.0)
+    ]
+    assert contender.files_per_s(100) == 50.0  # of 100, 50 and 25 files/s
+    assert contender.mb_per_s(1_000_000) == 0.5
+    assert contender.wall_s(100) == 2.0
+    assert contender.wall_range() == (1.0, 4.0)
+
+
+def test_a_ratio_without_one_side_has_no_value() -> None:
+    assert Ratio("r", 3.0, 2.0, "s").value == 1.5
+    assert Ratio("r", None, 2.0, "s").value is None
+    assert Ratio("r", 3.0, None, "s").value is None
+    assert Ratio("r", 3.0, 0.0, "s").value is None
 
 
 @pytest.mark.timeout(120)
 def test_quick_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     stdout, document = run_bench(tmp_path, isolated_env())
     scenario = check_shape(stdout, document)
+    check_tree(tmp_path, scenario)
     wrk = scenario["contenders"]["wrk"]
     if "wrk" in document["meta"]["missing_tools"]:
         assert wrk["skipped"] and "apt-get install -y wrk curl" in wrk["skipped"]
