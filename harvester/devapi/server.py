@@ -1,34 +1,31 @@
 """A keruta-api stand-in that stores what it receives (`harvester dev-api`).
 
 Takes a data folder, an optional bearer token and an optional artificial latency; gives a
-Starlette app (`create_app`) that speaks the keruta-api contract, a `DevApiServer` that runs it on
-a loopback port in a background thread (tests, the demo, benchmarks), and `serve_forever`, the
-foreground runner behind the CLI command.
+Starlette app (`create_app`, its store `store_of(app)`) that speaks the keruta-api contract, a
+`DevApiServer` that runs it on a loopback port in a background thread (tests, the demo,
+benchmarks), and `serve_forever`, the foreground runner behind the CLI command.
 
 What it serves:
 
-- `POST /api/tasks/{taskId}/documents`: one multipart/form-data document per request. The body is
-  parsed as it streams in; the `file` part is hashed on the fly and lands in a content-addressed
-  blob `<data_dir>/blobs/<sha256>`. Optional text parts `path`, `sha256` and `size` are checked
-  against what arrived. `Idempotency-Key` replays the original document instead of storing it
-  twice.
+- `POST /api/tasks/{taskId}/documents`: one multipart/form-data document per request, parsed as
+  it streams in by an `UploadReceiver` (`harvester.devapi.receiver`); the `file` part lands in a
+  content-addressed blob `<data_dir>/blobs/<sha256>`. Optional text parts `path`, `sha256` and
+  `size` are checked against what arrived. `Idempotency-Key` replays the original document
+  instead of storing it twice.
 - `GET /api/tasks/{taskId}/documents` and `.../documents/{id}/content`: what was stored.
 - `PUT /api/v1/tasks/{taskId}/status` and `GET /api/v1/tasks/{taskId}`: task status, validated as
   strictly as the current keruta-api (unknown keys and unknown statuses are rejected).
 
 The contract's names (part names, Idempotency-Key, the status keys, `TaskStatus`) are the ones the
-client sends, imported from `harvester.wire.contract` and `harvester.model`, never copied.
-
-Documents and statuses live in memory (`DevApiStore`); only the blobs are on disk. Everything runs
-on uvicorn's one event loop, so the store needs no locking against itself; a lock only guards
-readers on other threads (tests inspecting `DevApiServer.store`).
+client sends, imported from `harvester.wire.contract` and `harvester.model`, never copied. What
+was stored lives in a `DevApiStore` (`harvester.devapi.store`). A refused request is answered
+with JSON `{"error", "message"}`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import http
 import importlib.util
@@ -37,13 +34,10 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Final, Self
+from typing import Final, Self
 
 import uvicorn
 from python_multipart.exceptions import FormParserError
@@ -54,415 +48,22 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from harvester.devapi.receiver import Rejected, UploadReceiver
+from harvester.devapi.store import DevApiStore, StoredDocument
 from harvester.model import TaskStatus
-from harvester.wire.contract import (
-    FILE_PART,
-    IDEMPOTENCY_KEY_HEADER,
-    PATH_PART,
-    SHA256_PART,
-    SIZE_PART,
-    STATUS_KEYS,
-    TEXT_PARTS,
-)
-from harvester.wire.multipart import parse_content_disposition
+from harvester.wire.contract import IDEMPOTENCY_KEY_HEADER, STATUS_KEYS
 
-if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks
+__all__ = ["DevApiServer", "create_app", "serve_forever", "store_of"]
 
-__all__ = [
-    "DevApiServer",
-    "DevApiStore",
-    "StatusUpdate",
-    "StoredDocument",
-    "TaskState",
-    "create_app",
-    "serve_forever",
-    "store_of",
-]
-
-# A file part up to this size is hashed in memory and written only if its blob is new, so a
-# benchmark of small (often identical) uploads never touches the disk; anything larger streams
-# through a temp file. Memory per upload stays bounded by this, whatever the file size.
-_SPOOL_LIMIT: Final = 256 * 1024
-_TEXT_PART_LIMIT: Final = 64 * 1024
 _JSON_BODY_LIMIT: Final = 64 * 1024
-# The exact headers the harvester sends for its text parts: a dict hit instead of a parse.
-_PLAIN_TEXT_DISPOSITIONS: Final = {f'form-data; name="{name}"': name for name in TEXT_PARTS}
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDocument:
-    """One accepted upload; its bytes are the blob named by `sha256`."""
-
-    id: str
-    task_id: str
-    path: str
-    filename: str
-    sha256: str
-    size: int
-    content_type: str
-    created_at: str
-    idempotency_key: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "taskId": self.task_id,
-            "path": self.path,
-            "filename": self.filename,
-            "sha256": self.sha256,
-            "size": self.size,
-            "contentType": self.content_type,
-            "createdAt": self.created_at,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class StatusUpdate:
-    """One accepted `PUT .../status`."""
-
-    status: TaskStatus
-    message: str | None
-    progress: int | None
-    error_code: str | None
-    updated_at: str
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "status": self.status,
-            "message": self.message,
-            "progress": self.progress,
-            "errorCode": self.error_code,
-            "updatedAt": self.updated_at,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class TaskState:
-    """A snapshot of one task: its latest status (PENDING until one is set) and its history."""
-
-    id: str
-    status: TaskStatus
-    message: str | None
-    progress: int | None
-    error_code: str | None
-    updated_at: str
-    history: tuple[StatusUpdate, ...]
-
-    def to_json(self, *, with_history: bool = False) -> dict[str, object]:
-        body: dict[str, object] = {
-            "id": self.id,
-            "status": self.status,
-            "message": self.message,
-            "progress": self.progress,
-            "errorCode": self.error_code,
-            "updatedAt": self.updated_at,
-        }
-        if with_history:
-            body["statusHistory"] = [update.to_json() for update in self.history]
-        return body
-
-
-@dataclass(slots=True)
-class _TaskRecord:
-    id: str
-    created_at: str
-    history: list[StatusUpdate] = field(default_factory=list)
-    documents: list[StoredDocument] = field(default_factory=list)
-    by_id: dict[str, StoredDocument] = field(default_factory=dict)
-    by_key: dict[str, StoredDocument] = field(default_factory=dict)
-
-    def snapshot(self) -> TaskState:
-        if not self.history:
-            return TaskState(self.id, TaskStatus.PENDING, None, None, None, self.created_at, ())
-        last = self.history[-1]
-        return TaskState(
-            self.id,
-            last.status,
-            last.message,
-            last.progress,
-            last.error_code,
-            last.updated_at,
-            tuple(self.history),
-        )
-
-
-class DevApiStore:
-    """Tasks, documents and status histories in memory; blobs under `data_dir/blobs`.
-
-    Mutated only from the server's event loop; the read methods return immutable snapshots so
-    another thread may call them at any time.
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.blobs_dir = data_dir / "blobs"
-        self.tmp_dir = data_dir / "tmp"
-        self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._tasks: dict[str, _TaskRecord] = {}
-        self._lock = threading.Lock()
-
-    def blob_path(self, sha256: str) -> Path:
-        return self.blobs_dir / sha256
-
-    def task_ids(self) -> tuple[str, ...]:
-        with self._lock:
-            return tuple(self._tasks)
-
-    def task(self, task_id: str) -> TaskState | None:
-        """The task's state, or None when no request ever named it."""
-        with self._lock:
-            record = self._tasks.get(task_id)
-            return None if record is None else record.snapshot()
-
-    def documents(self, task_id: str) -> tuple[StoredDocument, ...]:
-        """The task's documents in upload order."""
-        with self._lock:
-            record = self._tasks.get(task_id)
-            return () if record is None else tuple(record.documents)
-
-    def document(self, task_id: str, document_id: str) -> StoredDocument | None:
-        with self._lock:
-            record = self._tasks.get(task_id)
-            return None if record is None else record.by_id.get(document_id)
-
-    def by_idempotency_key(self, task_id: str, key: str) -> StoredDocument | None:
-        with self._lock:
-            record = self._tasks.get(task_id)
-            return None if record is None else record.by_key.get(key)
-
-    def add_document(
-        self,
-        task_id: str,
-        *,
-        path: str,
-        filename: str,
-        sha256: str,
-        size: int,
-        content_type: str,
-        idempotency_key: str | None = None,
-    ) -> tuple[StoredDocument, bool]:
-        """Record a document whose blob is already in place.
-
-        Returns the document and True, or, when the task already holds a document under the same
-        idempotency key (a concurrent retry that won the race), that original and False.
-        """
-        with self._lock:
-            record = self._record(task_id)
-            if idempotency_key is not None:
-                original = record.by_key.get(idempotency_key)
-                if original is not None:
-                    return original, False
-            document = StoredDocument(
-                id=str(uuid.uuid4()),
-                task_id=task_id,
-                path=path,
-                filename=filename,
-                sha256=sha256,
-                size=size,
-                content_type=content_type,
-                created_at=_now(),
-                idempotency_key=idempotency_key,
-            )
-            record.documents.append(document)
-            record.by_id[document.id] = document
-            if idempotency_key is not None:
-                record.by_key[idempotency_key] = document
-            return document, True
-
-    def set_status(
-        self,
-        task_id: str,
-        status: TaskStatus,
-        *,
-        message: str | None = None,
-        progress: int | None = None,
-        error_code: str | None = None,
-    ) -> TaskState:
-        """Append a (validated) status update to the task's history; returns the new state."""
-        update = StatusUpdate(status, message, progress, error_code, _now())
-        with self._lock:
-            record = self._record(task_id)
-            record.history.append(update)
-            return record.snapshot()
-
-    def _record(self, task_id: str) -> _TaskRecord:
-        record = self._tasks.get(task_id)
-        if record is None:
-            record = self._tasks[task_id] = _TaskRecord(task_id, _now())
-        return record
-
-
-class _Rejected(Exception):
-    """A request the dev-api refuses; the message is the sentence sent back."""
-
-    def __init__(self, message: str, *, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 def _error(status_code: int, message: str) -> JSONResponse:
     phrase = http.HTTPStatus(status_code).phrase
     error = phrase.lower().replace(" ", "_").replace("-", "_")
     return JSONResponse({"error": error, "message": message}, status_code=status_code)
-
-
-def _decode_header(raw: bytes | bytearray) -> str:
-    # RFC 7578 lets a filename travel as raw UTF-8; older clients send Latin-1.
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-class _UploadReceiver:
-    """The callbacks of one streaming multipart parse.
-
-    Keeps the small text parts, hashes the `file` part as it arrives and spools it (in memory up
-    to `_SPOOL_LIMIT`, then into a temp file inside the data folder, so the final move into the
-    blob folder is a rename on the same file system).
-    """
-
-    def __init__(self, tmp_dir: Path) -> None:
-        self._tmp_dir = tmp_dir
-        self._header_name = bytearray()
-        self._header_value = bytearray()
-        self._headers: dict[str, str] = {}
-        self._kind = 0  # 0: ignored part, 1: text part, 2: the file part
-        self._part_name = ""
-        self._text = bytearray()
-        self._hash = hashlib.sha256()
-        self._spool = bytearray()
-        self._tmp_path: Path | None = None
-        self._tmp_file: BinaryIO | None = None
-        self.fields: dict[str, str] = {}
-        self.has_file = False
-        self.filename: str | None = None
-        self.content_type = "application/octet-stream"
-        self.size = 0
-        self.ended = False
-
-    def callbacks(self) -> MultipartCallbacks:
-        return {
-            "on_part_begin": self._on_part_begin,
-            "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value,
-            "on_header_end": self._on_header_end,
-            "on_headers_finished": self._on_headers_finished,
-            "on_part_data": self._on_part_data,
-            "on_part_end": self._on_part_end,
-            "on_end": self._on_end,
-        }
-
-    def _on_part_begin(self) -> None:
-        self._headers = {}
-        self._kind = 0
-
-    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_name += data[start:end]
-
-    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def _on_header_end(self) -> None:
-        name = self._header_name.decode("latin-1").strip().lower()
-        self._headers[name] = _decode_header(self._header_value).strip()
-        self._header_name.clear()
-        self._header_value.clear()
-
-    def _on_headers_finished(self) -> None:
-        disposition = self._headers.get("content-disposition")
-        if disposition is None:
-            return
-        name = _PLAIN_TEXT_DISPOSITIONS.get(disposition)
-        if name is not None:
-            params: dict[str, str] = {}
-        else:
-            try:
-                params = parse_content_disposition(disposition)
-            except (UnicodeDecodeError, LookupError) as exc:
-                msg = f"a part's Content-Disposition cannot be decoded: {exc}"
-                raise _Rejected(msg) from exc
-            name = params.get("name", "")
-        if name == FILE_PART:
-            if self.has_file:
-                raise _Rejected(
-                    "the body has more than one part named 'file'; send one per request"
-                )
-            self.has_file = True
-            self.filename = params.get("filename")
-            self.content_type = self._headers.get("content-type") or self.content_type
-            self._kind = 2
-        elif name in TEXT_PARTS:
-            self._part_name = name
-            self._text.clear()
-            self._kind = 1
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._kind == 2:
-            chunk = memoryview(data)[start:end]
-            self._hash.update(chunk)
-            self.size += len(chunk)
-            if self._tmp_file is not None:
-                self._tmp_file.write(chunk)
-            else:
-                self._spool += chunk
-                if len(self._spool) > _SPOOL_LIMIT:
-                    self._spill()
-        elif self._kind == 1:
-            if len(self._text) + end - start > _TEXT_PART_LIMIT:
-                raise _Rejected(f"the '{self._part_name}' part is longer than {_TEXT_PART_LIMIT}")
-            self._text += data[start:end]
-
-    def _on_part_end(self) -> None:
-        if self._kind == 1:
-            try:
-                self.fields[self._part_name] = self._text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _Rejected(f"the '{self._part_name}' part is not UTF-8") from exc
-        self._kind = 0
-
-    def _on_end(self) -> None:
-        self.ended = True
-
-    def _spill(self) -> None:
-        self._tmp_path = self._tmp_dir / f"{uuid.uuid4().hex}.part"
-        self._tmp_file = self._tmp_path.open("xb")
-        self._tmp_file.write(self._spool)
-        self._spool = bytearray()
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def commit(self, blob: Path) -> None:
-        """Make the received content the blob `blob` (a no-op when that blob already exists)."""
-        if blob.exists():
-            return
-        if self._tmp_file is None:
-            self._spill()
-        assert self._tmp_file is not None and self._tmp_path is not None
-        self._tmp_file.close()
-        self._tmp_file = None
-        self._tmp_path.replace(blob)
-        self._tmp_path = None
-
-    def discard(self) -> None:
-        """Remove whatever temp file is left (all of it, on a rejected upload)."""
-        if self._tmp_file is not None:
-            self._tmp_file.close()
-            self._tmp_file = None
-        if self._tmp_path is not None:
-            self._tmp_path.unlink(missing_ok=True)
-            self._tmp_path = None
-        self._spool = bytearray()
 
 
 class _DevApi:
@@ -484,7 +85,7 @@ class _DevApi:
             else:
                 try:
                     response = await handler(request)
-                except _Rejected as exc:
+                except Rejected as exc:
                     response = _error(exc.status_code, str(exc))
             if self._latency > 0:
                 await asyncio.sleep(self._latency)
@@ -513,51 +114,29 @@ class _DevApi:
                 return _replayed(original)
         media_type, params = parse_options_header(request.headers.get("content-type"))
         if media_type != b"multipart/form-data":
-            raise _Rejected(
+            raise Rejected(
                 "documents are uploaded as multipart/form-data with a part named 'file'",
                 status_code=415,
             )
         boundary = params.get(b"boundary")
         if not boundary:
-            raise _Rejected("the multipart/form-data Content-Type has no boundary")
-        receiver = _UploadReceiver(self.store.tmp_dir)
+            raise Rejected("the multipart/form-data Content-Type has no boundary")
+        receiver = UploadReceiver(self.store.tmp_dir)
         try:
             parser = MultipartParser(boundary, receiver.callbacks())
             async for chunk in request.stream():
                 parser.write(chunk)
             return self._accept(task_id, key, receiver)
         except FormParserError as exc:
-            raise _Rejected(f"the multipart body is malformed: {exc}") from exc
+            raise Rejected(f"the multipart body is malformed: {exc}") from exc
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it
         finally:
             receiver.discard()
 
-    def _accept(self, task_id: str, key: str | None, receiver: _UploadReceiver) -> Response:
-        if not receiver.ended:
-            raise _Rejected("the multipart body ended before its closing boundary")
-        if not receiver.has_file:
-            raise _Rejected("the body has no part named 'file'")
+    def _accept(self, task_id: str, key: str | None, receiver: UploadReceiver) -> Response:
+        path = receiver.checked_path()
         digest = receiver.sha256
-        claimed_sha = receiver.fields.get(SHA256_PART)
-        if claimed_sha is not None and claimed_sha.strip().lower() != digest:
-            raise _Rejected(
-                f"sha256 mismatch: the 'sha256' part says {claimed_sha.strip()[:80]!r}, "
-                f"the received content hashes to {digest}"
-            )
-        claimed_size = receiver.fields.get(SIZE_PART)
-        if claimed_size is not None:
-            text = claimed_size.strip()
-            if not (text.isascii() and text.isdigit()):
-                raise _Rejected(f"the 'size' part is not a byte count: {text[:80]!r}")
-            if int(text) != receiver.size:
-                raise _Rejected(
-                    f"size mismatch: the 'size' part says {int(text)}, "
-                    f"{receiver.size} bytes of content arrived"
-                )
-        path = receiver.fields.get(PATH_PART) or receiver.filename
-        if not path:
-            raise _Rejected("the 'file' part has no filename and there is no 'path' part")
         if key is not None:
             # A retry with the same key that raced this one and finished first; from here to
             # add_document nothing awaits, so no third request can slip in between.
@@ -587,7 +166,7 @@ class _DevApi:
         document_id: str = request.path_params["document_id"]
         document = self.store.document(task_id, document_id)
         if document is None:
-            raise _Rejected(f"task {task_id!r} has no document {document_id!r}", status_code=404)
+            raise Rejected(f"task {task_id!r} has no document {document_id!r}", status_code=404)
         return FileResponse(self.store.blob_path(document.sha256), media_type=document.content_type)
 
     async def put_status(self, request: Request) -> Response:
@@ -596,33 +175,33 @@ class _DevApi:
         async for chunk in request.stream():
             body += chunk
             if len(body) > _JSON_BODY_LIMIT:
-                raise _Rejected("the status body is too large", status_code=413)
+                raise Rejected("the status body is too large", status_code=413)
         try:
             data = json.loads(body)
         except ValueError as exc:
-            raise _Rejected(f"the body is not valid JSON: {exc}") from exc
+            raise Rejected(f"the body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise _Rejected("the body must be a JSON object")
+            raise Rejected("the body must be a JSON object")
         unknown = [key for key in data if key not in STATUS_KEYS]
         if unknown:
             names = ", ".join(repr(key) for key in unknown)
-            raise _Rejected(
+            raise Rejected(
                 f"unknown field {names} in the status body; allowed: {', '.join(STATUS_KEYS)}"
             )
         status = data.get("status")
         if not isinstance(status, str) or status not in tuple(TaskStatus):
-            raise _Rejected(f"invalid status {status!r}; allowed values: {', '.join(TaskStatus)}")
+            raise Rejected(f"invalid status {status!r}; allowed values: {', '.join(TaskStatus)}")
         message = data.get("message")
         if message is not None and not isinstance(message, str):
-            raise _Rejected("'message' must be a string")
+            raise Rejected("'message' must be a string")
         error_code = data.get("errorCode")
         if error_code is not None and not isinstance(error_code, str):
-            raise _Rejected("'errorCode' must be a string")
+            raise Rejected("'errorCode' must be a string")
         progress = data.get("progress")
         if progress is not None and (
             isinstance(progress, bool) or not isinstance(progress, int) or not 0 <= progress <= 100
         ):
-            raise _Rejected(f"'progress' must be an integer from 0 to 100, not {progress!r}")
+            raise Rejected(f"'progress' must be an integer from 0 to 100, not {progress!r}")
         state = self.store.set_status(
             task_id, TaskStatus(status), message=message, progress=progress, error_code=error_code
         )
@@ -632,7 +211,7 @@ class _DevApi:
         task_id: str = request.path_params["task_id"]
         state = self.store.task(task_id)
         if state is None:
-            raise _Rejected(f"task {task_id!r} not found", status_code=404)
+            raise Rejected(f"task {task_id!r} not found", status_code=404)
         return JSONResponse(state.to_json(with_history=True))
 
 
