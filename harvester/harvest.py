@@ -1,9 +1,10 @@
-"""One harvest, end to end: scan → hash → plan → upload → status → PVC.
+"""One harvest, end to end: survey (scan, hash) → plan → execute → status → release → report.
 
-Takes validated `Settings`, a `Listener` for progress and the outside world's seams (the
-keruta-api client, the PVC step, a stop event); gives a `HarvestReport`. It reads like the design's
-diagram on purpose: every stage is a call into its own module, and this module only decides what
-happens next. It never prints and never exits: `cli.py` renders the report and picks the exit code.
+Takes validated `Settings`, a `Listener` for progress and the outside world's seams (the PVC
+step, a stop event, the clock); gives a `Harvest`: the plan it followed and one `HarvestReport`.
+It reads like the design's diagram on purpose: every stage is a call into its own package, this
+module only decides what happens next, and every way out (a dry run, a signal, an unusable
+keruta-api, a finished run) ends in the same report builder. It never prints and never exits.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from harvester.errors import (
 from harvester.gate import Act, Gate
 from harvester.model import (
     Action,
+    Digest,
+    Failed,
     FileReport,
     HarvestReport,
     Outcome,
     Receipt,
     RemoteDocument,
+    ScanResult,
     StepResult,
     StepState,
     TaskStatus,
@@ -40,7 +44,7 @@ from harvester.pipeline.mounts import require_mounted_volume
 from harvester.pipeline.plan import build_plan
 from harvester.pipeline.rootfs import RootDir
 from harvester.pipeline.scan import ScanOptions, scan
-from harvester.pipeline.upload import Uploader, UploadResult
+from harvester.pipeline.upload import Uploader
 from harvester.retry import Retrier, RetryPolicy
 from harvester.settings import NO_CLUSTER, Settings
 from harvester.stats import Level, Listener
@@ -64,11 +68,15 @@ class Harvest:
     report: HarvestReport
 
 
+def gate_for(settings: Settings) -> Gate:
+    """The gate every act of a run with `settings` passes (see `harvester.gate`)."""
+    return Gate(dry_run=settings.dry_run, keep_pvc=settings.keep_pvc)
+
+
 def run_harvest(
     settings: Settings,
     listener: Listener,
     *,
-    api: KerutaApi | None = None,
     pvc_step: PvcStep | None = None,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -80,166 +88,290 @@ def run_harvest(
     starts, the task status is left as it is and the volume is kept; the report says
     `interrupted`. A signal that comes after the status was recorded lets the PVC step finish.
     """
-    started = clock()
-    stop = stop or threading.Event()
-    gate = gate_for(settings)
-    deadline = started + settings.deadline if settings.deadline else None
-    options = ScanOptions(
-        include=settings.include,
-        exclude=settings.exclude,
-        include_hidden=settings.include_hidden,
-        max_file_size=settings.max_file_size,
-    )
-
-    scanned = scan(settings.root, options, listener, stop=stop)
-    if not scanned.root_exists:
-        if pvc_step is not None and gate.why_closed(Act.DELETE_PVC) is None:
-            # "No documents" would release the volume: only believe it when the volume is
-            # demonstrably mounted, so a mistyped --root or a missing volumeMount loses nothing.
-            require_mounted_volume(settings.root)
-        listener.notice(Level.WARNING, f"{settings.root}: does not exist; no documents to harvest")
-
+    run = _Run(settings, listener, stop or threading.Event(), clock, sleep, pvc_step)
     with ExitStack() as resources:
-        root = resources.enter_context(RootDir(settings.root)) if scanned.root_exists else None
-        digests, hash_failures = (
-            hash_entries(
-                root, scanned.entries, workers=settings.hash_workers, listener=listener, stop=stop
-            )
-            if root is not None
-            else ([], [])
+        return run.harvest(resources)
+
+
+@dataclass(frozen=True, slots=True)
+class _Survey:
+    """What is on the volume: the scan, the digests and what could not be read."""
+
+    scanned: ScanResult
+    digests: list[Digest]
+    failures: list[Failed]
+    root: RootDir | None
+    keep_duplicates: bool
+
+    def plan(self, remote: list[RemoteDocument] | None = None) -> UploadPlan:
+        return build_plan(
+            self.scanned,
+            self.digests,
+            self.failures,
+            keep_duplicates=self.keep_duplicates,
+            remote=remote,
         )
 
-        def plan_for(remote: list[RemoteDocument] | None = None) -> UploadPlan:
-            return build_plan(
-                scanned,
-                digests,
-                hash_failures,
-                keep_duplicates=settings.keep_duplicates,
-                remote=remote,
-            )
 
-        if settings.dry_run:
-            plan = plan_for()
-            return Harvest(plan, _dry_run_report(settings, plan, clock() - started))
-        if stop.is_set():
-            plan = plan_for()
-            return Harvest(plan, _interrupted_report(settings, plan, clock() - started))
+class _Run:
+    """One harvest's settings and seams, and its steps in the order they run."""
 
-        if api is None:
-            api = resources.enter_context(_new_api(settings, gate, stop, deadline, clock))
-        retrier = Retrier(
-            RetryPolicy(retries=settings.retries, deadline=deadline),
+    def __init__(
+        self,
+        settings: Settings,
+        listener: Listener,
+        stop: threading.Event,
+        clock: Callable[[], float],
+        sleep: Callable[[float], object] | None,
+        pvc_step: PvcStep | None,
+    ) -> None:
+        self.settings, self.listener, self.stop, self.clock = settings, listener, stop, clock
+        self.started = clock()
+        self.gate = gate_for(settings)
+        self.deadline = self.started + settings.deadline if settings.deadline else None
+        self.pvc_step = pvc_step
+        self.retrier = Retrier(
+            RetryPolicy(retries=settings.retries, deadline=self.deadline),
             sleep=sleep or stop.wait,
             clock=clock,
             stop=stop,
         )
+
+    def harvest(self, resources: ExitStack) -> Harvest:
+        survey = self.survey(resources)
+        if self.settings.dry_run:
+            dry = StepResult(StepState.SKIPPED, "dry run (--dry-run)")
+            plan = survey.plan()
+            return self.report(survey, plan, _file_reports(plan, unsent=Outcome.PLANNED), dry, dry)
+        if self.stop.is_set():
+            return self.unsent(survey, survey.plan(), INTERRUPTED, _INTERRUPTED_STATUS)
+
+        api = resources.enter_context(self.client())
         try:
-            remote = retrier.call(lambda _attempt: _already_uploaded(api, settings, listener))
+            remote = self.retrier.call(lambda _attempt: self.already_uploaded(api))
         except Interrupted:
-            plan = plan_for()
-            return Harvest(plan, _interrupted_report(settings, plan, clock() - started))
+            return self.unsent(survey, survey.plan(), INTERRUPTED, _INTERRUPTED_STATUS)
         except ApiError as exc:
             # Nothing can be uploaded: say so once, rather than once for every file.
-            listener.notice(Level.ERROR, str(exc))
-            plan = plan_for()
-            return Harvest(plan, _aborted_report(settings, plan, exc, clock() - started))
-        plan = plan_for(remote)
-        result = UploadResult(receipts=())
-        if root is not None and plan.uploads and not stop.is_set():
-            uploader = Uploader(
-                api,
-                root,
-                settings.task_id,
-                retrier,
-                concurrency=settings.concurrency,
-                listener=listener,
-                stop=stop,
-                deadline=deadline,
-                clock=clock,
-            )
-            result = uploader.upload_all(plan.uploads)
-        interrupted = result.interrupted or stop.is_set()
-        files = _file_reports(
-            plan,
-            result.receipts,
-            unsent_error=f"not attempted: {INTERRUPTED}" if interrupted else None,
-        )
-        failures = [f for f in files if f.outcome in (Outcome.FAILED, Outcome.NOT_ATTEMPTED)]
+            self.listener.notice(Level.ERROR, str(exc))
+            return self.unsent(survey, survey.plan(), _unusable(exc), error=exc)
 
-        if result.auth_error is not None:
+        plan = survey.plan(remote)
+        receipts, auth_error = self.execute(api, survey.root, plan)
+        interrupted = self.stop.is_set()
+        files = _file_reports(
+            plan, receipts, unsent_error=f"not attempted: {INTERRUPTED}" if interrupted else None
+        )
+        if auth_error is not None:
             status = StepResult(StepState.SKIPPED, "keruta-api rejected the token")
         elif interrupted:
             status = StepResult(StepState.SKIPPED, _INTERRUPTED_STATUS)
         else:
-            message = (
-                None if scanned.root_exists else f"No documents: {settings.root} does not exist"
-            )
             try:
-                status = _update_status(api, settings, retrier, files, failures, listener, message)
+                status = self.set_status(api, files, survey.scanned.root_exists)
             except Interrupted:
                 status, interrupted = StepResult(StepState.SKIPPED, _INTERRUPTED_STATUS), True
+        pvc = self.release(files, status)
+        return self.report(
+            survey,
+            plan,
+            files,
+            status,
+            pvc,
+            auth_rejected=auth_error is not None,
+            interrupted=interrupted,
+        )
 
-        if failures or status.state is not StepState.DONE:
-            pvc = StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE)
+    def survey(self, resources: ExitStack) -> _Survey:
+        """Scan the root and hash what it holds; a missing root is "no documents" only when
+        that cannot lose any (see `require_mounted_volume`)."""
+        settings, listener, stop = self.settings, self.listener, self.stop
+        options = ScanOptions(
+            include=settings.include,
+            exclude=settings.exclude,
+            include_hidden=settings.include_hidden,
+            max_file_size=settings.max_file_size,
+        )
+        scanned = scan(settings.root, options, listener, stop=stop)
+        if not scanned.root_exists:
+            if self.pvc_step is not None and self.gate.why_closed(Act.DELETE_PVC) is None:
+                # "No documents" would release the volume: only believe it when the volume is
+                # demonstrably mounted, so a mistyped --root or a missing volumeMount loses nothing.
+                require_mounted_volume(settings.root)
+            listener.notice(
+                Level.WARNING, f"{settings.root}: does not exist; no documents to harvest"
+            )
+            return _Survey(scanned, [], [], None, settings.keep_duplicates)
+        root = resources.enter_context(RootDir(settings.root))
+        digests, failures = hash_entries(
+            root, scanned.entries, workers=settings.hash_workers, listener=listener, stop=stop
+        )
+        return _Survey(scanned, digests, failures, root, settings.keep_duplicates)
+
+    def client(self) -> KerutaApi:
+        settings = self.settings
+        return KerutaApi(
+            settings.api_url,
+            gate=self.gate,
+            token=settings.token,
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+            deadline=self.deadline,
+            stop=self.stop,
+            clock=self.clock,
+            documents_path=settings.documents_path,
+            status_path=settings.status_path,
+        )
+
+    def already_uploaded(self, api: KerutaApi) -> list[RemoteDocument] | None:
+        listener = self.listener
+        remote = api.list_documents(
+            self.settings.task_id, notice=lambda text: listener.notice(Level.WARNING, text)
+        )
+        if remote is None:
+            listener.notice(
+                Level.DEBUG,
+                "keruta-api did not list the task's documents; relying on Idempotency-Key for "
+                "re-runs",
+            )
+        elif remote:
+            listener.notice(
+                Level.INFO, f"keruta-api already holds {len(remote)} documents of the task"
+            )
+        return remote
+
+    def execute(
+        self, api: KerutaApi, root: RootDir | None, plan: UploadPlan
+    ) -> tuple[tuple[Receipt, ...], AuthRejected | None]:
+        """Upload the planned documents: one receipt per planned upload, in plan order."""
+        if root is None or not plan.uploads or self.stop.is_set():
+            return (), None
+        uploader = Uploader(
+            api,
+            root,
+            self.settings.task_id,
+            self.retrier,
+            concurrency=self.settings.concurrency,
+            listener=self.listener,
+            stop=self.stop,
+            deadline=self.deadline,
+            clock=self.clock,
+        )
+        result = uploader.upload_all(plan.uploads)
+        return result.receipts, result.auth_error
+
+    def set_status(
+        self, api: KerutaApi, files: tuple[FileReport, ...], root_exists: bool
+    ) -> StepResult:
+        """COMPLETED when every document is harvested, else FAILED naming the first failure.
+        Raises `Interrupted` when a signal ends its retries."""
+        failures = [f for f in files if f.outcome in _NOT_HARVESTED]
+        if failures:
+            first = failures[0].error or failures[0].path
+            status, progress, code = TaskStatus.FAILED, None, UPLOAD_FAILED_CODE
+            message = (
+                f"Harvest incomplete: {len(failures)} of {_harvestable(files)} documents could "
+                f"not be harvested; the volume was kept. First: {first}"
+            )
         else:
-            pvc = _release_pvc(gate, pvc_step)
+            status, progress, code = TaskStatus.COMPLETED, 100, None
+            message = (
+                "Harvest complete: " + counts_sentence(outcome_counts(files))
+                if root_exists
+                else f"No documents: {self.settings.root} does not exist"
+            )
+        message = cut(message, _STATUS_MESSAGE_LIMIT)
+        task_id, listener = self.settings.task_id, self.listener
+        try:
+            self.retrier.call(
+                lambda _attempt: api.set_status(
+                    task_id, status, message, progress=progress, error_code=code
+                ),
+                on_retry=lambda n, err, wait: listener.notice(
+                    Level.WARNING, f"task status: {err}; retrying in {wait:.1f}s (attempt {n})"
+                ),
+            )
+        except Interrupted:
+            raise
+        except HarvesterError as exc:
+            listener.notice(Level.ERROR, f"task status: {exc}")
+            return StepResult(StepState.FAILED, f"{status} not recorded: {exc}")
+        return StepResult(StepState.DONE, f"set to {status}: {message}")
+
+    def release(self, files: tuple[FileReport, ...], status: StepResult) -> StepResult:
+        """The PVC step, only after every document was harvested and the status recorded."""
+        if any(f.outcome in _NOT_HARVESTED for f in files) or status.state is not StepState.DONE:
+            return StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE)
+        reason = self.gate.why_closed(Act.DELETE_PVC)
+        if reason is not None:
+            return StepResult(StepState.SKIPPED, reason)
+        if self.pvc_step is None:
+            return StepResult(StepState.SKIPPED, NO_PVC_STEP)
+        return self.pvc_step()
+
+    def unsent(
+        self,
+        survey: _Survey,
+        plan: UploadPlan,
+        reason: str,
+        status: str | None = None,
+        *,
+        error: ApiError | None = None,
+    ) -> Harvest:
+        """The end of a run that uploaded nothing: every planned upload "not attempted" for
+        `reason`, no status sent, the volume kept."""
+        return self.report(
+            survey,
+            plan,
+            _file_reports(plan, unsent_error=f"not attempted: {reason}"),
+            StepResult(StepState.SKIPPED, status or reason),
+            StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE),
+            auth_rejected=isinstance(error, AuthRejected),
+            interrupted=reason == INTERRUPTED,
+            notes=() if error is None else (str(error),),
+        )
+
+    def report(
+        self,
+        survey: _Survey,
+        plan: UploadPlan,
+        files: tuple[FileReport, ...],
+        status: StepResult,
+        pvc: StepResult,
+        *,
+        auth_rejected: bool = False,
+        interrupted: bool = False,
+        notes: tuple[str, ...] = (),
+    ) -> Harvest:
+        """The one place a `HarvestReport` is made, whichever way the run ended."""
+        if not survey.scanned.root_exists:
+            notes = (f"{self.settings.root} does not exist", *notes)
         report = HarvestReport(
-            task_id=settings.task_id,
-            root=settings.root,
-            dry_run=False,
+            task_id=self.settings.task_id,
+            root=self.settings.root,
+            dry_run=self.settings.dry_run,
             files=files,
-            elapsed_seconds=clock() - started,
+            elapsed_seconds=self.clock() - self.started,
             bytes_uploaded=sum(f.size or 0 for f in files if f.outcome is Outcome.UPLOADED),
             status=status,
             pvc=pvc,
-            auth_rejected=result.auth_error is not None,
+            auth_rejected=auth_rejected,
             interrupted=interrupted,
-            notes=() if scanned.root_exists else (f"{settings.root} does not exist",),
+            notes=notes,
         )
         return Harvest(plan, report)
 
 
-def gate_for(settings: Settings) -> Gate:
-    """The gate every act of a run with `settings` passes (see `harvester.gate`)."""
-    return Gate(dry_run=settings.dry_run, keep_pvc=settings.keep_pvc)
+def _unusable(error: ApiError) -> str:
+    """Why keruta-api cannot be used at all, from the error its first request gave."""
+    if isinstance(error, AuthRejected):
+        return "keruta-api rejected the token"
+    if isinstance(error, RejectedError):
+        return "keruta-api refused the first request"
+    return "keruta-api could not be reached"
 
 
-def _new_api(
-    settings: Settings,
-    gate: Gate,
-    stop: threading.Event,
-    deadline: float | None,
-    clock: Callable[[], float],
-) -> KerutaApi:
-    return KerutaApi(
-        settings.api_url,
-        token=settings.token,
-        concurrency=settings.concurrency,
-        timeout=settings.timeout,
-        deadline=deadline,
-        stop=stop,
-        clock=clock,
-        documents_path=settings.documents_path,
-        status_path=settings.status_path,
-        gate=gate,
-    )
-
-
-def _already_uploaded(
-    api: KerutaApi, settings: Settings, listener: Listener
-) -> list[RemoteDocument] | None:
-    remote = api.list_documents(
-        settings.task_id, notice=lambda text: listener.notice(Level.WARNING, text)
-    )
-    if remote is None:
-        listener.notice(
-            Level.DEBUG,
-            "keruta-api did not list the task's documents; relying on Idempotency-Key for re-runs",
-        )
-    elif remote:
-        listener.notice(Level.INFO, f"keruta-api already holds {len(remote)} documents of the task")
-    return remote
-
+_NOT_HARVESTED = (Outcome.FAILED, Outcome.NOT_ATTEMPTED)
 
 # What a path that never reached the uploader ends as, by its planned action.
 _OUTCOME_OF_ACTION = {
@@ -252,7 +384,7 @@ _OUTCOME_OF_ACTION = {
 
 def _file_reports(
     plan: UploadPlan,
-    receipts: tuple[Receipt, ...],
+    receipts: tuple[Receipt, ...] = (),
     *,
     unsent: Outcome = Outcome.NOT_ATTEMPTED,
     unsent_error: str | None = None,
@@ -269,136 +401,12 @@ def _file_reports(
     reports = []
     for item in plan.items:
         if item.action is Action.UPLOAD:
-            receipt = next(answers, None) or Receipt(item.rel_path, unsent, error=unsent_error)
+            receipt = next(answers, None) or Receipt(unsent, error=unsent_error)
         else:
             error = item.reason if item.action is Action.FAIL else None
-            receipt = Receipt(item.rel_path, _OUTCOME_OF_ACTION[item.action], error=error)
-        reports.append(
-            FileReport(
-                path=item.rel_path,
-                action=item.action,
-                outcome=receipt.outcome,
-                size=item.size,
-                sha256=item.sha256,
-                duplicate_of=item.duplicate_of,
-                reason=item.reason,
-                document_id=receipt.document_id,
-                error=receipt.error,
-                attempts=receipt.attempts,
-            )
-        )
+            receipt = Receipt(_OUTCOME_OF_ACTION[item.action], error=error)
+        reports.append(FileReport(item, receipt))
     return tuple(reports)
-
-
-def _update_status(
-    api: KerutaApi,
-    settings: Settings,
-    retrier: Retrier,
-    files: tuple[FileReport, ...],
-    failures: list[FileReport],
-    listener: Listener,
-    complete_message: str | None = None,
-) -> StepResult:
-    if failures:
-        first = failures[0].error or failures[0].path
-        status, progress, code = TaskStatus.FAILED, None, UPLOAD_FAILED_CODE
-        message = (
-            f"Harvest incomplete: {len(failures)} of {_harvestable(files)} documents could not be "
-            f"harvested; the volume was kept. First: {first}"
-        )
-    else:
-        status, progress, code = TaskStatus.COMPLETED, 100, None
-        message = complete_message or "Harvest complete: " + counts_sentence(outcome_counts(files))
-    message = cut(message, _STATUS_MESSAGE_LIMIT)
-    try:
-        retrier.call(
-            lambda _attempt: api.set_status(
-                settings.task_id, status, message, progress=progress, error_code=code
-            ),
-            on_retry=lambda n, err, wait: listener.notice(
-                Level.WARNING, f"task status: {err}; retrying in {wait:.1f}s (attempt {n})"
-            ),
-        )
-    except Interrupted:
-        raise
-    except HarvesterError as exc:
-        listener.notice(Level.ERROR, f"task status: {exc}")
-        return StepResult(StepState.FAILED, f"{status} not recorded: {exc}")
-    return StepResult(StepState.DONE, f"set to {status}: {message}")
-
-
-def _release_pvc(gate: Gate, pvc_step: PvcStep | None) -> StepResult:
-    reason = gate.why_closed(Act.DELETE_PVC)
-    if reason is not None:
-        return StepResult(StepState.SKIPPED, reason)
-    if pvc_step is None:
-        return StepResult(StepState.SKIPPED, NO_PVC_STEP)
-    return pvc_step()
-
-
-def _dry_run_report(settings: Settings, plan: UploadPlan, elapsed: float) -> HarvestReport:
-    files = _file_reports(plan, (), unsent=Outcome.PLANNED)
-    nothing = StepResult(StepState.SKIPPED, "dry run (--dry-run)")
-    return HarvestReport(
-        task_id=settings.task_id,
-        root=settings.root,
-        dry_run=True,
-        files=files,
-        elapsed_seconds=elapsed,
-        bytes_uploaded=0,
-        status=nothing,
-        pvc=nothing,
-    )
-
-
-def _interrupted_report(settings: Settings, plan: UploadPlan, elapsed: float) -> HarvestReport:
-    """The report of a harvest stopped by a signal before it uploaded anything."""
-    return _report_without_uploads(
-        settings, plan, elapsed, INTERRUPTED, status=_INTERRUPTED_STATUS, interrupted=True
-    )
-
-
-def _aborted_report(
-    settings: Settings, plan: UploadPlan, error: ApiError, elapsed: float
-) -> HarvestReport:
-    """The report of a harvest that found keruta-api unusable before uploading anything."""
-    auth = isinstance(error, AuthRejected)
-    if auth:
-        reason = "keruta-api rejected the token"
-    elif isinstance(error, RejectedError):
-        reason = "keruta-api refused the first request"
-    else:
-        reason = "keruta-api could not be reached"
-    return _report_without_uploads(
-        settings, plan, elapsed, reason, status=reason, auth_rejected=auth, notes=(str(error),)
-    )
-
-
-def _report_without_uploads(
-    settings: Settings,
-    plan: UploadPlan,
-    elapsed: float,
-    reason: str,
-    *,
-    status: str,
-    auth_rejected: bool = False,
-    interrupted: bool = False,
-    notes: tuple[str, ...] = (),
-) -> HarvestReport:
-    """Every planned upload "not attempted" for `reason`; no status sent, the volume kept."""
-    return HarvestReport(
-        task_id=settings.task_id,
-        root=settings.root,
-        dry_run=False,
-        files=_file_reports(plan, (), unsent_error=f"not attempted: {reason}"),
-        elapsed_seconds=elapsed,
-        bytes_uploaded=0,
-        status=StepResult(StepState.SKIPPED, status),
-        pvc=StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE),
-        auth_rejected=auth_rejected,
-        interrupted=interrupted,
-        notes=notes,
-    )
 
 
 def _harvestable(files: tuple[FileReport, ...]) -> int:

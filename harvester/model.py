@@ -161,9 +161,9 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """The result of uploading one planned item."""
+    """What became of one planned item: for an upload, the uploader's answer for that very item
+    (receipts are matched to items by position, never by name)."""
 
-    rel_path: str
     outcome: Outcome
     attempts: int = 0
     document_id: str | None = None
@@ -187,18 +187,50 @@ class StepResult:
 
 @dataclass(frozen=True, slots=True)
 class FileReport:
-    """One line of the final report: a path with its plan and its outcome."""
+    """One line of the final report: a planned path and what became of it."""
 
-    path: str
-    action: Action
-    outcome: Outcome
-    size: int | None = None
-    sha256: str | None = None
-    duplicate_of: str | None = None
-    reason: str | None = None
-    document_id: str | None = None
-    error: str | None = None
-    attempts: int = 0
+    item: PlanItem
+    receipt: Receipt
+
+    @property
+    def path(self) -> str:
+        return self.item.rel_path
+
+    @property
+    def action(self) -> Action:
+        return self.item.action
+
+    @property
+    def size(self) -> int | None:
+        return self.item.size
+
+    @property
+    def sha256(self) -> str | None:
+        return self.item.sha256
+
+    @property
+    def duplicate_of(self) -> str | None:
+        return self.item.duplicate_of
+
+    @property
+    def reason(self) -> str | None:
+        return self.item.reason
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.receipt.outcome
+
+    @property
+    def document_id(self) -> str | None:
+        return self.receipt.document_id
+
+    @property
+    def error(self) -> str | None:
+        return self.receipt.error
+
+    @property
+    def attempts(self) -> int:
+        return self.receipt.attempts
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from harvester.report import (
 )
 from harvester.settings import Settings
 from harvester.stats import Clock, Level, Listener, Stage, Tally, Watcher
+from tests.reports import file_report
 
 KiB, MiB = 1024, 1024 * 1024
 SHA_A = "0123456789abcdef" * 4
@@ -530,13 +531,13 @@ def test_plan_to_json_lists_every_item() -> None:
 
 def make_report(**changes: object) -> HarvestReport:
     files = (
-        FileReport("a.md", Action.UPLOAD, Outcome.UPLOADED, 4_000_000, SHA_A, document_id="d1"),
-        FileReport("ドキュメント/b.md", Action.UPLOAD, Outcome.UPLOADED, 100_000, SHA_B),
-        FileReport(
+        file_report("a.md", Action.UPLOAD, Outcome.UPLOADED, 4_000_000, SHA_A, document_id="d1"),
+        file_report("ドキュメント/b.md", Action.UPLOAD, Outcome.UPLOADED, 100_000, SHA_B),
+        file_report(
             "copy.md", Action.DUPLICATE, Outcome.DUPLICATE, 4_000_000, SHA_A, duplicate_of="a.md"
         ),
-        FileReport("old.md", Action.ALREADY_UPLOADED, Outcome.ALREADY_UPLOADED, 5, SHA_B),
-        FileReport(".env", Action.SKIP, Outcome.SKIPPED, 9, reason="hidden"),
+        file_report("old.md", Action.ALREADY_UPLOADED, Outcome.ALREADY_UPLOADED, 5, SHA_B),
+        file_report(".env", Action.SKIP, Outcome.SKIPPED, 9, reason="hidden"),
     )
     report = HarvestReport(
         task_id="task-42",
@@ -559,8 +560,8 @@ def failing_files(count: int) -> tuple[FileReport, ...]:
             f"{path}: upload failed: 503 Service Unavailable from keruta-api after 5 attempts;"
             "\nserver said:\n<html>\x1b[31m" + "ü" * 600
         )
-        out.append(FileReport(path, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=error))
-    out.append(FileReport("later.md", Action.UPLOAD, Outcome.NOT_ATTEMPTED, 10, SHA_B))
+        out.append(file_report(path, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=error))
+    out.append(file_report("later.md", Action.UPLOAD, Outcome.NOT_ATTEMPTED, 10, SHA_B))
     return tuple(out)
 
 
@@ -581,7 +582,7 @@ def test_render_summary_fits_80_columns_without_escape_codes() -> None:
 
 
 def test_render_summary_gives_counts_steps_and_failures() -> None:
-    failed = FileReport(
+    failed = file_report(
         "z.md", Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=f"z.md: {ERROR_413}"
     )
     report = make_report(
@@ -624,7 +625,7 @@ def test_render_summary_gives_counts_steps_and_failures() -> None:
         (
             {
                 "dry_run": True,
-                "files": (FileReport("a.md", Action.UPLOAD, Outcome.PLANNED, 10, SHA_A),),
+                "files": (file_report("a.md", Action.UPLOAD, Outcome.PLANNED, 10, SHA_A),),
             },
             "dry run, nothing was sent; 1 file would be uploaded",
         ),
@@ -676,7 +677,7 @@ def test_report_to_json_has_every_field() -> None:
 
 
 def file_from_json(d: dict[str, object]) -> FileReport:
-    return FileReport(
+    return file_report(
         path=str(d["path"]),
         action=Action(str(d["action"])),
         outcome=Outcome(str(d["outcome"])),
@@ -706,7 +707,7 @@ def test_summary_json_round_trips_through_the_file_with_non_ascii_paths(tmp_path
 
 
 def test_summary_json_escapes_names_that_are_not_valid_unicode(tmp_path: Path) -> None:
-    odd = FileReport("bad\udcff.md", Action.UPLOAD, Outcome.UPLOADED, 1, SHA_A)
+    odd = file_report("bad\udcff.md", Action.UPLOAD, Outcome.UPLOADED, 1, SHA_A)
     target = tmp_path / "summary.json"
     write_summary_json(make_report(files=(odd,)), target)
     assert json.loads(target.read_text(encoding="utf-8"))["files"][0]["path"] == "bad\udcff.md"
@@ -781,7 +782,7 @@ def test_a_failure_line_names_a_file_with_whitespace_exactly_once(name: str) -> 
     message = f"{name}: {ERROR_413}"
     out = io.StringIO()
     log_to(out).file_failed(name, message)
-    failed = FileReport(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=message)
+    failed = file_report(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=message)
     report = make_report(files=(failed,))
     shown = {
         "live log": out.getvalue(),
@@ -808,7 +809,7 @@ def test_control_and_bidi_characters_are_escaped_wherever_a_person_reads_them(
 ) -> None:
     name = "invoice-\u202egpj.exe\u2066x\u2069" + HIDDEN + ".md"
     server = "upload failed: 400 from keruta-api: \u202eforged\u2029line" + HIDDEN
-    failed = FileReport(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=f"{name}: {server}")
+    failed = file_report(name, Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=f"{name}: {server}")
     report = make_report(
         files=(failed,),
         status=StepResult(StepState.FAILED, "FAILED not recorded: " + server),
@@ -857,11 +858,19 @@ def test_control_and_bidi_characters_are_escaped_wherever_a_person_reads_them(
 
 # --------------------------------------------------------------------------- what to do next
 
-_REJECTED = FileReport(
+_REJECTED = file_report(
     "z.md", Action.UPLOAD, Outcome.FAILED, 10, SHA_A, error=ERROR_413, attempts=1
 )
-_UNSENT = FileReport("later.md", Action.UPLOAD, Outcome.NOT_ATTEMPTED, 10, SHA_B)
-_FLAKY = dataclasses.replace(_REJECTED, error="upload failed: 503 from keruta-api", attempts=3)
+_UNSENT = file_report("later.md", Action.UPLOAD, Outcome.NOT_ATTEMPTED, 10, SHA_B)
+_FLAKY = file_report(
+    "z.md",
+    Action.UPLOAD,
+    Outcome.FAILED,
+    10,
+    SHA_A,
+    error="upload failed: 503 from keruta-api",
+    attempts=3,
+)
 _UNSET = StepResult(StepState.SKIPPED, "the harvest was interrupted; a new run will finish it")
 _KEPT = StepResult(StepState.SKIPPED, "the harvest is not complete, so the documents stay")
 

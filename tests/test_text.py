@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from harvester.model import Action, FileReport, Outcome
+from harvester.model import Action, Outcome
 from harvester.report import JsonReporter, LogReporter
 from harvester.stats import Stage, Tally
 from harvester.text import ELLIPSIS, counts_sentence, cut, outcome_counts, plural
+from tests.reports import file_report
 
 
 @pytest.mark.parametrize(
@@ -41,10 +42,10 @@ def test_plural() -> None:
 
 def test_the_counts_sentence_names_the_lead_always_and_the_rest_when_they_happened() -> None:
     files = [
-        FileReport("a", Action.UPLOAD, Outcome.UPLOADED),
-        FileReport("b", Action.DUPLICATE, Outcome.DUPLICATE),
-        FileReport("c", Action.DUPLICATE, Outcome.DUPLICATE),
-        FileReport("d", Action.SKIP, Outcome.SKIPPED),
+        file_report("a", Action.UPLOAD, Outcome.UPLOADED),
+        file_report("b", Action.DUPLICATE, Outcome.DUPLICATE),
+        file_report("c", Action.DUPLICATE, Outcome.DUPLICATE),
+        file_report("d", Action.SKIP, Outcome.SKIPPED),
     ]
     counts = outcome_counts(files)
     assert counts_sentence(counts) == "1 document uploaded, 2 duplicates, 1 skipped"

@@ -20,6 +20,10 @@ The contract's names (part names, Idempotency-Key, the status keys, `TaskStatus`
 client sends, imported from `harvester.wire.contract` and `harvester.model`, never copied. What
 was stored lives in a `DevApiStore` (`harvester.devapi.store`). A refused request is answered
 with JSON `{"error", "message"}`.
+
+A little over 400 lines: the routes and the uvicorn wrapper that serves them are read together
+(how a handler's latency, errors and shutdown behave under the server); the store and the upload
+parser, which stand alone, are modules of their own.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ class Uploader:
                     f"{item.rel_path}: changed after it was hashed; hashed again and resending",
                 )
             except Interrupted as exc:
-                return Receipt(item.rel_path, Outcome.NOT_ATTEMPTED, attempts, error=str(exc))
+                return Receipt(Outcome.NOT_ATTEMPTED, attempts, error=str(exc))
             except AuthRejected as exc:
                 if self._auth_error is None:
                     self._auth_error = exc
@@ -181,12 +181,7 @@ class Uploader:
             os.close(fd)
         unreported = digest.size - sent
         self._listener.advanced(Stage.UPLOAD, files=1, nbytes=unreported)
-        return Receipt(
-            digest.rel_path,
-            Outcome.UPLOADED,
-            attempts,
-            document_id=document_id,
-        )
+        return Receipt(Outcome.UPLOADED, attempts, document_id=document_id)
 
     def _on_retry(self, rel_path: str) -> Callable[[int, RetryableError, float], None]:
         def notice(attempt: int, error: RetryableError, wait: float) -> None:
@@ -201,7 +196,7 @@ class Uploader:
         # A failed file completes its share of the stage's bytes (its bytes sent were taken
         # back), so the counter reads bytes dealt with of bytes planned and still ends full.
         self._listener.advanced(Stage.UPLOAD, files=1, nbytes=item.size or 0)
-        return Receipt(item.rel_path, Outcome.FAILED, attempts, error=message)
+        return Receipt(Outcome.FAILED, attempts, error=message)
 
 
 def verified_chunks(fd: int, digest: Digest) -> Iterator[bytes]:
