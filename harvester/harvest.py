@@ -257,8 +257,8 @@ class _Run:
             deadline=self.deadline,
             clock=self.clock,
         )
-        result = uploader.upload_all(plan.uploads)
-        return result.receipts, result.auth_error
+        receipts = uploader.upload_all(plan.uploads)
+        return receipts, uploader.auth_error
 
     def set_status(
         self, api: KerutaApi, files: tuple[FileReport, ...], root_exists: bool

@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    retries: int = 3
+    retries: int
     base_delay: float = 0.5
     max_delay: float = 30.0
     deadline: float | None = None  # on the injected clock's scale (time.monotonic by default)

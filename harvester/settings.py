@@ -5,6 +5,9 @@ below); gives a validated, frozen `Settings` (what to harvest and how) and `Repo
 talk). Each field carries its `Flag`: flag names, environment variable, help, and its default as
 a person types it; `cli.py` builds the command line from them, so each is said once here.
 Nothing else in the package reads `os.environ`.
+
+Longer than 400 lines because it is the option table: some thirty options, each with its help,
+and the checks that refuse a bad value with one sentence, kept beside the options they check.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
+from typing import Any
 
 import httpcore
 import pytest
@@ -28,6 +29,7 @@ from harvester.errors import (
 )
 from harvester.gate import Gate, GateClosed
 from harvester.model import TaskStatus
+from harvester.settings import Settings
 from harvester.wire.client import LISTING_CAP, MAX_RETRY_AFTER, KerutaApi, parse_retry_after
 from harvester.wire.contract import STATUS_KEYS, idempotency_key, status_body
 from tests.servers import Answer, ResettingProxy, ScriptedServer, Seen, endless, routes
@@ -35,11 +37,19 @@ from tests.servers import Answer, ResettingProxy, ScriptedServer, Seen, endless,
 TOKEN = "s3cr3t-token-value"
 # What a harvest that may write passes; the gate's refusals have their own tests below.
 OPEN = Gate()
+DEFAULTS = Settings(task_id="t", api_url="http://keruta-api:8080")
 
 
-def api_for(server: HTTPServer, **kwargs: object) -> KerutaApi:
+def client(url: str, **kwargs: Any) -> KerutaApi:
+    """A client with the cleanup's defaults (`Settings`), and an open gate unless told."""
     kwargs.setdefault("gate", OPEN)
-    return KerutaApi(server.url_for("/").rstrip("/"), **kwargs)  # type: ignore[arg-type]
+    kwargs.setdefault("timeout", DEFAULTS.timeout)
+    kwargs.setdefault("concurrency", DEFAULTS.concurrency)
+    return KerutaApi(url, **kwargs)
+
+
+def api_for(server: HTTPServer, **kwargs: Any) -> KerutaApi:
+    return client(server.url_for("/").rstrip("/"), **kwargs)
 
 
 def test_upload_sends_the_contract_shape(httpserver: HTTPServer) -> None:
@@ -201,7 +211,7 @@ def test_slow_server_times_out_as_retryable(httpserver: HTTPServer) -> None:
 def test_connection_reset_is_retryable(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/api/v1/tasks/t/status").respond_with_json({"id": "t"})
     with ResettingProxy(httpserver.host, httpserver.port, resets=1) as proxy:
-        with KerutaApi(proxy.url, gate=OPEN) as api:
+        with client(proxy.url) as api:
             with pytest.raises(RetryableError, match="connection"):
                 api.set_status("t", TaskStatus.COMPLETED, "done")
             api.set_status("t", TaskStatus.COMPLETED, "done")  # the next connection goes through
@@ -209,7 +219,7 @@ def test_connection_reset_is_retryable(httpserver: HTTPServer) -> None:
 
 
 def test_refused_connection_is_retryable_and_names_the_url() -> None:
-    with KerutaApi("http://127.0.0.1:9", gate=OPEN) as api, pytest.raises(RetryableError) as info:
+    with client("http://127.0.0.1:9") as api, pytest.raises(RetryableError) as info:
         api.set_status("t", TaskStatus.COMPLETED, "done")
     assert "http://127.0.0.1:9" in str(info.value)
 
@@ -262,7 +272,7 @@ def test_dry_run_gate_blocks_every_write(httpserver: HTTPServer) -> None:
 def test_a_kept_pvc_still_lets_the_documents_and_the_status_through() -> None:
     with (
         ScriptedServer(routes()) as server,
-        KerutaApi(server.url, gate=Gate(keep_pvc=True)) as api,
+        client(server.url, gate=Gate(keep_pvc=True)) as api,
     ):
         assert api.upload_document("t", "a.txt", hashlib.sha256(b"x").hexdigest(), 1, b"x")
         api.set_status("t", TaskStatus.COMPLETED, "done")
@@ -274,7 +284,7 @@ def test_a_kept_pvc_still_lets_the_documents_and_the_status_through() -> None:
 
 def test_custom_endpoint_paths(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/v2/t/docs", method="POST").respond_with_json({"id": 42})
-    api = KerutaApi(
+    api = client(
         httpserver.url_for("/").rstrip("/"),
         gate=OPEN,
         pool=httpcore.ConnectionPool(),
@@ -288,7 +298,7 @@ def test_a_retried_upload_is_stored_once_thanks_to_the_idempotency_key(
 ) -> None:
     content = b"the same document, sent twice"
     sha = hashlib.sha256(content).hexdigest()
-    with KerutaApi(dev_api.url, gate=OPEN) as api:
+    with client(dev_api.url) as api:
         first = api.upload_document("t", "a/b.md", sha, len(content), [content])
         again = api.upload_document("t", "a/b.md", sha, len(content), [content])
     assert first is not None
@@ -309,7 +319,7 @@ def trickling(_seen: Seen) -> Answer:
 
 
 def test_a_trickling_answer_is_cut_at_the_total_time_limit() -> None:
-    with ScriptedServer(trickling) as server, KerutaApi(server.url, gate=OPEN, timeout=1.0) as api:
+    with ScriptedServer(trickling) as server, client(server.url, timeout=1.0) as api:
         started = time.monotonic()
         with pytest.raises(RetryableError) as info:
             api.list_documents("t")
@@ -324,7 +334,7 @@ def test_the_overall_deadline_cuts_a_request_short() -> None:
     deadline = time.monotonic() + 1.0
     with (
         ScriptedServer(trickling) as server,
-        KerutaApi(server.url, gate=OPEN, timeout=60.0, deadline=deadline) as api,
+        client(server.url, timeout=60.0, deadline=deadline) as api,
         pytest.raises(RetryableError, match="--deadline"),
     ):
         api.set_status("t", TaskStatus.COMPLETED, "done")
@@ -338,7 +348,7 @@ def stop_once(requested: threading.Event, stop: threading.Event) -> None:
 
 def test_stop_abandons_a_waiting_request_after_a_short_grace() -> None:
     stop = threading.Event()
-    with ScriptedServer(trickling) as server, KerutaApi(server.url, gate=OPEN, stop=stop) as api:
+    with ScriptedServer(trickling) as server, client(server.url, stop=stop) as api:
         threading.Thread(target=stop_once, args=(server.requested, stop)).start()
         started = time.monotonic()
         with pytest.raises(Interrupted, match="interrupted"):
@@ -358,7 +368,7 @@ def test_a_huge_answer_to_an_upload_is_not_read_whole(status: int) -> None:
     def answer(_seen: Seen) -> Answer:
         return Answer(status, (("Content-Type", "application/json"),), endless(total=huge))
 
-    with ScriptedServer(answer) as server, KerutaApi(server.url, gate=OPEN) as api:
+    with ScriptedServer(answer) as server, client(server.url) as api:
         if status == 201:
             assert api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"]) is None
         else:
@@ -374,7 +384,7 @@ def test_a_listing_past_its_cap_means_unknown_with_a_warning() -> None:
         return Answer(200, (("Content-Type", "application/json"),), endless(total=256 * MIB))
 
     notices: list[str] = []
-    with ScriptedServer(answer) as server, KerutaApi(server.url, gate=OPEN) as api:
+    with ScriptedServer(answer) as server, client(server.url) as api:
         assert api.list_documents("t", notice=notices.append) is None
     assert server.sent[0] < (LISTING_CAP + 32 * MIB)
     (notice,) = notices
@@ -396,7 +406,7 @@ def echo_authorization(status: int) -> Callable[[Seen], Answer]:
 def test_a_server_echoing_the_token_never_gets_it_into_a_message(status: int) -> None:
     with (
         ScriptedServer(echo_authorization(status)) as server,
-        KerutaApi(server.url, gate=OPEN, token=TOKEN) as api,
+        client(server.url, token=TOKEN) as api,
         pytest.raises(ApiError) as info,
     ):
         api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"])
@@ -414,7 +424,7 @@ def test_a_redirect_is_refused_naming_where_it_pointed(status: int) -> None:
     def answer(_seen: Seen) -> Answer:
         return Answer(status, (("Location", location), ("Content-Length", "0")))
 
-    with ScriptedServer(answer) as server, KerutaApi(server.url, gate=OPEN, token=TOKEN) as api:
+    with ScriptedServer(answer) as server, client(server.url, token=TOKEN) as api:
         for call in (
             lambda: api.upload_document("t", "a.txt", "0" * 64, 1, [b"x"]),
             lambda: api.set_status("t", TaskStatus.COMPLETED, "done"),

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol
 
 from harvester.errors import (
@@ -59,15 +58,11 @@ class DocumentSink(Protocol):
     ) -> str | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class UploadResult:
-    receipts: tuple[Receipt, ...]
-    auth_error: AuthRejected | None = None
-    interrupted: bool = False
-
-
 class Uploader:
-    """Uploads plan items on a pool of `concurrency` threads sharing one connection pool."""
+    """Uploads plan items on a pool of `concurrency` threads sharing one connection pool.
+
+    After `upload_all`, `auth_error` holds the rejection that stopped every worker, if any.
+    """
 
     def __init__(
         self,
@@ -92,9 +87,10 @@ class Uploader:
         self._deadline = deadline
         self._clock = clock
         self._abort = threading.Event()
-        self._auth_error: AuthRejected | None = None
+        self.auth_error: AuthRejected | None = None
 
-    def upload_all(self, items: Sequence[PlanItem]) -> UploadResult:
+    def upload_all(self, items: Sequence[PlanItem]) -> tuple[Receipt, ...]:
+        """One receipt per item, in the items' order."""
         total_bytes = sum(item.size or 0 for item in items)
         self._listener.stage_started(Stage.UPLOAD, len(items), total_bytes)
         try:
@@ -102,7 +98,7 @@ class Uploader:
                 receipts = tuple(pool.map(self._upload_one, items))
         finally:
             self._listener.stage_finished(Stage.UPLOAD)
-        return UploadResult(receipts, auth_error=self._auth_error, interrupted=self._stop.is_set())
+        return receipts
 
     def _upload_one(self, item: PlanItem) -> Receipt:
         assert item.digest is not None, "only planned uploads reach the uploader"
@@ -130,8 +126,8 @@ class Uploader:
             except Interrupted as exc:
                 return Receipt(Outcome.NOT_ATTEMPTED, attempts, error=str(exc))
             except AuthRejected as exc:
-                if self._auth_error is None:
-                    self._auth_error = exc
+                if self.auth_error is None:
+                    self.auth_error = exc
                 self._abort.set()
                 return self._failed(item, f"{item.rel_path}: {exc}", attempts)
             except ApiError as exc:
