@@ -295,14 +295,10 @@ def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
 
 
 def _file_to_json(f: FileReport) -> dict[str, Any]:
+    """The plan item's fields, then what became of it."""
     return {
-        "path": f.path,
-        "size": f.size,
-        "sha256": f.sha256,
-        "action": f.action.value,
+        **_plan_item_to_json(f.item),
         "outcome": f.outcome.value,
-        "duplicate_of": f.duplicate_of,
-        "reason": f.reason,
         "document_id": f.document_id,
         "error": f.error,
         "attempts": f.attempts,
