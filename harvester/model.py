@@ -8,7 +8,9 @@ end. Everything here is frozen and printable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -255,3 +257,28 @@ class HarvestReport:
     @property
     def failures(self) -> tuple[FileReport, ...]:
         return tuple(f for f in self.files if f.outcome in (Outcome.FAILED, Outcome.NOT_ATTEMPTED))
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMount:
+    """A PersistentVolumeClaim a pod (template) mounts, and where."""
+
+    claim: str
+    mount_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MainJob:
+    """A keruta main Job (batch/v1) as the controller sees it: who it is, its labels and
+    annotations, how it ended (the `Complete` or `Failed` condition), and the claims its pod
+    template mounts."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    complete: bool
+    failed: bool
+    completed_at: datetime | None
+    claims: tuple[ClaimMount, ...]

@@ -22,6 +22,7 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from harvester.errors import ConfigError, HarvesterError
+from harvester.model import ClaimMount
 from harvester.settings import KUBECONFIG_FIX, ClusterAccess
 from harvester.text import cut
 
@@ -52,6 +53,18 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "events", "create"),  # the story `kubectl describe pvc` tells
 )
 
+# Every call `harvester controller` makes (kube/jobs.py); deploy/'s controller Role grants
+# exactly these.
+CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
+    Permission("batch", "jobs", "list"),  # the initial list
+    Permission("batch", "jobs", "watch"),  # then the watch, resumed from its resourceVersion
+    Permission("batch", "jobs", "create"),  # the cleanup Job
+    Permission("batch", "jobs", "patch"),  # the record of the decision on the main Job
+    Permission("", "pods", "list"),  # a succeeded pod of the main Job (KERUTA_SOURCE_POD)
+    Permission("", "configmaps", "get"),  # the cleanup Job template
+    Permission("", "events", "create"),  # decisions, as Events on the main Job
+)
+
 PVC_PROTECTION = "kubernetes.io/pvc-protection"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
@@ -60,14 +73,6 @@ EVENT_SOURCE = "keruta-harvester"
 
 class KubeError(HarvesterError):
     """A Kubernetes request failed; the message says which object, why, and what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimMount:
-    """A PersistentVolumeClaim a pod (template) mounts, and where."""
-
-    claim: str
-    mount_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from harvester.gate import Act, Gate
 from harvester.kube.cluster import (
     PVC_PROTECTION,
-    ClaimMount,
     Cluster,
     DeleteResult,
     KubeError,
     PodInfo,
 )
-from harvester.model import HarvestReport, StepResult, StepState
+from harvester.model import ClaimMount, HarvestReport, StepResult, StepState
 from harvester.stats import Level, Listener
 from harvester.text import counts_sentence, plural
 
