@@ -26,6 +26,7 @@ from harvester.settings import (
     TOKEN_ENV,
     TOKEN_FILE,
     ClusterAccess,
+    ControllerSettings,
     Flag,
     LogFormat,
     Reporting,
@@ -121,6 +122,31 @@ def cleanup(**typed: Any) -> None:
 def _values(cls: type, typed: dict[str, Any]) -> dict[str, Any]:
     """The fields of `cls` from what was typed, each parsed by its flag (ConfigError if bad)."""
     return {name: flag.value(typed[name]) for name, flag in flags_of(cls)}
+
+
+@app.command()
+@_with_flags(*flags_of(ControllerSettings), *flags_of(Reporting))
+def controller(**typed: Any) -> None:
+    """Start the cleanup Job of each keruta main Job that succeeds; never of one that fails.
+
+    Watches batch/v1 Jobs (label app=keruta by default); on Complete=True it creates
+    cleanup-job-for-task-<task> from the template ConfigMap, and records the decision on the
+    main Job (annotation harvester.keruta.io/cleanup-job; remove it to decide again).
+    """
+    output = Output(reporting=Reporting(**_values(Reporting, typed)))
+    try:
+        settings = ControllerSettings(
+            **_values(ControllerSettings, typed),
+            cluster=ClusterAccess.from_environment(os.environ),
+        )
+    except ConfigError as exc:
+        fail(output, str(exc))
+        raise typer.Exit(ExitCode.USAGE) from None
+    from harvester.controller.loop import run_controller
+
+    with stop_on_signals() as stop:
+        code = run_controller(settings, output.reporting, stop=stop, stream=output.stderr)
+    raise typer.Exit(code)
 
 
 @app.command("dev-api")

@@ -355,6 +355,56 @@ class Settings:
             check_output_path(self.summary_json, "--summary-json")
 
 
+TEMPLATE_CONFIG_MAP = "keruta-harvester-cleanup-job"
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    """What `harvester controller` watches and where it finds the cleanup Job template."""
+
+    namespaces: tuple[str, ...] = option(
+        "--namespace",
+        "-n",
+        typed=(),
+        parse=_patterns,
+        help="Watch main Jobs in this namespace (repeatable; default: the pod's, else the "
+        "kubeconfig's).",
+    )
+    all_namespaces: bool = option(
+        "--all-namespaces",
+        "-A",
+        typed=False,
+        help="Watch main Jobs in every namespace (needs the ClusterRole variant of deploy/).",
+    )
+    selector: str = option(
+        "--selector",
+        "-l",
+        env="KERUTA_JOB_SELECTOR",
+        typed="app=keruta",
+        help="Label selector of the main Jobs to watch.",
+    )
+    template_config_map: str = option(
+        "--template-config-map",
+        env="KERUTA_TEMPLATE_CONFIG_MAP",
+        typed=TEMPLATE_CONFIG_MAP,
+        help="ConfigMap (in each watched namespace) holding the cleanup Job template under "
+        "the key cleanup-job.yaml.",
+    )
+    cluster: ClusterAccess = field(default_factory=ClusterAccess)
+
+    def __post_init__(self) -> None:
+        if self.all_namespaces and self.namespaces:
+            raise ConfigError("--namespace and --all-namespaces exclude each other; choose one")
+        if not self.selector.strip():
+            raise ConfigError("--selector must not be empty; the default is app=keruta")
+        for namespace in self.namespaces:
+            if not _DNS_LABEL.match(namespace):
+                raise ConfigError(f"--namespace {namespace!r}: not a Kubernetes namespace name")
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
 def visible_ascii(ch: str) -> bool:
     """What an HTTP header value or a URL may hold as is: 0x21-0x7E, no space, no control."""
     return "!" <= ch <= "~"

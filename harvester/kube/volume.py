@@ -247,7 +247,7 @@ class Volume:
     def _claim_of(self, claims: Sequence[ClaimMount], where: str) -> PvcTarget:
         if not claims:
             raise VolumeNotFound(f"{where} mounts no PersistentVolumeClaim; pass --pvc NAME")
-        chosen = claims[0] if len(claims) == 1 else _claim_holding(claims, self._options.root)
+        chosen = claims[0] if len(claims) == 1 else claim_holding(claims, self._options.root)
         if chosen is None:
             listed = ", ".join(
                 f"{c.claim} at {', '.join(c.mount_paths) or '(not mounted)'}" for c in claims
@@ -265,7 +265,7 @@ class Volume:
         return PvcTarget(pvc.name, pvc.uid, where)
 
 
-def _claim_holding(claims: Sequence[ClaimMount], root: str) -> ClaimMount | None:
+def claim_holding(claims: Sequence[ClaimMount], root: str) -> ClaimMount | None:
     """The claim whose mount path is the longest prefix of `root`, if exactly one is."""
     best: list[tuple[int, ClaimMount]] = []
     for claim in claims:

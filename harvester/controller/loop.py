@@ -1,0 +1,152 @@
+"""The controller's loop: each main Job it sees, decided and acted on.
+
+Takes the stream of `MainJob`s a watch gives (listed, then changed), the Kubernetes actions
+(`JobActions`, which `harvester.kube.jobs` provides) and a `Listener` for its log lines; acts on
+each `Decision` (see `decide`). Every act is idempotent: the cleanup Job is created under a fixed
+name (a 409 means it exists), and the decision is recorded on the main Job, so a relist, a
+restart or two controllers at once start one cleanup Job per task, never two. A failed act is
+said once and left for the next time the Job is seen (a change, a relist, a restart): nothing is
+recorded that did not happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from harvester.controller.decide import (
+    DECISION_ANNOTATION,
+    NO_CLEANUP_PREFIX,
+    Decision,
+    Verdict,
+    decide,
+)
+from harvester.controller.render import TEMPLATE_KEY, TemplateError, parse_template, render
+from harvester.errors import HarvesterError
+from harvester.kube.volume import claim_holding
+from harvester.model import MainJob
+from harvester.settings import DEFAULT_ROOT
+from harvester.stats import Level, Listener
+
+
+class JobActions(Protocol):
+    """What the controller asks of Kubernetes besides the watch (see `harvester.kube.jobs`)."""
+
+    def create_job(self, namespace: str, manifest: dict[str, Any]) -> bool: ...
+
+    def record_on_job(
+        self, namespace: str, name: str, uid: str, annotations: dict[str, str]
+    ) -> None: ...
+
+    def succeeded_pod(self, namespace: str, job_name: str) -> str | None: ...
+
+    def read_template(self, namespace: str, name: str, key: str) -> str | None: ...
+
+    def job_event(
+        self, namespace: str, job: MainJob, reason: str, message: str, *, warning: bool
+    ) -> str | None: ...
+
+
+class Controller:
+    """Decides about each main Job and acts on the decision."""
+
+    def __init__(self, actions: JobActions, template_config_map: str, listener: Listener) -> None:
+        self._actions = actions
+        self._template_config_map = template_config_map
+        self._listener = listener
+
+    def run(self, jobs: Iterable[MainJob]) -> None:
+        """Handle every Job the watch gives, until it ends (on stop)."""
+        for job in jobs:
+            self.handle(job)
+
+    def handle(self, job: MainJob) -> Decision:
+        decision = decide(job)
+        subject = f"Job {job.namespace}/{job.name}"
+        try:
+            if decision.verdict is Verdict.START_CLEANUP:
+                self._start_cleanup(decision)
+            elif decision.verdict is Verdict.FAILED:
+                self._no_cleanup(
+                    decision, "the main Job failed, so its documents are not harvested"
+                )
+            else:
+                self._listener.notice(Level.DEBUG, f"{subject}: {decision.reason}; nothing to do")
+        except HarvesterError as exc:
+            # Nothing was recorded, so the Job is decided again when it is next seen.
+            self._listener.notice(
+                Level.ERROR, f"{subject}: {exc}; it is tried again when next seen"
+            )
+        return decision
+
+    def _start_cleanup(self, decision: Decision) -> None:
+        job, name = decision.job, decision.cleanup_job_name
+        claim = self._claim(job)
+        if claim is None:
+            self._no_cleanup(
+                decision,
+                "its pod template mounts no PersistentVolumeClaim holding "
+                f"{DEFAULT_ROOT}, so there is nothing to harvest",
+            )
+            return
+        template = self._template(job)
+        if template is None:
+            return
+        source = f"ConfigMap {job.namespace}/{self._template_config_map}"
+        source_pod = self._actions.succeeded_pod(job.namespace, job.name)
+        try:
+            manifest = render(template, decision, claim=claim, source_pod=source_pod, source=source)
+        except TemplateError as exc:
+            self._warn(job, "CleanupNotStarted", str(exc))
+            return
+        created = self._actions.create_job(job.namespace, manifest)
+        self._actions.record_on_job(job.namespace, job.name, job.uid, {DECISION_ANNOTATION: name})
+        what = "created" if created else "already existed"
+        message = (
+            f"task {decision.task_id}: cleanup Job {name} {what} (claim {claim}, source pod "
+            f"{source_pod or 'none left'})"
+        )
+        self._tell(job, "CleanupJobCreated" if created else "CleanupJobExists", message)
+
+    def _no_cleanup(self, decision: Decision, why: str) -> None:
+        job = decision.job
+        self._actions.record_on_job(
+            job.namespace, job.name, job.uid, {DECISION_ANNOTATION: NO_CLEANUP_PREFIX + why}
+        )
+        self._tell(job, "CleanupNotStarted", f"task {decision.task_id}: no cleanup Job: {why}")
+
+    def _claim(self, job: MainJob) -> str | None:
+        if len(job.claims) == 1:
+            return job.claims[0].claim
+        held = claim_holding(job.claims, DEFAULT_ROOT)
+        return held.claim if held is not None else None
+
+    def _template(self, job: MainJob) -> dict[str, Any] | None:
+        source = f"ConfigMap {job.namespace}/{self._template_config_map}"
+        text = self._actions.read_template(job.namespace, self._template_config_map, TEMPLATE_KEY)
+        if text is None:
+            self._warn(
+                job,
+                "CleanupNotStarted",
+                f"{source} has no key {TEMPLATE_KEY}: apply deploy/ in this namespace or pass "
+                "--template-config-map",
+            )
+            return None
+        try:
+            return parse_template(text, source=f"{source} key {TEMPLATE_KEY}")
+        except TemplateError as exc:
+            self._warn(job, "CleanupNotStarted", f"{exc}; fix the template")
+            return None
+
+    def _tell(self, job: MainJob, reason: str, message: str) -> None:
+        self._listener.notice(Level.INFO, f"Job {job.namespace}/{job.name}: {message}")
+        self._event(job, reason, message, warning=False)
+
+    def _warn(self, job: MainJob, reason: str, message: str) -> None:
+        self._listener.notice(Level.ERROR, f"Job {job.namespace}/{job.name}: {message}")
+        self._event(job, reason, message, warning=True)
+
+    def _event(self, job: MainJob, reason: str, message: str, *, warning: bool) -> None:
+        problem = self._actions.job_event(job.namespace, job, reason, message, warning=warning)
+        if problem is not None:
+            self._listener.notice(Level.WARNING, f"Kubernetes Event not written: {problem}")
