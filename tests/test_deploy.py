@@ -3,19 +3,28 @@
 - every Kubernetes object under deploy/ validates (kubernetes-validate, strict) for every minor
   version from 1.29 to the newest the installed kubernetes-validate ships;
 - the Role grants exactly `harvester.kube.cluster.PERMISSIONS`, bound to the cleanup Job's
-  ServiceAccount;
+  ServiceAccount; the controller's Role, and the ClusterRole of the opt-in cluster-wide/
+  component, grant exactly `CONTROLLER_PERMISSIONS`, bound to the controller's ServiceAccount;
+- the controller's Deployment runs `harvester controller --namespace=$(POD_NAMESPACE)` in a pod
+  that meets the restricted Pod Security Standard (so does the cleanup Job's), and the
+  cluster-wide/ component turns that into `--all-namespaces`;
 - the cleanup Job runs the seed's command line, mounts the main Job's volume read-only where the
   harvester looks, takes the token from the Secret, and is locked down (non-root, read-only root
   filesystem, no capabilities, bounded in time and memory);
 - the NetworkPolicy selects the cleanup pods and lets them reach DNS, keruta-api and the
-  Kubernetes API on their ports only;
-- the kustomization lists every manifest, and applying it starts no Job.
+  Kubernetes API on their ports only; the controller's lets it reach the Kubernetes API only;
+- the kustomization lists every manifest, and applying it starts no Job; the cluster-wide/
+  component lists its own, and the base never includes it.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import re
+import shutil
+import subprocess
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,7 +37,7 @@ from kubernetes_validate import utils as kv_utils
 
 from harvester import cli
 from harvester.exitcodes import ExitCode
-from harvester.kube.cluster import PERMISSIONS, Permission
+from harvester.kube.cluster import CONTROLLER_PERMISSIONS, PERMISSIONS, Permission
 from harvester.report import TERMINATION_LOG
 from harvester.settings import (
     DEFAULT_ROOT,
@@ -46,6 +55,12 @@ KUSTOMIZATION = DEPLOY / "kustomization.yaml"
 CLEANUP_JOB = DEPLOY / "cleanup-job.yaml"
 MAIN_JOB = DEPLOY / "examples" / "main-job.yaml"
 EXAMPLE_PVC = DEPLOY / "examples" / "pvc.yaml"
+CONTROLLER_DEPLOYMENT = DEPLOY / "controller-deployment.yaml"
+CLUSTER_WIDE = DEPLOY / "cluster-wide"
+
+CLEANUP = "keruta-harvester"  # the cleanup pods' ServiceAccount, Role and RoleBinding
+CONTROLLER = "keruta-harvester-controller"  # the controller's objects, every kind
+CONTROLLER_COMMAND = ["harvester", "controller", "--namespace=$(POD_NAMESPACE)"]
 
 OLDEST_SUPPORTED = (1, 29)
 
@@ -63,6 +78,10 @@ SEED_COMMAND = [
 CLEANUP_POD_LABELS = {
     "app.kubernetes.io/name": "keruta-harvester",
     "app.kubernetes.io/component": "cleanup",
+}
+CONTROLLER_POD_LABELS = {
+    "app.kubernetes.io/name": "keruta-harvester",
+    "app.kubernetes.io/component": "controller",
 }
 
 Doc = dict[str, Any]
@@ -104,7 +123,7 @@ def only(path: Path, kind: str) -> Doc:
 
 
 def objects(kind: str) -> list[Doc]:
-    """Every object of `kind` in the base (examples excluded)."""
+    """Every object of `kind` in the base and its components (examples excluded)."""
     return [
         doc
         for path in manifest_files()
@@ -114,9 +133,10 @@ def objects(kind: str) -> list[Doc]:
     ]
 
 
-def single(kind: str) -> Doc:
-    found = objects(kind)
-    assert len(found) == 1, f"deploy/: expected one {kind}, found {len(found)}"
+def named(kind: str, name: str) -> Doc:
+    """The one object of `kind` called `name` in the base and its components."""
+    found = [doc for doc in objects(kind) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"deploy/: expected one {kind} {name}, found {len(found)}"
     return found[0]
 
 
@@ -137,6 +157,14 @@ def cleanup_job() -> Doc:
 
 def cleanup_container() -> Doc:
     return container(cleanup_job(), "cleanup-container")
+
+
+def controller_deployment() -> Doc:
+    return only(CONTROLLER_DEPLOYMENT, "Deployment")
+
+
+def controller_container() -> Doc:
+    return container(controller_deployment(), "controller")
 
 
 def env_of(c: Doc) -> dict[str, Doc]:
@@ -235,23 +263,49 @@ def granted(role: Doc) -> set[Permission]:
     return grants
 
 
-def test_role_grants_exactly_what_the_code_calls() -> None:
-    role = single("Role")
+def assert_grants_exactly(role: Doc, wanted: tuple[Permission, ...], where: str) -> None:
     grants = granted(role)
-    wanted = set(PERMISSIONS)
-    assert not wanted - grants, f"the Role misses {sorted(wanted - grants)} (harvester/kube.py)"
-    assert not grants - wanted, f"the Role grants more than the code needs: {grants - wanted}"
+    what = f"{role['kind']} {role['metadata']['name']}"
+    assert not set(wanted) - grants, f"{what} misses {sorted(set(wanted) - grants)} ({where})"
+    assert not grants - set(wanted), (
+        f"{what} grants more than the code needs: {grants - set(wanted)}"
+    )
+    for permission in grants:
+        assert "*" not in permission, f"wildcard in {what}: {permission}"
 
 
-def test_role_has_no_wildcards_and_rbac_stays_namespaced() -> None:
-    for permission in granted(single("Role")):
-        assert "*" not in permission, f"wildcard in the Role: {permission}"
-    assert not objects("ClusterRole")
-    assert not objects("ClusterRoleBinding")
+def test_role_grants_exactly_what_the_code_calls() -> None:
+    assert_grants_exactly(named("Role", CLEANUP), PERMISSIONS, "harvester/kube/cluster.py")
+
+
+@pytest.mark.parametrize("kind", ["Role", "ClusterRole"])
+def test_controller_role_grants_exactly_what_the_controller_calls(kind: str) -> None:
+    role = named(kind, CONTROLLER)
+    assert_grants_exactly(role, CONTROLLER_PERMISSIONS, "CONTROLLER_PERMISSIONS")
+
+
+def test_rbac_stays_namespaced_unless_the_cluster_wide_component_is_added() -> None:
+    """The base grants nothing outside its namespace; every cluster-scoped grant is in
+    cluster-wide/, which the base does not include."""
+    for name in kustomization()["resources"]:
+        kinds = {doc["kind"] for doc in load(DEPLOY / name)}
+        assert not kinds & {"ClusterRole", "ClusterRoleBinding"}, f"{name} is cluster-wide"
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        (found,) = objects(kind)
+        assert found["metadata"]["name"] == CONTROLLER
+    cluster_scoped = {
+        path.name
+        for path in manifest_files()
+        for doc in load(path)
+        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding")
+    }
+    assert cluster_scoped == set(component()["resources"])
+    assert all((CLUSTER_WIDE / name).is_file() for name in cluster_scoped)
 
 
 def test_role_binding_binds_the_role_to_the_jobs_service_account() -> None:
-    role, binding, account = single("Role"), single("RoleBinding"), single("ServiceAccount")
+    role, binding = named("Role", CLEANUP), named("RoleBinding", CLEANUP)
+    account = named("ServiceAccount", CLEANUP)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -264,6 +318,33 @@ def test_role_binding_binds_the_role_to_the_jobs_service_account() -> None:
     # The harvester calls the Kubernetes API: the token must be mounted.
     assert account.get("automountServiceAccountToken") is True
     assert spec.get("automountServiceAccountToken", True) is True
+
+
+def test_controller_bindings_bind_its_roles_to_the_deployments_service_account() -> None:
+    account = named("ServiceAccount", CONTROLLER)
+    binding = named("RoleBinding", CONTROLLER)
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": named("Role", CONTROLLER)["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER}]
+    cluster_binding = named("ClusterRoleBinding", CONTROLLER)
+    assert cluster_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": named("ClusterRole", CONTROLLER)["metadata"]["name"],
+    }
+    # A ClusterRoleBinding must name the subject's namespace; "default" is what kustomize's
+    # namespace transformer replaces with the overlay's namespace (deploy/README.md).
+    assert cluster_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": CONTROLLER, "namespace": "default"}
+    ]
+    spec = pod_spec(controller_deployment())
+    assert spec["serviceAccountName"] == account["metadata"]["name"] == CONTROLLER
+    # The controller lists, watches and creates through the API: the token must be mounted.
+    assert account.get("automountServiceAccountToken") is True
+    assert spec["automountServiceAccountToken"] is True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +471,149 @@ def test_cleanup_pods_are_told_apart_from_the_main_jobs() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Pod security: both pods the base runs meet the restricted Pod Security Standard
+# (https://kubernetes.io/docs/concepts/security/pod-security-standards/, "latest"); the server
+# enforces it in tests/test_real_cluster.py, this says which field is wrong without a cluster.
+
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod: Doc) -> list[str]:
+    """What in a pod spec the restricted Pod Security Standard forbids (empty: it complies)."""
+    found: list[str] = []
+    pod_sc: Doc = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            found.append(f"{key} is set")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            found.append(f"volume {volume['name']} is {sorted(kinds)}")
+    if pod.get("securityContext", {}).get("sysctls"):
+        found.append("sysctls are set")
+    every = [*pod.get("initContainers", []), *pod["containers"]]
+    for c in every:
+        sc: Doc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            found.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation is not false")
+        capabilities = sc.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities do not drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: adds capabilities {capabilities['add']}")
+        if any(port.get("hostPort") for port in c.get("ports", [])):
+            found.append(f"{name}: uses a hostPort")
+        if sc.get("procMount", "Default") != "Default":
+            found.append(f"{name}: procMount")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+            found.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            found.append(f"{name}: runs as uid 0")
+        profile: Doc = sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}
+        seccomp = profile.get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile is {seccomp}")
+        selinux: Doc = sc.get("seLinuxOptions") or pod_sc.get("seLinuxOptions") or {}
+        if selinux.get("user") or selinux.get("role"):
+            found.append(f"{name}: seLinuxOptions user or role")
+    return found
+
+
+def test_the_restricted_checker_finds_a_violation() -> None:
+    """Without this, a checker that finds nothing would pass every pod."""
+    pod = pod_spec(controller_deployment())
+    broken = pod | {"securityContext": {}, "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    said = restricted_violations(broken)
+    assert "controller: runAsNonRoot is not true" in said
+    assert "controller: seccompProfile is None" in said
+    assert "volume h is ['hostPath']" in said
+
+
+@pytest.mark.parametrize("pod", ["cleanup Job", "controller Deployment"])
+def test_pods_meet_the_restricted_pod_security_standard(pod: str) -> None:
+    workload = cleanup_job() if pod == "cleanup Job" else controller_deployment()
+    assert restricted_violations(pod_spec(workload)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The controller
+
+
+def test_controller_runs_harvester_controller_on_its_own_namespace() -> None:
+    c = controller_container()
+    assert c["command"] == CONTROLLER_COMMAND
+    assert "args" not in c, "args would be appended to the command"
+    # The same image as the cleanup Jobs: one image, one program.
+    assert c["image"] == cleanup_container()["image"]
+    # $(POD_NAMESPACE) expands only when the container's environment sets it.
+    env = env_of(c)
+    for reference in re.findall(r"\$\((\w+)\)", " ".join(c["command"])):
+        assert reference in env, f"command references $({reference}), which env does not set"
+    for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        assert env[name] == {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}}
+    assert set(env) == {"POD_NAME", "POD_NAMESPACE"}
+    # No token: the controller talks to the Kubernetes API only (no --report-failed yet).
+    assert "KERUTA_API_TOKEN" not in env
+
+
+def test_controller_deployment_is_one_replica_replaced_not_rolled() -> None:
+    """No leader election yet: one replica, and no rollout with the old and new pods both
+    acting."""
+    deployment = controller_deployment()
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["selector"] == {"matchLabels": CONTROLLER_POD_LABELS}
+    template_labels = spec["template"]["metadata"]["labels"]
+    assert CONTROLLER_POD_LABELS.items() <= template_labels.items()
+    assert "app" not in template_labels and "task-id" not in template_labels
+    assert deployment["metadata"]["name"] == CONTROLLER
+
+
+def test_controller_has_no_probes_until_it_serves_them() -> None:
+    c = controller_container()
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert probe not in c, f"{probe} on a port the controller does not open yet"
+    assert "ports" not in c
+
+
+def test_controller_pod_is_locked_down_like_the_cleanup_pod() -> None:
+    spec, c = pod_spec(controller_deployment()), controller_container()
+    assert spec["securityContext"] == pod_spec(cleanup_job())["securityContext"]
+    assert spec["securityContext"]["runAsUser"] == 10001
+    assert c["securityContext"] == cleanup_container()["securityContext"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert spec["enableServiceLinks"] is False
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    writable = [m for m in c["volumeMounts"] if not m.get("readOnly", False)]
+    assert [m["mountPath"] for m in writable] == ["/tmp"]
+    assert "emptyDir" in volumes[writable[0]["name"]]
+    assert not [v for v in volumes.values() if "persistentVolumeClaim" in v]
+
+
+def test_controller_resources() -> None:
+    resources = controller_container()["resources"]
+    for kind in ("cpu", "memory"):
+        request, limit = resources["requests"][kind], resources["limits"][kind]
+        assert 0 < quantity(request) <= quantity(limit), f"{kind}: {request} > {limit}"
+    # The interpreter with the kubernetes client is ~54 MiB; the target with 5,000 Jobs cached
+    # is a peak under 150 MB: the limit must leave room above it.
+    assert quantity(resources["limits"]["memory"]) >= 200 * 1024**2
+
+
+# ---------------------------------------------------------------------------------------------
 # The examples: the main Job writes where the cleanup Job reads
 
 
@@ -437,7 +661,7 @@ def ports_of(rule: Doc) -> set[tuple[str, int]]:
 
 
 def test_network_policy_selects_the_cleanup_pods_only() -> None:
-    policy = single("NetworkPolicy")
+    policy = named("NetworkPolicy", "keruta-harvester-cleanup")
     selector = policy["spec"]["podSelector"]
     assert set(selector) == {"matchLabels"}, "only matchLabels: easy to compare with the Job"
     assert selector["matchLabels"] == CLEANUP_POD_LABELS
@@ -448,7 +672,7 @@ def test_network_policy_selects_the_cleanup_pods_only() -> None:
 
 
 def test_network_policy_denies_ingress_and_allows_only_the_needed_egress() -> None:
-    spec = single("NetworkPolicy")["spec"]
+    spec = named("NetworkPolicy", "keruta-harvester-cleanup")["spec"]
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
     assert not spec.get("ingress")
     api_port = urlsplit(env_value(cleanup_container(), "KERUTA_API_URL")).port
@@ -482,12 +706,44 @@ def test_network_policy_denies_ingress_and_allows_only_the_needed_egress() -> No
     assert found == expected
 
 
+def test_controller_network_policy_selects_the_controller_only() -> None:
+    policy = named("NetworkPolicy", CONTROLLER)
+    selector = policy["spec"]["podSelector"]
+    assert selector == {"matchLabels": CONTROLLER_POD_LABELS}
+    controller_labels = controller_deployment()["spec"]["template"]["metadata"]["labels"]
+    assert selector["matchLabels"].items() <= controller_labels.items()
+    for other in (cleanup_job(), only(MAIN_JOB, "Job")):
+        assert (
+            not selector["matchLabels"].items()
+            <= other["spec"]["template"]["metadata"]["labels"].items()
+        )
+    # And the cleanup pods' policy does not select the controller: it opens keruta-api and DNS.
+    cleanup_selector = named("NetworkPolicy", "keruta-harvester-cleanup")["spec"]["podSelector"]
+    assert not cleanup_selector["matchLabels"].items() <= controller_labels.items()
+
+
+def test_controller_network_policy_allows_only_the_kubernetes_api() -> None:
+    spec = named("NetworkPolicy", CONTROLLER)["spec"]
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert not spec.get("ingress")
+    (rule,) = spec["egress"]
+    assert rule["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
+    assert ports_of(rule) == {("TCP", 443), ("TCP", 6443)}
+
+
 # ---------------------------------------------------------------------------------------------
 # The kustomization
 
 
 def kustomization() -> Doc:
     docs = load(KUSTOMIZATION)
+    assert len(docs) == 1
+    return docs[0]
+
+
+def component() -> Doc:
+    """cluster-wide/: the opt-in kustomize Component for --all-namespaces."""
+    docs = load(CLUSTER_WIDE / KUSTOMIZATION.name)
     assert len(docs) == 1
     return docs[0]
 
@@ -534,3 +790,111 @@ def test_applying_the_base_starts_no_job() -> None:
     template = generators["keruta-harvester-cleanup-job"]
     assert template["files"] == [CLEANUP_JOB.name]
     assert template["options"]["disableNameSuffixHash"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster-wide component
+
+
+def kubectl() -> str:
+    """A kubectl to build the kustomizations with (KERUTA_KUBECTL, else the one on PATH)."""
+    found = os.environ.get("KERUTA_KUBECTL") or shutil.which("kubectl")
+    if not found:
+        pytest.skip("no kubectl (set KERUTA_KUBECTL): the kustomize build is not checked")
+    return found
+
+
+def pointer(doc: Doc, path: str) -> tuple[Any, str | int]:
+    """The container and key a JSON pointer (RFC 6901) names, for the ops the component uses."""
+    *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
+    node: Any = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node, int(last) if isinstance(node, list) else last
+
+
+def apply_json_patch(doc: Doc, ops: list[Doc]) -> Doc:
+    """RFC 6902 `test` and `replace`, as kustomize applies them (the only ops used here)."""
+    result: Doc = json.loads(json.dumps(doc))
+    for op in ops:
+        node, key = pointer(result, op["path"])
+        if op["op"] == "test":
+            assert node[key] == op["value"], f"patch test fails: {node[key]!r} at {op['path']}"
+        elif op["op"] == "replace":
+            node[key] = op["value"]
+        else:
+            pytest.fail(f"op {op['op']!r} is not handled here")
+    return result
+
+
+def test_cluster_wide_component_lists_its_files_and_the_base_leaves_it_out() -> None:
+    c = component()
+    assert c["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    assert c["kind"] == "Component", "a Component cannot be applied by itself"
+    assert "namespace" not in c
+    listed = listed_files(c)
+    on_disk = {p.name for p in CLUSTER_WIDE.glob("*.yaml") if p.name != KUSTOMIZATION.name}
+    assert sorted(listed) == sorted(on_disk)
+    base = kustomization()
+    referenced = [*base.get("resources", []), *base.get("components", [])]
+    assert not [r for r in referenced if CLUSTER_WIDE.name in r], "the base applies cluster-wide/"
+
+
+def test_cluster_wide_component_turns_the_controller_to_all_namespaces() -> None:
+    (patch,) = component()["patches"]
+    deployment = controller_deployment()
+    assert patch["target"] == {
+        "group": "apps",
+        "version": "v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    patched = apply_json_patch(deployment, yaml.safe_load(patch["patch"]))
+    (c,) = pod_spec(patched)["containers"]
+    assert c["command"] == ["harvester", "controller", "--all-namespaces"]
+    # Everything else is the base's.
+    assert pod_spec(patched)["containers"][0] | {"command": CONTROLLER_COMMAND} == (
+        controller_container()
+    )
+
+
+def kustomize(directory: Path) -> list[Doc]:
+    built = subprocess.run(
+        [kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    return [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+
+
+def test_kustomize_builds_the_base_namespaced_and_the_overlay_cluster_wide(
+    tmp_path: Path,
+) -> None:
+    base = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(DEPLOY)}
+    assert not {kind for kind, _name in base} & {"ClusterRole", "ClusterRoleBinding", "Job"}
+    assert ("Deployment", CONTROLLER) in base
+    assert ("ConfigMap", "keruta-harvester-cleanup-job") in base
+
+    # The overlay deploy/README.md tells a user to write (kustomize wants relative paths).
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    deploy = os.path.relpath(DEPLOY, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        "namespace: keruta-tests\n"
+        f"resources: [{deploy}]\n"
+        f"components: [{deploy}/cluster-wide]\n"
+    )
+    built = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(overlay)}
+    assert set(built) == set(base) | {
+        ("ClusterRole", CONTROLLER),
+        ("ClusterRoleBinding", CONTROLLER),
+    }
+    subjects = built[("ClusterRoleBinding", CONTROLLER)]["subjects"]
+    assert subjects == [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": "keruta-tests"}]
+    (c,) = pod_spec(built[("Deployment", CONTROLLER)])["containers"]
+    assert c["command"] == ["harvester", "controller", "--all-namespaces"]

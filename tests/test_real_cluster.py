@@ -1,7 +1,9 @@
 """What only a real API server can answer, on each real backend (tests/kube_backends.py: the
 control plane tests/cluster/build.sh built, and an existing cluster when one is named): every
-deploy/ manifest applies server-side, the deploy/ Role is enough and each of its rules is needed,
-and pvc-protection keeps a deleted claim Terminating while a scheduled pod uses it.
+deploy/ manifest applies server-side (the cluster-wide/ component's too), the pods the base runs
+pass the restricted Pod Security Standard as the API server enforces it, the deploy/ Role is
+enough and each of its rules is needed, and pvc-protection keeps a deleted claim Terminating
+while a scheduled pod uses it.
 
 The contract suite (tests/test_volume.py) runs there too, as deploy/'s ServiceAccount; the UID
 precondition's server-side check is one of its tests."""
@@ -9,16 +11,19 @@ precondition's server-side check is one of its tests."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from harvester.kube.cluster import PERMISSIONS
 from harvester.model import StepState
 from harvester.stats import Level
-from tests.kube_backends import DEPLOY, RealNamespace, wait_until
+from tests.controlplane import create
+from tests.kube_backends import DEPLOY, RealNamespace, manifests, wait_until
 from tests.volume_support import (
     OWN_POD,
     SOURCE_POD,
@@ -40,6 +45,12 @@ def test_every_manifest_applies_with_a_server_side_dry_run(real_api: RealNamespa
     and defaulting as the API server does them, over what the namespace already holds."""
     cluster = DynamicClient(real_api.admin)  # type: ignore[no-untyped-call]
     files = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
+    # Every directory of deploy/: the base, its examples and the opt-in cluster-wide/ component.
+    assert {p.parent.relative_to(DEPLOY).as_posix() for p in files} == {
+        ".",
+        "examples",
+        "cluster-wide",
+    }
     applied = []
     for path in files:
         for doc in yaml.safe_load_all(path.read_text()):
@@ -59,6 +70,64 @@ def test_every_manifest_applies_with_a_server_side_dry_run(real_api: RealNamespa
     )
     assert job.spec.completionMode == "NonIndexed"
     assert job.spec.template.spec.dnsPolicy == "ClusterFirst"
+    answered = {(obj.kind, obj.metadata.name) for obj in applied}
+    controller = "keruta-harvester-controller"
+    kinds = ("ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Deployment")
+    assert {(kind, controller) for kind in (*kinds, "ClusterRole", "ClusterRoleBinding")} <= (
+        answered
+    )
+    (deployment,) = (obj for obj in applied if obj.kind == "Deployment")
+    assert deployment.spec.progressDeadlineSeconds == 600
+
+
+def pod_from(path: str, kind: str) -> dict[str, Any]:
+    """A Pod made from the pod template of the one `kind` in deploy/`path`, as its controller
+    would make it."""
+    (workload,) = (doc for doc in manifests(path) if doc["kind"] == kind)
+    template = workload["spec"]["template"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{workload['metadata']['name']}-x7k2p", **template["metadata"]},
+        "spec": template["spec"],
+    }
+
+
+def test_the_pods_pass_the_restricted_pod_security_standard(real_api: RealNamespace) -> None:
+    """The PodSecurity admission plugin, enforcing `restricted` on the namespace, admits the
+    cleanup pod and the controller pod (a server-side dry run: nothing is created). A Deployment
+    or Job itself is only warned about; the pods its controller makes are what is refused."""
+    core = client.CoreV1Api(real_api.admin)
+    labels = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    core.patch_namespace(real_api.namespace, {"metadata": {"labels": labels}})
+    # The ServiceAccount admission plugin refuses a pod whose ServiceAccount does not exist;
+    # the cleanup pods' is there already (RealNamespace), the controller's is made here.
+    for doc in manifests("controller-serviceaccount.yaml"):
+        create(real_api.admin, doc, real_api.namespace)
+    cleanup_pod = pod_from("cleanup-job.yaml", "Job")
+    controller_pod = pod_from("controller-deployment.yaml", "Deployment")
+
+    def refusal(pod: dict[str, Any]) -> str | None:
+        try:
+            core.create_namespaced_pod(real_api.namespace, pod, dry_run="All")  # type: ignore[arg-type]
+        except ApiException as exc:
+            return str(exc.body)
+        return None
+
+    # The namespace's label reaches the plugin through an informer: wait until a pod that only
+    # the restricted level forbids (no runAsNonRoot, no seccomp profile) is refused, so the
+    # admissions below are the plugin's answer, not its ignorance of the label.
+    unrestricted = pod_from("controller-deployment.yaml", "Deployment")
+    unrestricted["spec"] = unrestricted["spec"] | {"securityContext": {}}
+    wait_until(
+        lambda: "violates PodSecurity" in (refusal(unrestricted) or ""),
+        "PodSecurity to enforce restricted on the namespace",
+    )
+    assert refusal(cleanup_pod) is None
+    assert refusal(controller_pod) is None
 
 
 def test_the_deploy_role_suffices_and_the_pvc_stays_terminating_while_used(
