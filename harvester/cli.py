@@ -145,7 +145,9 @@ def controller(**typed: Any) -> None:
     from harvester.controller.loop import run_controller
 
     with stop_on_signals() as stop:
-        code = run_controller(settings, output.reporting, stop=stop, stream=output.stderr)
+        code = run_controller(
+            settings, output.reporting, stop=stop, stdout=output.stdout, stderr=output.stderr
+        )
     raise typer.Exit(code)
 
 

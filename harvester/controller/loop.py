@@ -11,8 +11,9 @@ recorded that did not happen.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, TextIO
 
 from harvester.controller.decide import (
     DECISION_ANNOTATION,
@@ -22,28 +23,37 @@ from harvester.controller.decide import (
     decide,
 )
 from harvester.controller.render import TEMPLATE_KEY, TemplateError, parse_template, render
-from harvester.errors import HarvesterError
+from harvester.errors import ConfigError, HarvesterError
+from harvester.exitcodes import ExitCode
+from harvester.kube.jobs import connect
 from harvester.kube.volume import claim_holding
 from harvester.model import MainJob
-from harvester.settings import DEFAULT_ROOT
-from harvester.stats import Level, Listener
+from harvester.report import JsonReporter, LogReporter
+from harvester.settings import (
+    DEFAULT_ROOT,
+    NO_CLUSTER,
+    ControllerSettings,
+    LogFormat,
+    Reporting,
+)
+from harvester.stats import Level, Listener, Tally
 
 
 class JobActions(Protocol):
     """What the controller asks of Kubernetes besides the watch (see `harvester.kube.jobs`)."""
 
-    def create_job(self, namespace: str, manifest: dict[str, Any]) -> bool: ...
+    def create_job(self, namespace: str, manifest: Mapping[str, Any]) -> bool: ...
 
     def record_on_job(
-        self, namespace: str, name: str, uid: str, annotations: dict[str, str]
-    ) -> None: ...
+        self, namespace: str, name: str, uid: str, annotations: Mapping[str, str | None]
+    ) -> bool: ...
 
     def succeeded_pod(self, namespace: str, job_name: str) -> str | None: ...
 
     def read_template(self, namespace: str, name: str, key: str) -> str | None: ...
 
     def job_event(
-        self, namespace: str, job: MainJob, reason: str, message: str, *, warning: bool
+        self, job: MainJob, reason: str, message: str, *, warning: bool = False
     ) -> str | None: ...
 
 
@@ -100,7 +110,7 @@ class Controller:
             self._warn(job, "CleanupNotStarted", str(exc))
             return
         created = self._actions.create_job(job.namespace, manifest)
-        self._actions.record_on_job(job.namespace, job.name, job.uid, {DECISION_ANNOTATION: name})
+        self._record(decision, name)
         what = "created" if created else "already existed"
         message = (
             f"task {decision.task_id}: cleanup Job {name} {what} (claim {claim}, source pod "
@@ -109,11 +119,20 @@ class Controller:
         self._tell(job, "CleanupJobCreated" if created else "CleanupJobExists", message)
 
     def _no_cleanup(self, decision: Decision, why: str) -> None:
-        job = decision.job
-        self._actions.record_on_job(
-            job.namespace, job.name, job.uid, {DECISION_ANNOTATION: NO_CLEANUP_PREFIX + why}
+        self._record(decision, NO_CLEANUP_PREFIX + why)
+        self._tell(
+            decision.job, "CleanupNotStarted", f"task {decision.task_id}: no cleanup Job: {why}"
         )
-        self._tell(job, "CleanupNotStarted", f"task {decision.task_id}: no cleanup Job: {why}")
+
+    def _record(self, decision: Decision, record: str) -> None:
+        job = decision.job
+        annotations = {DECISION_ANNOTATION: record}
+        if not self._actions.record_on_job(job.namespace, job.name, job.uid, annotations):
+            self._listener.notice(
+                Level.WARNING,
+                f"Job {job.namespace}/{job.name}: deleted or replaced before the decision could "
+                f"be recorded on it ({record})",
+            )
 
     def _claim(self, job: MainJob) -> str | None:
         if len(job.claims) == 1:
@@ -147,6 +166,52 @@ class Controller:
         self._event(job, reason, message, warning=True)
 
     def _event(self, job: MainJob, reason: str, message: str, *, warning: bool) -> None:
-        problem = self._actions.job_event(job.namespace, job, reason, message, warning=warning)
+        problem = self._actions.job_event(job, reason, message, warning=warning)
         if problem is not None:
             self._listener.notice(Level.WARNING, f"Kubernetes Event not written: {problem}")
+
+
+def run_controller(
+    settings: ControllerSettings,
+    reporting: Reporting,
+    *,
+    stop: threading.Event,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> ExitCode:
+    """Watch and act until `stop` is set (SIGTERM); decisions and problems as log lines (JSON
+    lines on stdout with --log-format json, else plain lines on stderr)."""
+    tally = Tally()
+    interval, level = reporting.progress_interval, reporting.log_level
+    reporter: LogReporter | JsonReporter = (
+        JsonReporter(stdout, tally, interval=interval, level=level)
+        if reporting.log_format is LogFormat.JSON
+        else LogReporter(stderr, tally, interval=interval, level=level)
+    )
+    with reporter:
+        if not settings.cluster.available:
+            tally.notice(Level.ERROR, f"controller: {NO_CLUSTER}; it needs one to watch")
+            return ExitCode.USAGE
+        try:
+            with connect(settings.cluster) as api:
+                namespaces = (
+                    None
+                    if settings.all_namespaces
+                    else (settings.namespaces or (api.default_namespace,))
+                )
+                where = "every namespace" if namespaces is None else ", ".join(namespaces)
+                tally.notice(
+                    Level.INFO,
+                    f"controller: watching Jobs labelled {settings.selector} in {where}; cleanup "
+                    f"Jobs from ConfigMap {settings.template_config_map}",
+                )
+                controller = Controller(api, settings.template_config_map, tally)
+                controller.run(api.watch(settings.selector, stop, namespaces=namespaces))
+        except ConfigError as exc:
+            tally.notice(Level.ERROR, f"controller: {exc}")
+            return ExitCode.USAGE
+        except HarvesterError as exc:
+            tally.notice(Level.ERROR, f"controller: stopped: {exc}")
+            return ExitCode.UNEXPECTED
+        tally.notice(Level.INFO, "controller: stopped")
+    return ExitCode.OK
