@@ -496,3 +496,39 @@ def test_each_missing_rule_is_named(
             actions[(missing.resource, missing.verb)]()
     assert sentence in str(refused.value)
     assert "deploy/controller-role.yaml" in str(refused.value)
+
+
+# -- backing off, without a cluster
+
+
+def test_an_unreachable_api_server_is_retried_with_capped_full_jitter() -> None:
+    """Nothing listens on the port: every list fails to connect. The waits asked for double
+    from 0.5 s up to the 30 s cap (`rand` 1.0: the top of each jitter range), scaled by `rand`,
+    and the stop ends the waiting."""
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    configuration = client.Configuration()
+    configuration.host = f"https://127.0.0.1:{port}"
+    configuration.retries = 0
+    stop = threading.Event()
+    asked: list[float] = []
+    told: list[str] = []
+
+    def sleep(delay: float) -> None:
+        asked.append(delay)
+        if len(asked) == 8:
+            stop.set()
+
+    with JobsApi(client.ApiClient(configuration)) as jobs:
+        watch = jobs.watch(
+            SELECTOR,
+            stop,
+            namespaces=["default"],
+            sleep=sleep,
+            rand=lambda: 1.0,
+            on_retry=lambda error, _delay: told.append(str(error)),
+        )
+        assert list(watch) == []
+    assert asked == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert (watch.restarts, watch.relists) == (8, 0)
+    assert all(f"127.0.0.1:{port} cannot be reached" in text for text in told), told
