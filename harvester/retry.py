@@ -34,6 +34,13 @@ class RetryPolicy:
     deadline: float | None = None  # on the injected clock's scale (time.monotonic by default)
 
 
+def full_jitter(
+    retry_number: int, base_delay: float, max_delay: float, rand: Callable[[], float]
+) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2^(n-1))], n from 1."""
+    return rand() * min(max_delay, base_delay * 2.0 ** (retry_number - 1))
+
+
 class Retrier:
     """Runs an operation until it succeeds, fails permanently, or the policy is spent."""
 
@@ -54,8 +61,9 @@ class Retrier:
 
     def delay(self, retry_number: int, error: RetryableError) -> float:
         """Full jitter: uniform in [0, min(max, base * 2^(n-1))], at least what the server asked."""
-        ceiling = min(self.policy.max_delay, self.policy.base_delay * 2.0 ** (retry_number - 1))
-        jittered = self._rand() * ceiling
+        jittered = full_jitter(
+            retry_number, self.policy.base_delay, self.policy.max_delay, self._rand
+        )
         if error.retry_after is not None:
             return max(error.retry_after, jittered)
         return jittered

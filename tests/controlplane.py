@@ -64,8 +64,10 @@ def _openssl(*args: str, cwd: Path) -> None:
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager, started fresh in `workdir`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, apiserver_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.apiserver_args = apiserver_args  # extra kube-apiserver flags, after the usual ones
+        self.etcd_url = ""
         self.pki = workdir / "pki"
         self.admin_token = secrets.token_hex(16)
         self.url = ""
@@ -88,7 +90,7 @@ class ControlPlane:
         self._make_pki()
         etcd_port, peer_port, metrics_port = _free_port(), _free_port(), _free_port()
         api_port, kcm_port = _free_port(), _free_port()
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        etcd_url = self.etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         self._spawn(
             "etcd",
@@ -120,6 +122,7 @@ class ControlPlane:
             f"--audit-policy-file={self._write_audit_policy()}",
             f"--audit-log-path={self.audit_log}",
             "--audit-log-maxsize=0",
+            *self.apiserver_args,
         )
         self.url = f"https://127.0.0.1:{api_port}"
         self._write_kubeconfig(self.admin_kubeconfig, self.admin_token, "default")

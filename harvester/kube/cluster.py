@@ -71,6 +71,16 @@ REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
 EVENT_SOURCE = "keruta-harvester"
 
 
+class ObjectRef(NamedTuple):
+    """The object an Event is about."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str | None
+
+
 class KubeError(HarvesterError):
     """A Kubernetes request failed; the message says which object, why, and what to do."""
 
@@ -109,6 +119,13 @@ def connect(access: ClusterAccess, *, namespace: str | None = None) -> Cluster:
     namespace file, the kubeconfig context's namespace, then "default". `access` must be
     `available`: without a cluster there is nothing to connect to, and the caller says so.
     """
+    return Cluster(*api_client_for(access, namespace=namespace))
+
+
+def api_client_for(
+    access: ClusterAccess, *, namespace: str | None = None
+) -> tuple[client.ApiClient, str]:
+    """The official client's ApiClient for `access`, and the namespace `connect` would use."""
     configuration = client.Configuration()
     context_namespace: str | None = None
     try:
@@ -136,7 +153,7 @@ def connect(access: ClusterAccess, *, namespace: str | None = None) -> Cluster:
         # the kind of problem is said.
         raise _unloadable(access, _load_problem(exc)) from exc
     configuration.retries = 2
-    return Cluster(client.ApiClient(configuration), namespace or context_namespace or "default")
+    return client.ApiClient(configuration), namespace or context_namespace or "default"
 
 
 def _unloadable(access: ClusterAccess, problem: str) -> ConfigError:
@@ -282,31 +299,15 @@ class Cluster:
     ) -> str | None:
         """Write a core/v1 Event about an object. Returns None, or why it could not be written:
         an Event is a courtesy to the operator and must never fail a harvest."""
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=self.namespace),
-            involved_object=client.V1ObjectReference(
-                api_version="v1", kind=kind, name=name, namespace=self.namespace, uid=uid
-            ),
-            reason=reason,
-            message=cut(message, _EVENT_MESSAGE_BYTES, in_bytes=True),
-            type="Warning" if warning else "Normal",
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component=EVENT_SOURCE),
-            reporting_component=EVENT_SOURCE,
-            reporting_instance=reporting_instance or EVENT_SOURCE,
+        reference = ObjectRef("v1", kind, self.namespace, name, uid)
+        return write_event(
+            self._core,
+            reference,
+            reason,
+            message,
+            warning=warning,
+            reporting_instance=reporting_instance,
         )
-        try:
-            self._core.create_namespaced_event(
-                self.namespace, event, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            return str(self._translate(exc, "create", "events", name))
-        except HTTPError as exc:
-            return str(self._unreachable(exc))
-        return None
 
     def _call(
         self, verb: str, resource: str, name: str, method: Any, *args: Any, **kwargs: Any
@@ -322,28 +323,90 @@ class Cluster:
             raise self._unreachable(exc) from exc
 
     def _translate(self, exc: ApiException, verb: str, resource: str, name: str) -> KubeError:
-        what = f"{resource}/{name} in namespace {self.namespace}"
-        if exc.status == 403:
-            group = "batch" if resource == "jobs" else '"" (core)'
-            return KubeError(
-                f"{what}: {verb} forbidden by RBAC; the ServiceAccount's Role must grant verb "
-                f'"{verb}" on "{resource}" in API group {group} (see deploy/role.yaml)'
-            )
-        if exc.status == 401:
-            return KubeError(
-                f"{what}: the Kubernetes API rejected the credentials (401); check the "
-                "ServiceAccount token or kubeconfig"
-            )
-        return KubeError(
-            f"{what}: {verb} failed: {exc.status} {exc.reason}: {_status_message(exc)}"
-        )
+        return translate_error(exc, verb, resource, name, self.namespace)
 
     def _unreachable(self, exc: Exception) -> KubeError:
-        host = self._api_client.configuration.host
+        return unreachable_error(self._api_client, exc)
+
+
+def translate_error(
+    exc: ApiException,
+    verb: str,
+    resource: str,
+    name: str,
+    namespace: str | None,
+    *,
+    role: str = "deploy/role.yaml",
+) -> KubeError:
+    """A refused request as a sentence: the object, the answer, and for 401/403 what to fix.
+    `namespace` None is a request across all namespaces; `role` is the file granting the rules."""
+    where = f"in namespace {namespace}" if namespace is not None else "in all namespaces"
+    what = f"{resource}/{name} {where}" if name else f"{resource} {where}"
+    if exc.status == 403:
+        group = "batch" if resource == "jobs" else '"" (core)'
         return KubeError(
-            f"the Kubernetes API at {host} cannot be reached ({type(exc).__name__}); check the "
-            "NetworkPolicy allows the API server"
+            f"{what}: {verb} forbidden by RBAC; the ServiceAccount's Role must grant verb "
+            f'"{verb}" on "{resource}" in API group {group} (see {role})'
         )
+    if exc.status == 401:
+        return KubeError(
+            f"{what}: the Kubernetes API rejected the credentials (401); check the "
+            "ServiceAccount token or kubeconfig"
+        )
+    return KubeError(f"{what}: {verb} failed: {exc.status} {exc.reason}: {_status_message(exc)}")
+
+
+def unreachable_error(api_client: client.ApiClient, exc: Exception) -> KubeError:
+    host = api_client.configuration.host
+    return KubeError(
+        f"the Kubernetes API at {host} cannot be reached ({type(exc).__name__}); check the "
+        "NetworkPolicy allows the API server"
+    )
+
+
+def write_event(
+    core: client.CoreV1Api,
+    involved: ObjectRef,
+    reason: str,
+    message: str,
+    *,
+    warning: bool = False,
+    reporting_instance: str | None = None,
+    role: str = "deploy/role.yaml",
+) -> str | None:
+    """Create a core/v1 Event about `involved` (in its namespace). Returns None, or why it
+    could not be written: an Event is a courtesy to the operator and never fails its caller."""
+    now = datetime.now(UTC)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(
+            generate_name=f"{involved.name}.", namespace=involved.namespace
+        ),
+        involved_object=client.V1ObjectReference(
+            api_version=involved.api_version,
+            kind=involved.kind,
+            name=involved.name,
+            namespace=involved.namespace,
+            uid=involved.uid,
+        ),
+        reason=reason,
+        message=cut(message, _EVENT_MESSAGE_BYTES, in_bytes=True),
+        type="Warning" if warning else "Normal",
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+        source=client.V1EventSource(component=EVENT_SOURCE),
+        reporting_component=EVENT_SOURCE,
+        reporting_instance=reporting_instance or EVENT_SOURCE,
+    )
+    try:
+        core.create_namespaced_event(involved.namespace, event, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as exc:
+        return str(
+            translate_error(exc, "create", "events", involved.name, involved.namespace, role=role)
+        )
+    except HTTPError as exc:
+        return str(unreachable_error(core.api_client, exc))
+    return None
 
 
 def _status_message(exc: ApiException) -> str:
