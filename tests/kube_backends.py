@@ -36,7 +36,7 @@ import yaml  # type: ignore[import-untyped]
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from harvester.kube.cluster import PERMISSIONS
+from harvester.kube.cluster import PERMISSIONS, Permission
 from tests.controlplane import ControlPlane, binaries_built, create
 from tests.kube_fixture import ApiCall, FakeCluster, pod_spec
 from tests.kube_recorder import ApiRecorder
@@ -175,6 +175,24 @@ def service_account_kubeconfig(
     }
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+def can(admin: client.ApiClient, namespace: str, user: str, permission: Permission) -> bool:
+    """Whether the API server's authorizer lets ServiceAccount `user` of `namespace` do it, now."""
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace,
+                group=permission.api_group,
+                resource=permission.resource,
+                verb=permission.verb,
+            ),
+        )
+    )
+    answer = client.AuthorizationV1Api(admin).create_subject_access_review(review)
+    return bool(answer.status and answer.status.allowed)
 
 
 def audited_calls(audit_log: Path, user: str) -> list[ApiCall]:

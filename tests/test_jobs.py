@@ -33,7 +33,7 @@ from harvester.kube.jobs import JOB_NAME_LABEL, JobsApi, JobWatch, connect
 from harvester.model import MainJob
 from harvester.settings import ClusterAccess
 from tests.controlplane import ControlPlane, create
-from tests.kube_backends import RealNamespace, service_account_kubeconfig, wait_until
+from tests.kube_backends import RealNamespace, can, service_account_kubeconfig, wait_until
 
 CONTROLLER = "keruta-harvester-controller"
 SELECTOR = "app=keruta"
@@ -107,23 +107,6 @@ def controller_kubeconfig(
 
     wait_until(rbac_settled, "the controller's Role to be in force")
     return service_account_kubeconfig(real_api.admin_kubeconfig, namespace, CONTROLLER, path)
-
-
-def can(admin: client.ApiClient, namespace: str, user: str, permission: Permission) -> bool:
-    review = client.V1SubjectAccessReview(
-        spec=client.V1SubjectAccessReviewSpec(
-            user=user,
-            groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
-            resource_attributes=client.V1ResourceAttributes(
-                namespace=namespace,
-                group=permission.api_group,
-                resource=permission.resource,
-                verb=permission.verb,
-            ),
-        )
-    )
-    answer = client.AuthorizationV1Api(admin).create_subject_access_review(review)
-    return bool(answer.status and answer.status.allowed)
 
 
 @pytest.fixture
