@@ -260,3 +260,49 @@ def test_jobs_without_a_task_and_cleanup_jobs_are_ignored(
     assert record(real_api, untasked) is None
     assert record(real_api, ours) is None
     assert controller.stop() == 0
+
+
+def set_template(real_api: RealNamespace, text: str) -> None:
+    client.CoreV1Api(real_api.admin).patch_namespaced_config_map(
+        TEMPLATE, real_api.namespace, {"data": {"cleanup-job.yaml": text}}
+    )
+
+
+def cleanup_image(real_api: RealNamespace, task: str) -> str:
+    found = real_api.get("jobs", f"cleanup-job-for-task-{task}")
+    assert found is not None
+    (container,) = found["spec"]["template"]["spec"]["containers"]
+    return str(container["image"])
+
+
+def test_a_template_change_applies_without_a_restart_and_a_broken_one_keeps_the_last_good(
+    real_api: RealNamespace, start_controller: Any
+) -> None:
+    controller = start_controller()
+    text = (DEPLOY / "cleanup-job.yaml").read_text()
+    assert "image: keruta-harvester:latest" in text
+
+    def harvest(task: str) -> None:
+        job = main_job(real_api, task)
+        finish(real_api, job, "Succeeded")
+        wait_until(lambda: record(real_api, job) is not None, f"task {task}'s decision")
+
+    harvest("21")
+    assert cleanup_image(real_api, "21") == "keruta-harvester:latest"
+
+    set_template(real_api, text.replace("keruta-harvester:latest", "registry.example/kh:2"))
+    harvest("22")
+    assert cleanup_image(real_api, "22") == "registry.example/kh:2"
+
+    set_template(real_api, "kind: [")  # broken: the last good one stays in force
+    harvest("23")
+    assert cleanup_image(real_api, "23") == "registry.example/kh:2"
+    wait_until(
+        lambda: any(
+            e["reason"] == "TemplateInvalid" and e["involvedObject"]["name"] == TEMPLATE
+            for e in real_api.events
+        ),
+        "the Event on the template's ConfigMap",
+    )
+    assert controller.said("not valid YAML")
+    assert controller.stop() == 0

@@ -56,6 +56,10 @@ class JobActions(Protocol):
         self, job: MainJob, reason: str, message: str, *, warning: bool = False
     ) -> str | None: ...
 
+    def config_map_event(
+        self, namespace: str, name: str, reason: str, message: str, *, warning: bool = True
+    ) -> str | None: ...
+
 
 class Controller:
     """Decides about each main Job and acts on the decision."""
@@ -64,6 +68,10 @@ class Controller:
         self._actions = actions
         self._template_config_map = template_config_map
         self._listener = listener
+        # Per namespace: the last template that parsed, and the text of the last broken one
+        # said (so a broken template is reported once, not for every Job that completes).
+        self._last_good: dict[str, dict[str, Any]] = {}
+        self._reported_broken: dict[str, str] = {}
 
     def run(self, jobs: Iterable[MainJob]) -> None:
         """Handle every Job the watch gives, until it ends (on stop)."""
@@ -152,10 +160,38 @@ class Controller:
             )
             return None
         try:
-            return parse_template(text, source=f"{source} key {TEMPLATE_KEY}")
+            template = parse_template(text, source=f"{source} key {TEMPLATE_KEY}")
         except TemplateError as exc:
-            self._warn(job, "CleanupNotStarted", f"{exc}; fix the template")
-            return None
+            return self._broken_template(job, text, exc)
+        self._last_good[job.namespace] = template
+        self._reported_broken.pop(job.namespace, None)
+        return template
+
+    def _broken_template(
+        self, job: MainJob, text: str, problem: TemplateError
+    ) -> dict[str, Any] | None:
+        """The last good template stays in force; the broken one is said once, with an Event on
+        its ConfigMap. With no good template yet, no cleanup Job can start."""
+        last_good = self._last_good.get(job.namespace)
+        if self._reported_broken.get(job.namespace) != text:
+            self._reported_broken[job.namespace] = text
+            keeps = (
+                "the last good template stays in force"
+                if last_good is not None
+                else "no cleanup Job can start until it is fixed"
+            )
+            message = f"{problem}; {keeps}"
+            self._listener.notice(Level.ERROR, message)
+            problem_writing = self._actions.config_map_event(
+                job.namespace, self._template_config_map, "TemplateInvalid", message
+            )
+            if problem_writing is not None:
+                self._listener.notice(
+                    Level.WARNING, f"Kubernetes Event not written: {problem_writing}"
+                )
+        if last_good is None:
+            self._warn(job, "CleanupNotStarted", f"{problem}; fix the template")
+        return last_good
 
     def _tell(self, job: MainJob, reason: str, message: str) -> None:
         self._listener.notice(Level.INFO, f"Job {job.namespace}/{job.name}: {message}")

@@ -210,6 +210,19 @@ class JobsApi:
             role=CONTROLLER_ROLE,
         )
 
+    def config_map_event(
+        self, namespace: str, name: str, reason: str, message: str, *, warning: bool = True
+    ) -> str | None:
+        """A core/v1 Event on a ConfigMap (the template), like `job_event`."""
+        return write_event(
+            self._core,
+            ObjectRef("v1", "ConfigMap", namespace, name, None),
+            reason,
+            message,
+            warning=warning,
+            role=CONTROLLER_ROLE,
+        )
+
     @staticmethod
     def _refused(
         exc: ApiException, verb: str, resource: str, name: str, namespace: str | None
