@@ -125,7 +125,7 @@ def _values(cls: type, typed: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.command()
-@_with_flags(*flags_of(ControllerSettings), *flags_of(Reporting))
+@_with_flags(*flags_of(ControllerSettings), ("token_file", TOKEN_FILE), *flags_of(Reporting))
 def controller(**typed: Any) -> None:
     """Start the cleanup Job of each keruta main Job that succeeds; never of one that fails.
 
@@ -135,8 +135,15 @@ def controller(**typed: Any) -> None:
     """
     output = Output(reporting=Reporting(**_values(Reporting, typed)))
     try:
+        values = _values(ControllerSettings, typed)
+        token_file = TOKEN_FILE.value(typed["token_file"])
         settings = ControllerSettings(
-            **_values(ControllerSettings, typed),
+            **values,
+            token=(
+                read_token(token_file, os.environ.get(TOKEN_ENV))
+                if values["report_failed"]
+                else None
+            ),
             cluster=ClusterAccess.from_environment(os.environ),
         )
     except ConfigError as exc:

@@ -123,6 +123,11 @@ def option(
     return field(default=default, metadata={"flag": flag})
 
 
+def default_of(cls: type, name: str) -> Any:
+    """The default of field `name` of the dataclass `cls` (as parsed from what a person types)."""
+    return cls.__dataclass_fields__[name].default  # type: ignore[attr-defined]
+
+
 def flags_of(cls: type) -> list[tuple[str, Flag]]:
     """(field name, Flag) of every field of the dataclass `cls` that has a flag, in order."""
     return [(f.name, f.metadata["flag"]) for f in fields(cls) if "flag" in f.metadata]
@@ -383,6 +388,19 @@ class ControllerSettings:
         typed="app=keruta",
         help="Label selector of the main Jobs to watch.",
     )
+    report_failed: bool = option(
+        "--report-failed",
+        typed=False,
+        help="Also set the task FAILED in keruta-api (errorCode MAIN_JOB_FAILED) when its main "
+        "Job fails (nothing else does); needs --api-url and the token.",
+    )
+    api_url: str = option(
+        "--api-url",
+        env="KERUTA_API_URL",
+        typed="",
+        help="Base URL of keruta-api, for --report-failed.",
+    )
+    token: str | None = field(default=None, repr=False)
     template_config_map: str = option(
         "--template-config-map",
         env="KERUTA_TEMPLATE_CONFIG_MAP",
@@ -397,6 +415,8 @@ class ControllerSettings:
             raise ConfigError("--namespace and --all-namespaces exclude each other; choose one")
         if not self.selector.strip():
             raise ConfigError("--selector must not be empty; the default is app=keruta")
+        if self.report_failed:
+            check_api_url(self.api_url)
         for namespace in self.namespaces:
             if not _DNS_LABEL.match(namespace):
                 raise ConfigError(f"--namespace {namespace!r}: not a Kubernetes namespace name")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from kubernetes import client
 
 from harvester.controller.decide import DECISION_ANNOTATION
+from harvester.devapi.server import DevApiServer
 from harvester.kube.cluster import CONTROLLER_PERMISSIONS
 from tests.controlplane import create
 from tests.kube_backends import (
@@ -41,7 +43,7 @@ CLEANUP_SELECTOR = "app.kubernetes.io/component=cleanup"
 class Controller:
     """`harvester controller` as a child process, its JSON log lines kept in a file."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, *args: str) -> None:
         self._log = log
         with log.open("a") as out:
             self.process = subprocess.Popen(
@@ -51,6 +53,7 @@ class Controller:
                     f"--namespace={namespace}",
                     "--log-format=json",
                     "--log-level=debug",
+                    *args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -98,8 +101,9 @@ def start_controller(real_api: RealNamespace, tmp_path: Path) -> Iterator[Any]:
     )
     started: list[Controller] = []
 
-    def start() -> Controller:
-        controller = Controller(kubeconfig, namespace, tmp_path / f"controller-{len(started)}.log")
+    def start(*args: str) -> Controller:
+        log = tmp_path / f"controller-{len(started)}.log"
+        controller = Controller(kubeconfig, namespace, log, *args)
         started.append(controller)
         return controller
 
@@ -305,4 +309,44 @@ def test_a_template_change_applies_without_a_restart_and_a_broken_one_keeps_the_
         "the Event on the template's ConfigMap",
     )
     assert controller.said("not valid YAML")
+    assert controller.stop() == 0
+
+
+def test_report_failed_sets_the_task_failed_in_keruta_api(
+    real_api: RealNamespace, start_controller: Any, dev_api: DevApiServer
+) -> None:
+    controller = start_controller("--report-failed", f"--api-url={dev_api.url}")
+    job = main_job(real_api, "31")
+    finish(real_api, job, "Failed")
+
+    wait_until(lambda: record(real_api, job) is not None, "the controller to record its decision")
+    task = dev_api.store.task("31")
+    assert task is not None
+    assert (task.status, task.error_code) == ("FAILED", "MAIN_JOB_FAILED")
+    assert job in (task.message or "")
+    assert cleanup_jobs(real_api) == []
+    assert controller.stop() == 0
+
+
+def test_a_report_keruta_api_refused_is_not_recorded_as_done(
+    real_api: RealNamespace, start_controller: Any, tmp_path: Path
+) -> None:
+    """Nothing is marked done that did not complete: with keruta-api unreachable the failure is
+    said, and the Job stays undecided, to be reported when it is next seen."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    controller = start_controller("--report-failed", f"--api-url=http://127.0.0.1:{closed}")
+    job = main_job(real_api, "32")
+    finish(real_api, job, "Failed")
+
+    wait_until(
+        lambda: (
+            controller.said(f"Job {real_api.namespace}/{job}: ")
+            and controller.said("it is tried again when next seen")
+        ),
+        "the controller to give up on the report",
+        timeout=60,
+    )
+    assert record(real_api, job) is None
     assert controller.stop() == 0

@@ -12,7 +12,8 @@ recorded that did not happen.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
 from typing import Any, Protocol, TextIO
 
 from harvester.controller.decide import (
@@ -25,18 +26,23 @@ from harvester.controller.decide import (
 from harvester.controller.render import TEMPLATE_KEY, TemplateError, parse_template, render
 from harvester.errors import ConfigError, HarvesterError
 from harvester.exitcodes import ExitCode
+from harvester.gate import Gate
 from harvester.kube.jobs import connect
 from harvester.kube.volume import claim_holding
-from harvester.model import MainJob
+from harvester.model import MainJob, TaskStatus
 from harvester.report import JsonReporter, LogReporter
+from harvester.retry import Retrier, RetryPolicy
 from harvester.settings import (
     DEFAULT_ROOT,
     NO_CLUSTER,
     ControllerSettings,
     LogFormat,
     Reporting,
+    Settings,
+    default_of,
 )
 from harvester.stats import Level, Listener, Tally
+from harvester.wire.client import KerutaApi
 
 
 class JobActions(Protocol):
@@ -64,7 +70,15 @@ class JobActions(Protocol):
 class Controller:
     """Decides about each main Job and acts on the decision."""
 
-    def __init__(self, actions: JobActions, template_config_map: str, listener: Listener) -> None:
+    def __init__(
+        self,
+        actions: JobActions,
+        template_config_map: str,
+        listener: Listener,
+        *,
+        report_failure: Callable[[Decision], None] | None = None,
+    ) -> None:
+        self._report_failure = report_failure
         self._actions = actions
         self._template_config_map = template_config_map
         self._listener = listener
@@ -85,6 +99,9 @@ class Controller:
             if decision.verdict is Verdict.START_CLEANUP:
                 self._start_cleanup(decision)
             elif decision.verdict is Verdict.FAILED:
+                if self._report_failure is not None:
+                    # Before the record: a report that did not reach keruta-api is tried again.
+                    self._report_failure(decision)
                 self._no_cleanup(
                     decision, "the main Job failed, so its documents are not harvested"
                 )
@@ -241,8 +258,16 @@ def run_controller(
                     f"controller: watching Jobs labelled {settings.selector} in {where}; cleanup "
                     f"Jobs from ConfigMap {settings.template_config_map}",
                 )
-                controller = Controller(api, settings.template_config_map, tally)
-                controller.run(api.watch(settings.selector, stop, namespaces=namespaces))
+                with ExitStack() as resources:
+                    report = (
+                        _failure_reporter(settings, stop, tally, resources)
+                        if settings.report_failed
+                        else None
+                    )
+                    controller = Controller(
+                        api, settings.template_config_map, tally, report_failure=report
+                    )
+                    controller.run(api.watch(settings.selector, stop, namespaces=namespaces))
         except ConfigError as exc:
             tally.notice(Level.ERROR, f"controller: {exc}")
             return ExitCode.USAGE
@@ -251,3 +276,44 @@ def run_controller(
             return ExitCode.UNEXPECTED
         tally.notice(Level.INFO, "controller: stopped")
     return ExitCode.OK
+
+
+MAIN_JOB_FAILED = "MAIN_JOB_FAILED"
+
+
+def _failure_reporter(
+    settings: ControllerSettings, stop: threading.Event, listener: Listener, resources: ExitStack
+) -> Callable[[Decision], None]:
+    """--report-failed: set the task FAILED in keruta-api, with the cleanup's timeout and
+    retries (`Settings`' defaults). Raises what the last attempt raised."""
+    api = resources.enter_context(
+        KerutaApi(
+            settings.api_url,
+            gate=Gate(),
+            timeout=default_of(Settings, "timeout"),
+            concurrency=1,
+            token=settings.token,
+            stop=stop,
+        )
+    )
+    retrier = Retrier(
+        RetryPolicy(retries=default_of(Settings, "retries")), sleep=stop.wait, stop=stop
+    )
+
+    def report(decision: Decision) -> None:
+        job, task_id = decision.job, decision.task_id
+        assert task_id is not None, "a FAILED decision names its task"
+        message = (
+            f"The main Job {job.namespace}/{job.name} failed; its documents were not harvested"
+        )
+        retrier.call(
+            lambda _attempt: api.set_status(
+                task_id, TaskStatus.FAILED, message, error_code=MAIN_JOB_FAILED
+            ),
+            on_retry=lambda n, err, wait: listener.notice(
+                Level.WARNING, f"task {task_id} status: {err}; retrying in {wait:.1f}s"
+            ),
+        )
+        listener.notice(Level.INFO, f"task {task_id}: set FAILED in keruta-api ({MAIN_JOB_FAILED})")
+
+    return report
