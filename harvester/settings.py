@@ -388,6 +388,15 @@ class ControllerSettings:
         typed="app=keruta",
         help="Label selector of the main Jobs to watch.",
     )
+    release_after: float | None = option(
+        "--release-after",
+        env="KERUTA_RELEASE_AFTER",
+        typed="5m",
+        parse=_durations("--release-after"),
+        help="After a successful cleanup, remove the main Job and the cleanup Job this long after "
+        "they finished (ttlSecondsAfterFinished), so their pods go and the claim is released "
+        "(e.g. 5m; 0: at once).",
+    )
     report_failed: bool = option(
         "--report-failed",
         typed=False,

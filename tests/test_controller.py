@@ -350,3 +350,99 @@ def test_a_report_keruta_api_refused_is_not_recorded_as_done(
     )
     assert record(real_api, job) is None
     assert controller.stop() == 0
+
+
+def cleanup_pod(real_api: RealNamespace, task: str) -> str:
+    core = client.CoreV1Api(real_api.admin)
+    selector = f"batch.kubernetes.io/job-name=cleanup-job-for-task-{task}"
+
+    def pods() -> list[Any]:
+        return list(core.list_namespaced_pod(real_api.namespace, label_selector=selector).items)
+
+    wait_until(lambda: len(pods()) == 1, "the job controller to make the cleanup pod")
+    return str(pods()[0].metadata.name)
+
+
+def test_a_successful_cleanup_lets_the_claim_go(
+    real_api: RealNamespace, start_controller: Any, dev_api: DevApiServer, tmp_path: Path
+) -> None:
+    controller = start_controller("--release-after=0s")
+    job = main_job(real_api, "41")
+    finish(real_api, job, "Succeeded")
+    wait_until(lambda: record(real_api, job) is not None, "the cleanup Job")
+    found = real_api.get("jobs", "cleanup-job-for-task-41")
+    assert found is not None
+    (container,) = found["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+    # The cleanup pod's work, done here as it would do it: its env, deploy/'s cleanup Role.
+    pod = cleanup_pod(real_api, "41")
+    docs = tmp_path / "doc"
+    docs.mkdir()
+    (docs / "report.md").write_text("# done\n")
+    harvest = subprocess.run(
+        [str(BIN / "harvester"), "cleanup", "--log-format=json"],
+        env=isolated_env(
+            {
+                "KUBECONFIG": str(real_api.kubeconfig),
+                "KERUTA_TASK_ID": env["KERUTA_TASK_ID"],
+                "KERUTA_SOURCE_POD": env["KERUTA_SOURCE_POD"],
+                "KERUTA_PVC": env["KERUTA_PVC"],
+                "KERUTA_API_URL": dev_api.url,
+                "KERUTA_ARTIFACTS_DIR": str(docs),
+                "POD_NAME": pod,
+                "POD_NAMESPACE": real_api.namespace,
+            }
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert harvest.returncode == 0, harvest.stdout + harvest.stderr
+    claim = real_api.get("persistentvolumeclaims", "pvc-41")
+    assert claim is not None and claim["metadata"].get("deletionTimestamp")  # held by the pods
+
+    client.CoreV1Api(real_api.admin).patch_namespaced_pod_status(
+        pod, real_api.namespace, {"status": {"phase": "Succeeded"}}
+    )
+    wait_until(
+        lambda: real_api.get("persistentvolumeclaims", "pvc-41") is None,
+        "the Jobs' TTL, their pods' removal and pvc-protection to let the claim go",
+        timeout=90,
+    )
+    assert "CleanupSucceeded" in events_on(real_api, job)
+    task = dev_api.store.task("41")
+    assert task is not None and task.status == "COMPLETED"
+    assert controller.stop() == 0
+
+
+def test_a_failed_cleanup_is_reported_and_keeps_the_volume(
+    real_api: RealNamespace, start_controller: Any
+) -> None:
+    controller = start_controller()
+    job = main_job(real_api, "42")
+    finish(real_api, job, "Succeeded")
+    wait_until(lambda: record(real_api, job) is not None, "the cleanup Job")
+    batch = client.BatchV1Api(real_api.admin)
+    # Its backoff spent at once: the next failed pod fails the Job.
+    batch.patch_namespaced_job(
+        "cleanup-job-for-task-42", real_api.namespace, {"spec": {"backoffLimit": 0}}
+    )
+    pod = cleanup_pod(real_api, "42")
+    client.CoreV1Api(real_api.admin).patch_namespaced_pod_status(
+        pod, real_api.namespace, {"status": {"phase": "Failed"}}
+    )
+
+    wait_until(
+        lambda: record(real_api, job) == "cleanup-job-for-task-42 failed",
+        "the failure to be recorded on the main Job",
+        timeout=60,
+    )
+    wait_until(lambda: "CleanupFailed" in events_on(real_api, job), "the Event on the main Job")
+    claim = real_api.get("persistentvolumeclaims", "pvc-42")
+    assert claim is not None and not claim["metadata"].get("deletionTimestamp")
+    main = real_api.get("jobs", job)
+    assert main is not None and main["spec"].get("ttlSecondsAfterFinished") is None
+    assert controller.said("to run it again, delete that Job and remove the annotation")
+    assert controller.stop() == 0

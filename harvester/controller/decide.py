@@ -23,6 +23,11 @@ CLEANUP_COMPONENT = "cleanup"
 CLEANUP_JOB_PREFIX = "cleanup-job-for-task-"
 # What the record says when no cleanup Job was started for a Job that ended.
 NO_CLEANUP_PREFIX = "none: "
+# On a cleanup Job: the main Job it harvests (set when it is rendered), and the record that its
+# outcome was acted on (so a relist does not act on it again).
+MAIN_JOB_ANNOTATION = "harvester.keruta.io/main-job"
+MAIN_JOB_UID_ANNOTATION = "harvester.keruta.io/main-job-uid"
+OUTCOME_ANNOTATION = "harvester.keruta.io/outcome"
 
 
 class Verdict(StrEnum):
@@ -31,6 +36,8 @@ class Verdict(StrEnum):
     RUNNING = "running"  # neither Complete nor Failed yet
     START_CLEANUP = "start-cleanup"  # Complete=True: ensure the cleanup Job
     FAILED = "failed"  # Failed=True: no cleanup Job; say so once
+    CLEANUP_SUCCEEDED = "cleanup-succeeded"  # our cleanup Job is Complete: let the volume go
+    CLEANUP_FAILED = "cleanup-failed"  # our cleanup Job failed for good: say so, keep the volume
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +58,7 @@ class Decision:
 def decide(job: MainJob) -> Decision:
     """The decision for `job`; see the module docstring."""
     if job.labels.get(COMPONENT_LABEL) == CLEANUP_COMPONENT:
-        return Decision(Verdict.IGNORE, job, "a cleanup Job itself")
+        return _decide_cleanup(job)
     task_id = job.labels.get(TASK_LABEL)
     if not task_id:
         return Decision(Verdict.IGNORE, job, f"no {TASK_LABEL} label")
@@ -63,3 +70,18 @@ def decide(job: MainJob) -> Decision:
     if job.complete:
         return Decision(Verdict.START_CLEANUP, job, "the main Job is complete", task_id)
     return Decision(Verdict.RUNNING, job, "the main Job has not finished", task_id)
+
+
+def _decide_cleanup(job: MainJob) -> Decision:
+    """A cleanup Job: once it ended, its outcome is acted on once (see `Verdict`)."""
+    task_id = job.labels.get(TASK_LABEL) or None
+    if MAIN_JOB_ANNOTATION not in job.annotations or task_id is None:
+        return Decision(Verdict.IGNORE, job, "a cleanup Job itself, not one this controller made")
+    outcome = job.annotations.get(OUTCOME_ANNOTATION)
+    if outcome is not None:
+        return Decision(Verdict.DECIDED, job, f"a cleanup Job whose outcome was seen: {outcome}")
+    if job.complete:
+        return Decision(Verdict.CLEANUP_SUCCEEDED, job, "the cleanup Job is complete", task_id)
+    if job.failed:
+        return Decision(Verdict.CLEANUP_FAILED, job, "the cleanup Job failed", task_id)
+    return Decision(Verdict.RUNNING, job, "a cleanup Job that has not finished", task_id)

@@ -14,11 +14,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any, Protocol, TextIO
 
 from harvester.controller.decide import (
     DECISION_ANNOTATION,
+    MAIN_JOB_ANNOTATION,
+    MAIN_JOB_UID_ANNOTATION,
     NO_CLEANUP_PREFIX,
+    OUTCOME_ANNOTATION,
     Decision,
     Verdict,
     decide,
@@ -54,6 +58,8 @@ class JobActions(Protocol):
         self, namespace: str, name: str, uid: str, annotations: Mapping[str, str | None]
     ) -> bool: ...
 
+    def set_job_ttl(self, namespace: str, name: str, seconds: int) -> bool: ...
+
     def succeeded_pod(self, namespace: str, job_name: str) -> str | None: ...
 
     def read_template(self, namespace: str, name: str, key: str) -> str | None: ...
@@ -76,8 +82,10 @@ class Controller:
         template_config_map: str,
         listener: Listener,
         *,
+        release_after: float = 0.0,
         report_failure: Callable[[Decision], None] | None = None,
     ) -> None:
+        self._release_after = int(release_after)
         self._report_failure = report_failure
         self._actions = actions
         self._template_config_map = template_config_map
@@ -105,6 +113,10 @@ class Controller:
                 self._no_cleanup(
                     decision, "the main Job failed, so its documents are not harvested"
                 )
+            elif decision.verdict is Verdict.CLEANUP_SUCCEEDED:
+                self._release(decision)
+            elif decision.verdict is Verdict.CLEANUP_FAILED:
+                self._cleanup_failed(decision)
             else:
                 self._listener.notice(Level.DEBUG, f"{subject}: {decision.reason}; nothing to do")
         except HarvesterError as exc:
@@ -142,6 +154,57 @@ class Controller:
             f"{source_pod or 'none left'})"
         )
         self._tell(job, "CleanupJobCreated" if created else "CleanupJobExists", message)
+
+    def _release(self, decision: Decision) -> None:
+        """The cleanup succeeded: the harvest deleted the claim, which pvc-protection keeps
+        `Terminating` while any pod object that used it exists, finished ones included. Both
+        Jobs get a TTL, so the ttl-after-finished controller removes them and the garbage
+        collector their pods; then the claim goes. The outcome stays as an Event on the main
+        Job and as the task's status in keruta-api."""
+        cleanup, main = decision.job, decision.job.annotations[MAIN_JOB_ANNOTATION]
+        ttl = self._release_after
+        kept = self._actions.set_job_ttl(cleanup.namespace, main, ttl)
+        self._actions.set_job_ttl(cleanup.namespace, cleanup.name, ttl)
+        self._actions.record_on_job(
+            cleanup.namespace, cleanup.name, cleanup.uid, {OUTCOME_ANNOTATION: "succeeded"}
+        )
+        removed = f"removed {ttl}s after they finished" if ttl else "removed now"
+        both = f"Job {main}" if kept else "its main Job (gone already)"
+        message = (
+            f"task {decision.task_id}: cleanup Job {cleanup.name} succeeded; it and {both} are "
+            f"{removed}, so their pods go and the released claim with them"
+        )
+        self._listener.notice(Level.INFO, f"Job {cleanup.namespace}/{cleanup.name}: {message}")
+        self._event_on_main(cleanup, "CleanupSucceeded", message, warning=False)
+
+    def _cleanup_failed(self, decision: Decision) -> None:
+        """The cleanup Job failed for good: the volume stays (the harvester released nothing)
+        and the record on the main Job says so, so nothing is taken for done."""
+        cleanup, main = decision.job, decision.job.annotations[MAIN_JOB_ANNOTATION]
+        message = (
+            f"task {decision.task_id}: cleanup Job {cleanup.name} failed; the volume is kept. "
+            f"See `kubectl logs job/{cleanup.name}`; to run it again, delete that Job and remove "
+            f"the annotation {DECISION_ANNOTATION} from Job {main}"
+        )
+        main_uid = cleanup.annotations.get(MAIN_JOB_UID_ANNOTATION, "")
+        self._actions.record_on_job(
+            cleanup.namespace, main, main_uid, {DECISION_ANNOTATION: f"{cleanup.name} failed"}
+        )
+        self._actions.record_on_job(
+            cleanup.namespace, cleanup.name, cleanup.uid, {OUTCOME_ANNOTATION: "failed"}
+        )
+        self._listener.notice(Level.ERROR, f"Job {cleanup.namespace}/{cleanup.name}: {message}")
+        self._event_on_main(cleanup, "CleanupFailed", message, warning=True)
+
+    def _event_on_main(self, cleanup: MainJob, reason: str, message: str, *, warning: bool) -> None:
+        """An Event on the main Job the cleanup Job harvests (even once it is gone: Events
+        outlive their object, so `kubectl get events` still tells the story)."""
+        main = replace(
+            cleanup,
+            name=cleanup.annotations[MAIN_JOB_ANNOTATION],
+            uid=cleanup.annotations.get(MAIN_JOB_UID_ANNOTATION, ""),
+        )
+        self._event(main, reason, message, warning=warning)
 
     def _no_cleanup(self, decision: Decision, why: str) -> None:
         self._record(decision, NO_CLEANUP_PREFIX + why)
@@ -265,7 +328,11 @@ def run_controller(
                         else None
                     )
                     controller = Controller(
-                        api, settings.template_config_map, tally, report_failure=report
+                        api,
+                        settings.template_config_map,
+                        tally,
+                        release_after=settings.release_after or 0.0,
+                        report_failure=report,
                     )
                     controller.run(api.watch(settings.selector, stop, namespaces=namespaces))
         except ConfigError as exc:

@@ -18,12 +18,16 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from harvester.controller.decide import TASK_LABEL, Decision
+from harvester.controller.decide import (
+    MAIN_JOB_ANNOTATION,
+    MAIN_JOB_UID_ANNOTATION,
+    TASK_LABEL,
+    Decision,
+)
 from harvester.errors import HarvesterError
 
 TEMPLATE_KEY = "cleanup-job.yaml"
 CONTAINER = "cleanup-container"
-MAIN_JOB_ANNOTATION = "harvester.keruta.io/main-job"
 # A Job's name becomes its pods' `job-name` label value: a DNS-1123 label, at most 63 characters.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -70,7 +74,9 @@ def render(
     metadata.pop("namespace", None)
     metadata.pop("generateName", None)
     metadata.setdefault("labels", {})[TASK_LABEL] = decision.task_id
-    metadata.setdefault("annotations", {})[MAIN_JOB_ANNOTATION] = decision.job.name
+    annotations = metadata.setdefault("annotations", {})
+    annotations[MAIN_JOB_ANNOTATION] = decision.job.name
+    annotations[MAIN_JOB_UID_ANNOTATION] = decision.job.uid
     container = _container(manifest, source)
     env = [e for e in container.get("env") or [] if e.get("name") not in _PER_TASK]
     env[:0] = [

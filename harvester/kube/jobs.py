@@ -155,6 +155,27 @@ class JobsApi:
             raise unreachable_error(self._api_client, exc) from exc
         return True
 
+    def set_job_ttl(self, namespace: str, name: str, seconds: int) -> bool:
+        """Give a finished Job a `ttlSecondsAfterFinished` (mutable once it finished), so the
+        ttl-after-finished controller removes it and, through the garbage collector, its pods.
+        True when set; False when the Job is gone."""
+        patch = {"spec": {"ttlSecondsAfterFinished": seconds}}
+        try:
+            self._batch.patch_namespaced_job(
+                name,
+                namespace,
+                patch,
+                _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise self._refused(exc, "patch", "jobs", name, namespace) from exc
+        except HTTPError as exc:
+            raise unreachable_error(self._api_client, exc) from exc
+        return True
+
     def succeeded_pod(self, namespace: str, job_name: str) -> str | None:
         """The name of a pod of the Job in phase Succeeded (the newest, when several), or None.
         Found by the job controller's `batch.kubernetes.io/job-name` label; the phase is
