@@ -24,12 +24,12 @@ test: lint cluster pytest
 test-fast: lint
 	KERUTA_SKIP_CLUSTER=1 $(BIN)/pytest
 
-## cluster: build kube-apiserver, kube-controller-manager and etcd (first time ~8 min; then under a second)
+## cluster: build kube-apiserver, kube-controller-manager, kubectl and etcd (first time ~8 min; then under a second)
 cluster:
 	@if command -v go >/dev/null 2>&1; then \
 		tests/cluster/build.sh; \
 	else \
-		echo "cluster: no Go toolchain; the real control-plane tests are skipped"; \
+		echo "cluster: no Go toolchain; the real control-plane and kubectl tests are skipped"; \
 	fi
 
 lint: $(STAMP)

@@ -5,10 +5,24 @@ import os
 import pytest
 
 from tests.devapi_fixture import dev_api, dev_api_factory
-from tests.kube_backends import control_plane, kube_api, needs_control_plane, real_api
+from tests.kube_backends import (
+    control_plane,
+    kube_api,
+    kubectl_fixture,
+    needs_control_plane,
+    real_api,
+)
 from tests.kube_fixture import kube
 
-__all__ = ["control_plane", "dev_api", "dev_api_factory", "kube", "kube_api", "real_api"]
+__all__ = [
+    "control_plane",
+    "dev_api",
+    "dev_api_factory",
+    "kube",
+    "kube_api",
+    "kubectl_fixture",
+    "real_api",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

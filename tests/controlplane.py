@@ -4,7 +4,8 @@ Takes the binaries tests/cluster/build.sh built (Kubernetes v1.34.4, etcd v3.6.4
 `~/.cache/keruta-harvester/k8s-v1.34.4` or `$KERUTA_K8S_BIN`); gives `ControlPlane`, which makes
 its certificates with openssl, starts the three on free loopback ports with RBAC on, waits until
 they are ready, serves an admin kubeconfig and an audit log of what ServiceAccounts asked, and
-stops them. tests/kube_backends.py runs the Kubernetes tests on it.
+stops them; and `kubectl()`, the kubectl built beside them, for the path a user takes.
+tests/kube_backends.py runs the Kubernetes tests on it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ BIN = Path(
     or Path.home() / ".cache" / "keruta-harvester" / f"k8s-{K8S_VERSION}"
 )
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+KUBECTL_ENV = "KERUTA_KUBECTL"
+# The one reason every test that needs these binaries (or kubectl) gives when they are missing.
+NOT_BUILT = "no Kubernetes binaries built (make cluster; it needs Go)"
 CONTROLLERS = (
     "garbage-collector-controller,ttl-after-finished-controller,"
     "persistentvolumeclaim-protection-controller,job-controller,namespace-controller,"
@@ -48,6 +52,16 @@ def create(
 
 def binaries_built() -> bool:
     return all((BIN / name).is_file() for name in BINARIES)
+
+
+def kubectl() -> Path | None:
+    """`$KERUTA_KUBECTL`, else the kubectl build.sh built from the control plane's own module
+    (so its kustomize and its client are the release the tests run against), else None."""
+    chosen = os.environ.get(KUBECTL_ENV)
+    if chosen:
+        return Path(chosen)
+    built = BIN / "kubectl"
+    return built if built.is_file() else None
 
 
 def _free_port() -> int:

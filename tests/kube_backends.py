@@ -5,7 +5,8 @@ control plane, and `KERUTA_E2E_KUBECONFIG` for an existing cluster. Gives the `k
 run once per backend, whose value is a `KubeApi`: a namespace to work in, a kubeconfig that acts
 as the cleanup pods do, ways to arrange the world as other actors would (claims, pods, Jobs, a
 claim recreated under the same name, a Role rule taken away) and what happened (objects, Events,
-the calls the harvester made).
+the calls the harvester made). And the `kubectl` fixture: the kubectl build.sh built beside the
+control plane, for the path a user takes.
 
 - `kmock`: `tests/kube_fixture.FakeCluster`, an emulation: fast, scripted 403s.
 - `apiserver`: a fresh namespace on the control plane of tests/controlplane.py, holding
@@ -37,7 +38,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from harvester.kube.cluster import PERMISSIONS, Permission
-from tests.controlplane import ControlPlane, binaries_built, create
+from tests.controlplane import NOT_BUILT, ControlPlane, binaries_built, create, kubectl
 from tests.kube_fixture import ApiCall, FakeCluster, pod_spec
 from tests.kube_recorder import ApiRecorder
 
@@ -488,9 +489,18 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     if os.environ.get("KERUTA_SKIP_CLUSTER"):
         pytest.skip("make test-fast: kmock only")
     if not binaries_built():
-        pytest.skip("no control plane built (make cluster)")
+        pytest.skip(NOT_BUILT)
     with ControlPlane(tmp_path_factory.mktemp("control-plane")) as plane:
         yield plane
+
+
+@pytest.fixture(scope="session", name="kubectl")
+def kubectl_fixture() -> Path:
+    """The kubectl tests/cluster/build.sh built (or `$KERUTA_KUBECTL`)."""
+    found = kubectl()
+    if found is None:
+        pytest.skip(NOT_BUILT)
+    return found
 
 
 def _backend(

@@ -14,7 +14,8 @@
 - the NetworkPolicy selects the cleanup pods and lets them reach DNS, keruta-api and the
   Kubernetes API on their ports only; the controller's lets it reach the Kubernetes API only;
 - the kustomization lists every manifest, and applying it starts no Job; the cluster-wide/
-  component lists its own, and the base never includes it.
+  component lists its own, and the base never includes it; `kubectl kustomize` (the kubectl
+  tests/cluster/build.sh built) builds the base namespaced and the overlay cluster-wide.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -796,14 +796,6 @@ def test_applying_the_base_starts_no_job() -> None:
 # The cluster-wide component
 
 
-def kubectl() -> str:
-    """A kubectl to build the kustomizations with (KERUTA_KUBECTL, else the one on PATH)."""
-    found = os.environ.get("KERUTA_KUBECTL") or shutil.which("kubectl")
-    if not found:
-        pytest.skip("no kubectl (set KERUTA_KUBECTL): the kustomize build is not checked")
-    return found
-
-
 def pointer(doc: Doc, path: str) -> tuple[Any, str | int]:
     """The container and key a JSON pointer (RFC 6901) names, for the ops the component uses."""
     *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
@@ -858,9 +850,11 @@ def test_cluster_wide_component_turns_the_controller_to_all_namespaces() -> None
     )
 
 
-def kustomize(directory: Path) -> list[Doc]:
+def kustomize(kubectl: Path, directory: Path) -> list[Doc]:
+    """What `kubectl kustomize` builds from `directory` (kubectl: the fixture's, the one
+    tests/cluster/build.sh built from the control plane's release)."""
     built = subprocess.run(
-        [kubectl(), "kustomize", str(directory)],
+        [str(kubectl), "kustomize", str(directory)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -871,9 +865,9 @@ def kustomize(directory: Path) -> list[Doc]:
 
 
 def test_kustomize_builds_the_base_namespaced_and_the_overlay_cluster_wide(
-    tmp_path: Path,
+    kubectl: Path, tmp_path: Path
 ) -> None:
-    base = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(DEPLOY)}
+    base = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(kubectl, DEPLOY)}
     assert not {kind for kind, _name in base} & {"ClusterRole", "ClusterRoleBinding", "Job"}
     assert ("Deployment", CONTROLLER) in base
     assert ("ConfigMap", "keruta-harvester-cleanup-job") in base
@@ -889,7 +883,7 @@ def test_kustomize_builds_the_base_namespaced_and_the_overlay_cluster_wide(
         f"resources: [{deploy}]\n"
         f"components: [{deploy}/cluster-wide]\n"
     )
-    built = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(overlay)}
+    built = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(kubectl, overlay)}
     assert set(built) == set(base) | {
         ("ClusterRole", CONTROLLER),
         ("ClusterRoleBinding", CONTROLLER),
