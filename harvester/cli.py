@@ -149,7 +149,7 @@ def controller(**typed: Any) -> None:
     except ConfigError as exc:
         fail(output, str(exc))
         raise typer.Exit(ExitCode.USAGE) from None
-    from harvester.controller.loop import run_controller
+    from harvester.controller.runner import run_controller
 
     with stop_on_signals() as stop:
         code = run_controller(

@@ -388,6 +388,31 @@ class ControllerSettings:
         typed="app=keruta",
         help="Label selector of the main Jobs to watch.",
     )
+    leader_elect: bool = option(
+        "--leader-elect/--no-leader-elect",
+        typed=True,
+        help="Act only while holding the Lease keruta-harvester-controller, so replicas never "
+        "both act (needs the Role's leases rule).",
+    )
+    lease_duration: float = option(
+        "--lease-duration",
+        typed="15s",
+        parse=_durations("--lease-duration"),
+        help="How long a lease holds without renewal; a replica takes over after it runs out.",
+    )
+    metrics_bind_address: str = option(
+        "--metrics-bind-address",
+        env="KERUTA_METRICS_BIND_ADDRESS",
+        typed=":8080",
+        help="Where /healthz, /readyz and /metrics answer (host:port or :port; 0: off).",
+    )
+    pod_name: str | None = option(
+        "--pod-name",
+        env="POD_NAME",
+        typed="",
+        parse=_none_if_empty,
+        help="This replica's pod name (downward API), in its lease identity; default: hostname.",
+    )
     release_after: float | None = option(
         "--release-after",
         env="KERUTA_RELEASE_AFTER",
@@ -426,6 +451,8 @@ class ControllerSettings:
             raise ConfigError("--selector must not be empty; the default is app=keruta")
         if self.report_failed:
             check_api_url(self.api_url)
+        if self.lease_duration < 3:
+            raise ConfigError(f"--lease-duration {self.lease_duration:g}s: at least 3s")
         for namespace in self.namespaces:
             if not _DNS_LABEL.match(namespace):
                 raise ConfigError(f"--namespace {namespace!r}: not a Kubernetes namespace name")

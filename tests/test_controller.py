@@ -14,6 +14,8 @@ import json
 import signal
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,9 @@ class Controller:
                     f"--namespace={namespace}",
                     "--log-format=json",
                     "--log-level=debug",
+                    # Any free port, said in the log; a short lease for the takeover test.
+                    "--metrics-bind-address=127.0.0.1:0",
+                    "--lease-duration=6s",
                     *args,
                 ],
                 stdout=out,
@@ -446,3 +451,76 @@ def test_a_failed_cleanup_is_reported_and_keeps_the_volume(
     assert main is not None and main["spec"].get("ttlSecondsAfterFinished") is None
     assert controller.said("to run it again, delete that Job and remove the annotation")
     assert controller.stop() == 0
+
+
+def served(controller: Controller) -> str:
+    """The base URL of the controller's health server, from its log."""
+    marker = "/healthz, /readyz and /metrics on "
+    wait_until(lambda: controller.said(marker), "the health server to listen")
+    (line,) = [str(x["message"]) for x in controller.lines() if marker in str(x["message"])]
+    return "http://" + line.split(marker, 1)[1].strip()
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_health_readiness_and_metrics_answer(
+    real_api: RealNamespace, start_controller: Any
+) -> None:
+    controller = start_controller()
+    base = served(controller)
+    assert get(base + "/healthz")[0] == 200
+    wait_until(lambda: get(base + "/readyz")[0] == 200, "the controller to be ready")
+    job = main_job(real_api, "61")
+    finish(real_api, job, "Succeeded")
+    wait_until(lambda: record(real_api, job) is not None, "the cleanup Job")
+
+    code, text = get(base + "/metrics")
+    assert code == 200
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("keruta_harvester_")
+    }
+    assert values["keruta_harvester_cleanup_jobs_created_total"] == 1.0
+    assert values["keruta_harvester_leader"] == 1.0
+    assert values["keruta_harvester_completion_to_cleanup_seconds_count"] == 1.0
+    assert values["keruta_harvester_jobs_seen_total"] >= 2  # running, then complete
+    assert get(base + "/nothing")[0] == 404
+    assert controller.stop() == 0
+
+
+def test_two_replicas_only_the_leader_acts_and_the_other_takes_over(
+    real_api: RealNamespace, start_controller: Any
+) -> None:
+    first, second = start_controller(), start_controller()
+    wait_until(lambda: first.said(" leads (Lease") or second.said(" leads (Lease"), "one to lead")
+    leader, follower = (first, second) if first.said(" leads (Lease") else (second, first)
+    job = main_job(real_api, "71")
+    finish(real_api, job, "Succeeded")
+    wait_until(lambda: record(real_api, job) is not None, "the leader's cleanup Job")
+    assert leader.said("cleanup Job cleanup-job-for-task-71 created")
+    assert not follower.said("cleanup-job-for-task-71")
+    assert not follower.said(" leads (Lease")
+
+    leader.process.kill()  # SIGKILL: no goodbye, the lease has to run out
+    leader.process.wait(timeout=10)
+    job = main_job(real_api, "72")
+    finish(real_api, job, "Succeeded")
+    wait_until(
+        lambda: record(real_api, job) is not None,
+        "the follower to take the lease over and finish the pending work",
+        timeout=60,
+    )
+    assert follower.said(" leads (Lease")
+    assert follower.said("cleanup Job cleanup-job-for-task-72 created")
+    assert sorted(j.metadata.name for j in cleanup_jobs(real_api)) == [
+        "cleanup-job-for-task-71",
+        "cleanup-job-for-task-72",
+    ]
+    assert follower.stop() == 0

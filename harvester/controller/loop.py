@@ -11,11 +11,10 @@ recorded that did not happen.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import ExitStack
 from dataclasses import replace
-from typing import Any, Protocol, TextIO
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from harvester.controller.decide import (
     DECISION_ANNOTATION,
@@ -28,25 +27,14 @@ from harvester.controller.decide import (
     decide,
 )
 from harvester.controller.render import TEMPLATE_KEY, TemplateError, parse_template, render
-from harvester.errors import ConfigError, HarvesterError
-from harvester.exitcodes import ExitCode
-from harvester.gate import Gate
-from harvester.kube.jobs import connect
+from harvester.controller.serve import Metrics
+from harvester.errors import HarvesterError
 from harvester.kube.volume import claim_holding
-from harvester.model import MainJob, TaskStatus
-from harvester.report import JsonReporter, LogReporter
-from harvester.retry import Retrier, RetryPolicy
+from harvester.model import MainJob
 from harvester.settings import (
     DEFAULT_ROOT,
-    NO_CLUSTER,
-    ControllerSettings,
-    LogFormat,
-    Reporting,
-    Settings,
-    default_of,
 )
-from harvester.stats import Level, Listener, Tally
-from harvester.wire.client import KerutaApi
+from harvester.stats import Level, Listener
 
 
 class JobActions(Protocol):
@@ -73,6 +61,12 @@ class JobActions(Protocol):
     ) -> str | None: ...
 
 
+# The verdicts that change something: only the leader acts on them.
+_ACTS = frozenset(
+    {Verdict.START_CLEANUP, Verdict.FAILED, Verdict.CLEANUP_SUCCEEDED, Verdict.CLEANUP_FAILED}
+)
+
+
 class Controller:
     """Decides about each main Job and acts on the decision."""
 
@@ -84,7 +78,11 @@ class Controller:
         *,
         release_after: float = 0.0,
         report_failure: Callable[[Decision], None] | None = None,
+        metrics: Metrics | None = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._metrics = metrics or Metrics()
+        self._may_act = may_act
         self._release_after = int(release_after)
         self._report_failure = report_failure
         self._actions = actions
@@ -103,10 +101,16 @@ class Controller:
     def handle(self, job: MainJob) -> Decision:
         decision = decide(job)
         subject = f"Job {job.namespace}/{job.name}"
+        self._metrics.jobs_seen.inc()
+        if decision.verdict in _ACTS and not self._may_act():
+            # The lease was lost since the watch gave this Job: another replica acts now.
+            self._listener.notice(Level.DEBUG, f"{subject}: {decision.reason}; not the leader")
+            return decision
         try:
             if decision.verdict is Verdict.START_CLEANUP:
                 self._start_cleanup(decision)
             elif decision.verdict is Verdict.FAILED:
+                self._metrics.failed_jobs_skipped.inc()
                 if self._report_failure is not None:
                     # Before the record: a report that did not reach keruta-api is tried again.
                     self._report_failure(decision)
@@ -116,6 +120,7 @@ class Controller:
             elif decision.verdict is Verdict.CLEANUP_SUCCEEDED:
                 self._release(decision)
             elif decision.verdict is Verdict.CLEANUP_FAILED:
+                self._metrics.cleanup_jobs_failed.inc()
                 self._cleanup_failed(decision)
             else:
                 self._listener.notice(Level.DEBUG, f"{subject}: {decision.reason}; nothing to do")
@@ -147,6 +152,11 @@ class Controller:
             self._warn(job, "CleanupNotStarted", str(exc))
             return
         created = self._actions.create_job(job.namespace, manifest)
+        if created:
+            self._metrics.cleanup_jobs_created.inc()
+            if job.completed_at is not None:
+                waited = (datetime.now(UTC) - job.completed_at).total_seconds()
+                self._metrics.completion_to_cleanup.observe(max(waited, 0.0))
         self._record(decision, name)
         what = "created" if created else "already existed"
         message = (
@@ -285,102 +295,3 @@ class Controller:
         problem = self._actions.job_event(job, reason, message, warning=warning)
         if problem is not None:
             self._listener.notice(Level.WARNING, f"Kubernetes Event not written: {problem}")
-
-
-def run_controller(
-    settings: ControllerSettings,
-    reporting: Reporting,
-    *,
-    stop: threading.Event,
-    stdout: TextIO,
-    stderr: TextIO,
-) -> ExitCode:
-    """Watch and act until `stop` is set (SIGTERM); decisions and problems as log lines (JSON
-    lines on stdout with --log-format json, else plain lines on stderr)."""
-    tally = Tally()
-    interval, level = reporting.progress_interval, reporting.log_level
-    reporter: LogReporter | JsonReporter = (
-        JsonReporter(stdout, tally, interval=interval, level=level)
-        if reporting.log_format is LogFormat.JSON
-        else LogReporter(stderr, tally, interval=interval, level=level)
-    )
-    with reporter:
-        if not settings.cluster.available:
-            tally.notice(Level.ERROR, f"controller: {NO_CLUSTER}; it needs one to watch")
-            return ExitCode.USAGE
-        try:
-            with connect(settings.cluster) as api:
-                namespaces = (
-                    None
-                    if settings.all_namespaces
-                    else (settings.namespaces or (api.default_namespace,))
-                )
-                where = "every namespace" if namespaces is None else ", ".join(namespaces)
-                tally.notice(
-                    Level.INFO,
-                    f"controller: watching Jobs labelled {settings.selector} in {where}; cleanup "
-                    f"Jobs from ConfigMap {settings.template_config_map}",
-                )
-                with ExitStack() as resources:
-                    report = (
-                        _failure_reporter(settings, stop, tally, resources)
-                        if settings.report_failed
-                        else None
-                    )
-                    controller = Controller(
-                        api,
-                        settings.template_config_map,
-                        tally,
-                        release_after=settings.release_after or 0.0,
-                        report_failure=report,
-                    )
-                    controller.run(api.watch(settings.selector, stop, namespaces=namespaces))
-        except ConfigError as exc:
-            tally.notice(Level.ERROR, f"controller: {exc}")
-            return ExitCode.USAGE
-        except HarvesterError as exc:
-            tally.notice(Level.ERROR, f"controller: stopped: {exc}")
-            return ExitCode.UNEXPECTED
-        tally.notice(Level.INFO, "controller: stopped")
-    return ExitCode.OK
-
-
-MAIN_JOB_FAILED = "MAIN_JOB_FAILED"
-
-
-def _failure_reporter(
-    settings: ControllerSettings, stop: threading.Event, listener: Listener, resources: ExitStack
-) -> Callable[[Decision], None]:
-    """--report-failed: set the task FAILED in keruta-api, with the cleanup's timeout and
-    retries (`Settings`' defaults). Raises what the last attempt raised."""
-    api = resources.enter_context(
-        KerutaApi(
-            settings.api_url,
-            gate=Gate(),
-            timeout=default_of(Settings, "timeout"),
-            concurrency=1,
-            token=settings.token,
-            stop=stop,
-        )
-    )
-    retrier = Retrier(
-        RetryPolicy(retries=default_of(Settings, "retries")), sleep=stop.wait, stop=stop
-    )
-
-    def report(decision: Decision) -> None:
-        job, task_id = decision.job, decision.task_id
-        assert task_id is not None, "a FAILED decision names its task"
-        message = (
-            f"The main Job {job.namespace}/{job.name} failed; its documents were not harvested"
-        )
-        retrier.call(
-            lambda _attempt: api.set_status(
-                task_id, TaskStatus.FAILED, message, error_code=MAIN_JOB_FAILED
-            ),
-            on_retry=lambda n, err, wait: listener.notice(
-                Level.WARNING, f"task {task_id} status: {err}; retrying in {wait:.1f}s"
-            ),
-        )
-        listener.notice(Level.INFO, f"task {task_id}: set FAILED in keruta-api ({MAIN_JOB_FAILED})")
-
-    return report

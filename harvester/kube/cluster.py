@@ -63,6 +63,9 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "pods", "list"),  # a succeeded pod of the main Job (KERUTA_SOURCE_POD)
     Permission("", "configmaps", "get"),  # the cleanup Job template
     Permission("", "events", "create"),  # decisions, as Events on the main Job
+    Permission("coordination.k8s.io", "leases", "get"),  # leader election: who holds it
+    Permission("coordination.k8s.io", "leases", "create"),  # the first replica makes it
+    Permission("coordination.k8s.io", "leases", "update"),  # renew it, or take it over
 )
 
 PVC_PROTECTION = "kubernetes.io/pvc-protection"

@@ -92,6 +92,11 @@ class JobsApi:
         self._core = client.CoreV1Api(api_client)
         self._batch = client.BatchV1Api(api_client)
 
+    @property
+    def api_client(self) -> client.ApiClient:
+        """The connection, for the other users of this identity (leader election)."""
+        return self._api_client
+
     def close(self) -> None:
         self._api_client.close()  # type: ignore[no-untyped-call]
 
