@@ -43,8 +43,10 @@ from harvester.settings import (
     DEFAULT_ROOT,
     TOKEN_ENV,
     TOKEN_FILE,
+    ControllerSettings,
     Reporting,
     Settings,
+    default_of,
     flags_of,
     parse_duration,
 )
@@ -568,13 +570,16 @@ def test_controller_runs_harvester_controller_on_its_own_namespace() -> None:
     assert "KERUTA_API_TOKEN" not in env
 
 
-def test_controller_deployment_is_one_replica_replaced_not_rolled() -> None:
-    """No leader election yet: one replica, and no rollout with the old and new pods both
-    acting."""
+def test_controller_deployment_is_two_replicas_rolled_without_a_gap() -> None:
+    """Leader election lets two replicas run: one acts, the other stands by; a rollout starts
+    the new pod before stopping an old one."""
     deployment = controller_deployment()
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     assert spec["selector"] == {"matchLabels": CONTROLLER_POD_LABELS}
     template_labels = spec["template"]["metadata"]["labels"]
     assert CONTROLLER_POD_LABELS.items() <= template_labels.items()
@@ -582,11 +587,13 @@ def test_controller_deployment_is_one_replica_replaced_not_rolled() -> None:
     assert deployment["metadata"]["name"] == CONTROLLER
 
 
-def test_controller_has_no_probes_until_it_serves_them() -> None:
+def test_controller_probes_use_the_endpoints_it_serves() -> None:
     c = controller_container()
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert probe not in c, f"{probe} on a port the controller does not open yet"
-    assert "ports" not in c
+    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # The port the flag's default listens on: the probes and the process agree.
+    assert default_of(ControllerSettings, "metrics_bind_address") == ":8080"
 
 
 def test_controller_pod_is_locked_down_like_the_cleanup_pod() -> None:
@@ -722,10 +729,11 @@ def test_controller_network_policy_selects_the_controller_only() -> None:
     assert not cleanup_selector["matchLabels"].items() <= controller_labels.items()
 
 
-def test_controller_network_policy_allows_only_the_kubernetes_api() -> None:
+def test_controller_network_policy_allows_the_api_out_and_the_metrics_port_in() -> None:
     spec = named("NetworkPolicy", CONTROLLER)["spec"]
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
-    assert not spec.get("ingress")
+    (ingress,) = spec["ingress"]
+    assert ingress == {"ports": [{"protocol": "TCP", "port": 8080}]}  # the metrics port only
     (rule,) = spec["egress"]
     assert rule["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
     assert ports_of(rule) == {("TCP", 443), ("TCP", 6443)}
