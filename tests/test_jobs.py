@@ -30,6 +30,7 @@ from kubernetes import client, config
 
 from harvester.kube.cluster import CONTROLLER_PERMISSIONS, KubeError, Permission
 from harvester.kube.jobs import JOB_NAME_LABEL, JobsApi, JobWatch, connect
+from harvester.kube.lease import LEASE_NAME, LeaderElector
 from harvester.model import MainJob
 from harvester.settings import ClusterAccess
 from tests.controlplane import ControlPlane, create
@@ -468,7 +469,23 @@ def test_each_missing_rule_is_named(
             ("jobs", "patch"): lambda: jobs.record_on_job(namespace, "main-1", uid, {"a": "b"}),
             ("pods", "list"): lambda: jobs.succeeded_pod(namespace, "main-1"),
             ("configmaps", "get"): lambda: jobs.read_template(namespace, "template", "key"),
+            ("leases", "get"): lambda: elector.try_hold(),
+            ("leases", "create"): lambda: elector.try_hold(),  # none yet: made
+            ("leases", "update"): lambda: elector.try_hold(),  # expired: taken over
         }
+        elector = LeaderElector(jobs.api_client, namespace, "replica-1")
+        if missing.verb == "update":
+            expired = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": LEASE_NAME},
+                "spec": {
+                    "holderIdentity": "a-replica-long-gone",
+                    "leaseDurationSeconds": 15,
+                    "renewTime": "2020-01-01T00:00:00.000001Z",
+                },
+            }
+            create(real_api.admin, expired, namespace)
         if missing.resource == "events":
             job = MainJob(namespace, "main-1", uid, {}, {}, True, False, None, ())
             problem = jobs.job_event(job, "CleanupJobCreated", "made")

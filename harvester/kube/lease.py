@@ -73,7 +73,7 @@ class LeaderElector:
         last_renewed = self._clock()
         while not self._stop.is_set():
             try:
-                held = self._try_hold()
+                held = self.try_hold()
             except Exception as exc:  # noqa: BLE001 - any failure is "not renewed"; said, retried
                 self._on_problem(f"Lease {self.namespace}/{self.name}: {exc}")
                 held = False
@@ -88,9 +88,9 @@ class LeaderElector:
                 return
             self._stop.wait(self._period)
 
-    def _try_hold(self) -> bool:
+    def try_hold(self) -> bool:
         """One round: True when this replica holds the Lease after it."""
-        now = datetime.now(UTC)
+        now = _micro_time()
         try:
             lease = self._coordination.read_namespaced_lease(
                 self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT
@@ -161,3 +161,11 @@ class LeaderElector:
 
     def _refused(self, exc: ApiException, verb: str) -> Exception:
         return translate_error(exc, verb, "leases", self.name, self.namespace, role=CONTROLLER_ROLE)
+
+
+def _micro_time() -> datetime:
+    """Now, for a Lease's MicroTime fields. The client writes a datetime with `isoformat()`,
+    which leaves out the fraction when it is zero; the API server then refuses the time
+    (MicroTime needs the six digits), so a zero fraction is moved by one microsecond."""
+    now = datetime.now(UTC)
+    return now if now.microsecond else now.replace(microsecond=1)
