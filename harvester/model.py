@@ -282,3 +282,13 @@ class MainJob:
     failed: bool
     completed_at: datetime | None
     claims: tuple[ClaimMount, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TerminatingClaim:
+    """A PersistentVolumeClaim whose deletion was requested and is not done yet."""
+
+    namespace: str
+    name: str
+    uid: str
+    deleted_at: datetime

@@ -422,6 +422,13 @@ class ControllerSettings:
         "they finished (ttlSecondsAfterFinished), so their pods go and the claim is released "
         "(e.g. 5m; 0: at once).",
     )
+    stuck_claim_after: float = option(
+        "--stuck-claim-after",
+        typed="15m",
+        parse=_durations("--stuck-claim-after"),
+        help="Report a claim (labelled like the Jobs) still Terminating this long after its "
+        "deletion: a log line, an Event and a metric.",
+    )
     report_failed: bool = option(
         "--report-failed",
         typed=False,

@@ -524,3 +524,37 @@ def test_two_replicas_only_the_leader_acts_and_the_other_takes_over(
         "cleanup-job-for-task-72",
     ]
     assert follower.stop() == 0
+
+
+def test_a_claim_stuck_terminating_is_reported_once(
+    real_api: RealNamespace, start_controller: Any
+) -> None:
+    real_api.add_pvc("pvc-91", labels={"app": "keruta", "task-id": "91"})
+    # Another workload's pod (scheduled, finished) still names the claim: pvc-protection keeps it.
+    real_api.add_pod("holder-91", claims=["pvc-91"], phase="Succeeded")
+    client.CoreV1Api(real_api.admin).delete_namespaced_persistent_volume_claim(
+        "pvc-91", real_api.namespace
+    )
+    controller = start_controller("--stuck-claim-after=1s")
+    base = served(controller)
+
+    def stuck_events() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in real_api.events
+            if e["reason"] == "StuckTerminating" and e["involvedObject"]["name"] == "pvc-91"
+        ]
+
+    wait_until(lambda: len(stuck_events()) == 1, "the Event on the stuck claim")
+    assert controller.said(f"PVC {real_api.namespace}/pvc-91 has been Terminating for")
+    wait_until(
+        lambda: "keruta_harvester_claims_stuck_terminating 1.0" in get(base + "/metrics")[1],
+        "the gauge",
+    )
+
+    def checks() -> int:
+        return sum("claims Terminating past the threshold" in str(x) for x in controller.lines())
+
+    wait_until(lambda: checks() >= 3, "the claims to be checked again")
+    assert len(stuck_events()) == 1  # said once, however often it is checked
+    assert controller.stop() == 0

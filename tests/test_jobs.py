@@ -469,6 +469,9 @@ def test_each_missing_rule_is_named(
             ("jobs", "patch"): lambda: jobs.record_on_job(namespace, "main-1", uid, {"a": "b"}),
             ("pods", "list"): lambda: jobs.succeeded_pod(namespace, "main-1"),
             ("configmaps", "get"): lambda: jobs.read_template(namespace, "template", "key"),
+            ("persistentvolumeclaims", "list"): lambda: jobs.terminating_claims(
+                [namespace], SELECTOR
+            ),
             ("leases", "get"): lambda: elector.try_hold(),
             ("leases", "create"): lambda: elector.try_hold(),  # none yet: made
             ("leases", "update"): lambda: elector.try_hold(),  # expired: taken over

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TextIO
 
+from harvester.controller.claims import StuckClaims
 from harvester.controller.decide import Decision
 from harvester.controller.loop import Controller
 from harvester.controller.serve import HealthServer, Metrics, parse_address
@@ -134,6 +135,15 @@ def _run(
         metrics=metrics,
         may_act=lambda: not lost.is_set(),
     )
+    stuck = StuckClaims(
+        api,
+        namespaces,
+        settings.selector,
+        settings.stuck_claim_after,
+        tally,
+        metrics.claims_stuck.set,
+    )
+    threading.Thread(target=stuck.run, args=(acting,), name="stuck-claims", daemon=True).start()
     watch = api.watch(settings.selector, acting, namespaces=namespaces)
     metrics.watch.source = watch
     connected.set()

@@ -71,6 +71,11 @@ class Metrics:
             buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
             registry=registry,
         )
+        self.claims_stuck = Gauge(
+            PREFIX + "claims_stuck_terminating",
+            "Claims Terminating longer than --stuck-claim-after.",
+            registry=registry,
+        )
         self.leader = Gauge(
             PREFIX + "leader", "1 while this replica holds the lease.", registry=registry
         )

@@ -63,6 +63,7 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "pods", "list"),  # a succeeded pod of the main Job (KERUTA_SOURCE_POD)
     Permission("", "configmaps", "get"),  # the cleanup Job template
     Permission("", "events", "create"),  # decisions, as Events on the main Job
+    Permission("", "persistentvolumeclaims", "list"),  # claims stuck Terminating, reported
     Permission("coordination.k8s.io", "leases", "get"),  # leader election: who holds it
     Permission("coordination.k8s.io", "leases", "create"),  # the first replica makes it
     Permission("coordination.k8s.io", "leases", "update"),  # renew it, or take it over

@@ -31,7 +31,7 @@ from harvester.kube.cluster import (
     unreachable_error,
     write_event,
 )
-from harvester.model import MainJob
+from harvester.model import MainJob, TerminatingClaim
 from harvester.retry import full_jitter
 from harvester.settings import ClusterAccess
 
@@ -233,6 +233,54 @@ class JobsApi:
             reason,
             message,
             warning=warning,
+            role=CONTROLLER_ROLE,
+        )
+
+    def terminating_claims(
+        self, namespaces: Sequence[str] | None, selector: str
+    ) -> list[TerminatingClaim]:
+        """The claims matching `selector` (in `namespaces`, None: all) whose deletion was
+        requested: pvc-protection keeps them while a pod object that used them exists."""
+        scopes: list[str | None] = list(namespaces) if namespaces is not None else [None]
+        found: list[TerminatingClaim] = []
+        for namespace in scopes:
+            try:
+                answer = (
+                    self._core.list_namespaced_persistent_volume_claim(
+                        namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+                    )
+                    if namespace is not None
+                    else self._core.list_persistent_volume_claim_for_all_namespaces(
+                        label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+                    )
+                )
+            except ApiException as exc:
+                raise self._refused(
+                    exc, "list", "persistentvolumeclaims", selector, namespace
+                ) from exc
+            except HTTPError as exc:
+                raise unreachable_error(self._api_client, exc) from exc
+            for claim in answer.items or []:
+                meta: Any = claim.metadata
+                if meta is not None and meta.deletion_timestamp is not None:
+                    found.append(
+                        TerminatingClaim(
+                            str(meta.namespace),
+                            str(meta.name),
+                            str(meta.uid),
+                            meta.deletion_timestamp,
+                        )
+                    )
+        return found
+
+    def claim_event(self, claim: TerminatingClaim, reason: str, message: str) -> str | None:
+        """A Warning Event on the claim, like `job_event`."""
+        return write_event(
+            self._core,
+            ObjectRef("v1", "PersistentVolumeClaim", claim.namespace, claim.name, claim.uid),
+            reason,
+            message,
+            warning=True,
             role=CONTROLLER_ROLE,
         )
 
