@@ -4,7 +4,9 @@ Takes the binaries tests/cluster/build.sh built (Kubernetes v1.34.4, etcd v3.6.4
 `~/.cache/keruta-harvester/k8s-v1.34.4` or `$KERUTA_K8S_BIN`); gives `ControlPlane`, which makes
 its certificates with openssl, starts the three on free loopback ports with RBAC on, waits until
 they are ready, serves an admin kubeconfig and an audit log of what ServiceAccounts asked, and
-stops them. tests/kube_backends.py runs the Kubernetes tests on it.
+stops them. tests/kube_backends.py runs the Kubernetes tests on it, and the benchmark's
+`controller` scenario measures `harvester controller` on it. It lives in bench/ because the
+tests already import from bench/ (tests/process.py) and never the other way round.
 """
 
 from __future__ import annotations
