@@ -163,6 +163,11 @@ class ControlPlane:
                 print(f"{name} exited {process.returncode}; see {log}")
         self._processes.clear()
 
+    def pids(self) -> dict[str, int]:
+        """The process id of each running part (etcd, kube-apiserver, kube-controller-manager):
+        setpriv execs the binary, so the id is the binary's own."""
+        return {name: process.pid for name, process in self._processes}
+
     def _spawn(self, name: str, *args: str) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
         # Killed with this process, however it ends: a test run stopped by a timeout or a
