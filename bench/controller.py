@@ -79,7 +79,7 @@ def unavailable() -> str | None:
         return None
     return (
         f"the control plane binaries are not built in {BIN} (`make cluster` builds them with Go, "
-        "about 8 minutes the first time; KERUTA_K8S_BIN points elsewhere)"
+        "about 8 minutes the first time; or set KERUTA_K8S_BIN to where they are)"
     )
 
 
