@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.report import as_json, format_scenario, format_summary, write_json
 from bench.results import ScenarioResult
-from bench.scenarios import SCENARIOS, Context, run_scenario
+from bench.scenarios import SCENARIOS, Context, run_scenario, unavailable
 from bench.tools import INSTALL_HINT, BenchError, find_tool, tool_version
 from harvester import __version__
 
@@ -99,7 +99,14 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     )
     results: list[ScenarioResult] = []
     failed: list[str] = []
+    skipped: list[str] = []
     for name in names:
+        reason = unavailable(name)
+        if reason is not None:
+            # One line, and on with the others; asked for by name, it is a failure to measure.
+            print(f"\n{name}: skipped: {reason}", flush=True)
+            (failed if args.scenario else skipped).append(name)
+            continue
         _log(f"{name}:")
         started = time.perf_counter()
         try:
@@ -116,6 +123,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         print(f"(missing tools: {', '.join(meta['missing_tools'])}; get them: {INSTALL_HINT})")
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["failed_scenarios"] = failed
+    meta["skipped_scenarios"] = skipped
     if args.json is not None:
         write_json(args.json, as_json(results, meta))
         print(f"JSON: {args.json}")

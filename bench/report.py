@@ -60,10 +60,11 @@ def _limit(target: Target) -> str:
     return f"{_OPS[target.op]} {limit}{unit}"
 
 
-_HEADER = (
-    f"  {'contender':<24} {'wall s':>7} {'min-max s':>11} {'files/s':>8} {'MB/s':>7} "
-    f"{'peak RSS':>8} {'CPU ms/file: client':>19} {'server':>7}"
-)
+def _header(item: str) -> str:
+    return (
+        f"  {'contender':<24} {'wall s':>7} {'min-max s':>11} {item + 's/s':>8} {'MB/s':>7} "
+        f"{'peak RSS':>8} {f'CPU ms/{item}: client':>19} {'server':>7}"
+    )
 
 
 def _contender_row(result: ScenarioResult, contender: ContenderResult) -> str:
@@ -76,7 +77,7 @@ def _contender_row(result: ScenarioResult, contender: ContenderResult) -> str:
     return (
         f"  {label:<24} {_num(contender.wall_s(result.files)):>7} {spread or '-':>11} "
         f"{_num(contender.files_per_s(result.files), 0, grouped=True):>8} "
-        f"{_num(contender.mb_per_s(result.bytes), 1, grouped=True):>7} "
+        f"{_num(contender.mb_per_s(result.bytes) if result.bytes else None, 1, grouped=True):>7} "
         f"{'-' if rss is None else f'{rss:.0f} MB':>8} "
         f"{_num(contender.client_cpu_ms(), 2, grouped=True):>19} "
         f"{_num(contender.server_cpu_ms(), 2, grouped=True):>7}"
@@ -85,9 +86,10 @@ def _contender_row(result: ScenarioResult, contender: ContenderResult) -> str:
 
 def format_scenario(result: ScenarioResult) -> list[str]:
     """The scenario's block of the printed table."""
-    size = f"{result.bytes / MB:,.1f} MB"
+    size = f" ({result.bytes / MB:,.1f} MB)" if result.bytes else ""
     runs = f"{result.runs} run{'s' if result.runs != 1 else ''}"
-    lines = [f"{result.name}: {result.description} ({size}); median of {runs} each", _HEADER]
+    lines = [f"{result.name}: {result.description}{size}; median of {runs} each"]
+    lines.append(_header(result.item))
     lines += [_contender_row(result, contender) for contender in result.contenders]
     for contender in result.contenders:
         if contender.skipped is not None:
@@ -108,7 +110,7 @@ def format_scenario(result: ScenarioResult) -> list[str]:
             )
             lines.append(f"  {ratio.label:<38} {_ratio_value(ratio):>7}  {source}")
     if result.targets:
-        lines.append(f"  {'target (issue 4)':<38} {'value':>7}  {'wanted':<9} verdict")
+        lines.append(f"  {f'target ({result.issue})':<38} {'value':>7}  {'wanted':<9} verdict")
         for target in result.targets:
             lines.append(
                 f"  {target.label:<38} {_target_value(target):>7}  {_limit(target):<9} "
@@ -192,6 +194,8 @@ def as_json(results: list[ScenarioResult], meta: dict[str, Any]) -> dict[str, An
                     }
                     for t in result.targets
                 ],
+                "item": result.item,
+                "issue": result.issue,
                 "checks": result.checks,
                 "limits": result.limits,
             }

@@ -169,6 +169,9 @@ class ScenarioResult:
     targets: list[Target] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     limits: str = ""
+    # What the scenario counts ("file"; "Job" for the controller's), and whose targets it checks.
+    item: str = "file"
+    issue: str = "issue 4"
 
     def contender(self, key: str) -> ContenderResult:
         for contender in self.contenders:

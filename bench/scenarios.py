@@ -1,4 +1,5 @@
-"""The five scenarios of issue 4, each running its contenders interleaved (A B C A B C ...).
+"""The five scenarios of issue 4, each running its contenders interleaved (A B C A B C ...), and
+issue 11's `controller` (bench/controller.py).
 
 Takes a `Context` (work folder, number of runs, quick or full sizes, the tools found); gives a
 `ScenarioResult` per scenario. Every measured run gets a fresh dev-api process and a new task id,
@@ -22,12 +23,14 @@ from bench.contenders import (
     sequential,
     wrk_ceiling,
 )
+from bench.controller import controller_scenario
+from bench.controller import unavailable as controller_unavailable
 from bench.data import KIB, MIB, TreeSpec, make_tree
 from bench.results import MB, ContenderResult, Ratio, ScenarioResult, Target
 from bench.server import DevApiProcess
 from bench.tools import BenchError
 
-__all__ = ["SCENARIOS", "Context", "run_scenario"]
+__all__ = ["SCENARIOS", "Context", "run_scenario", "unavailable"]
 
 CONCURRENCY = 8
 REMOTE_LATENCY = 0.020
@@ -419,13 +422,28 @@ def _result(ctx: Context, name: str, spec: TreeSpec, entries: list[_Entry]) -> S
     )
 
 
+def controller(ctx: Context) -> ScenarioResult:
+    """`harvester controller` against a bare create loop on the real control plane (issue 11)."""
+    return controller_scenario(ctx.scratch, quick=ctx.quick, runs=ctx.runs, log=ctx.log)
+
+
 SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "many-small": many_small,
     "remote-api": remote_api,
     "large": large,
     "rerun": rerun,
     "plan-100k": plan_100k,
+    "controller": controller,
 }
+
+# Why a scenario cannot run on this machine (None: it can), asked before it starts.
+_UNAVAILABLE: dict[str, Callable[[], str | None]] = {"controller": controller_unavailable}
+
+
+def unavailable(name: str) -> str | None:
+    """Why the scenario `name` cannot run here (a tool it needs is missing), or None."""
+    check = _UNAVAILABLE.get(name)
+    return None if check is None else check()
 
 
 def run_scenario(ctx: Context, name: str) -> ScenarioResult:

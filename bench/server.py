@@ -10,7 +10,6 @@ see each other's documents (nor the blob files an earlier run already wrote).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -23,7 +22,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-from bench.tools import HARVESTER, BenchError, isolated_env
+from bench.tools import HARVESTER, BenchError, isolated_env, proc_cpu_seconds
 
 __all__ = ["DevApiProcess"]
 
@@ -70,14 +69,7 @@ class DevApiProcess:
 
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) the server has used so far; None where /proc cannot say."""
-        if self._process is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return None
-        # After the command name: state is field 3, utime and stime are fields 14 and 15.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return None if self._process is None else proc_cpu_seconds(self._process.pid)
 
     def documents(self, task_id: str) -> list[dict[str, Any]]:
         """`GET /api/tasks/<task>/documents`: what the server holds for the task."""

@@ -25,6 +25,7 @@ __all__ = [
     "Timed",
     "find_tool",
     "isolated_env",
+    "proc_cpu_seconds",
     "run_timed",
     "tool_version",
 ]
@@ -82,6 +83,17 @@ def run_timed(
     cpu = usage.ru_utime + usage.ru_stime
     rss = peak.value if peak.value is not None else int(usage.ru_maxrss) * 1024  # Linux: KiB
     return Timed(wall, process.returncode, rss, cpu)
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the running process `pid` has used so far; None where /proc
+    cannot say (it has exited, or this is not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class PeakRss:

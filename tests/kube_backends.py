@@ -9,7 +9,7 @@ the calls the harvester made). And the `kubectl` fixture: the kubectl build.sh b
 control plane, for the path a user takes.
 
 - `kmock`: `tests/kube_fixture.FakeCluster`, an emulation: fast, scripted 403s.
-- `apiserver`: a fresh namespace on the control plane of tests/controlplane.py, holding
+- `apiserver`: a fresh namespace on the control plane of bench/controlplane.py, holding
   deploy/'s ServiceAccount, Role and RoleBinding; the kubeconfig is that ServiceAccount's, so
   every call passes real RBAC, admission and pvc-protection; `calls` come from the API server's
   audit log.
@@ -37,8 +37,8 @@ import yaml  # type: ignore[import-untyped]
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from bench.controlplane import NOT_BUILT, ControlPlane, binaries_built, create, kubectl
 from harvester.kube.cluster import PERMISSIONS, Permission
-from tests.controlplane import NOT_BUILT, ControlPlane, binaries_built, create, kubectl
 from tests.kube_fixture import ApiCall, FakeCluster, pod_spec
 from tests.kube_recorder import ApiRecorder
 
@@ -477,7 +477,7 @@ class RealNamespace:
 
 
 def needs_control_plane(item: pytest.Item) -> bool:
-    """Whether a collected test runs on the control plane of tests/controlplane.py."""
+    """Whether a collected test runs on the control plane of bench/controlplane.py."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     on_apiserver = "apiserver" in (params.get("kube_api"), params.get("real_api"))
     return on_apiserver or "control_plane" in getattr(item, "fixturenames", ())

@@ -13,7 +13,7 @@ Terminating); patch a claim with a JSON patch (a failed `test` is a 422; the cla
 is terminating without finalizers); create an Event (`generateName`). Besides: the bearer token
 (401), and RBAC's 403 for a verb taken away (`forbid`). Anything else (watches, other verbs or
 resources, field selectors, merge patches, dry runs) is refused as not emulated rather than
-answered wrongly: the real control plane of tests/controlplane.py covers real behaviour, and
+answered wrongly: the real control plane of bench/controlplane.py covers real behaviour, and
 tests/test_kube_fidelity.py holds these answers against its answers.
 
 The server is kmock's `KubernetesEmulator` (object store, reads, creates, deletes) on its own

@@ -21,6 +21,7 @@ import pytest
 from bench.contenders import Measurement
 from bench.report import as_json, format_summary
 from bench.results import MB, ContenderResult, Ratio, ScenarioResult, Target
+from bench.scenarios import SCENARIOS
 from tests.process import isolated_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,3 +208,28 @@ def test_without_wrk_the_ceiling_is_skipped_with_a_hint(tmp_path: Path) -> None:
     assert wrk["median_wall_s"] is None
     assert scenario["ratios"]["harvester / ceiling (wrk)"]["value"] is None
     assert scenario["targets"][0]["verdict"] == "n/a"
+
+
+def test_the_controller_scenario_without_the_control_plane_is_skipped_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # An empty folder where the binaries would be: nothing starts, nothing is measured.
+    env = isolated_env({"KERUTA_K8S_BIN": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--scenario", "controller"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("controller:")]
+    assert line == (
+        f"controller: skipped: the control plane binaries are not built in {tmp_path} (`make "
+        "cluster` builds them with Go, about 8 minutes the first time; or set KERUTA_K8S_BIN to "
+        "where they are)"
+    )
+    # Asked for by name and not measured: the run says so in its exit code.
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "controller" in SCENARIOS

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from bench.controlplane import create
 from harvester.controller.decide import DECISION_ANNOTATION
 from harvester.devapi.server import DevApiServer
 from harvester.kube.cluster import CONTROLLER_PERMISSIONS
-from tests.controlplane import create
 from tests.kube_backends import (
     DEPLOY,
     RealNamespace,

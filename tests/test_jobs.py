@@ -28,12 +28,12 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from kubernetes import client, config
 
+from bench.controlplane import ControlPlane, create
 from harvester.kube.cluster import CONTROLLER_PERMISSIONS, KubeError, Permission
 from harvester.kube.jobs import JOB_NAME_LABEL, JobsApi, JobWatch, connect
 from harvester.kube.lease import LEASE_NAME, LeaderElector
 from harvester.model import MainJob
 from harvester.settings import ClusterAccess
-from tests.controlplane import ControlPlane, create
 from tests.kube_backends import RealNamespace, can, service_account_kubeconfig, wait_until
 
 CONTROLLER = "keruta-harvester-controller"

@@ -1,7 +1,7 @@
 """Do the test backends tell the truth about the real API server? Skipped where no control plane
 is built.
 
-- kmock: the same requests go to it and to the control plane of tests/controlplane.py (as
+- kmock: the same requests go to it and to the control plane of bench/controlplane.py (as
   deploy/'s ServiceAccount), and the answers must match, names and UIDs aside: the status code,
   the `Status` reason, message and details that harvester/kube.py turns into sentences, and what
   a delete does to a protected claim.
@@ -20,8 +20,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from bench.controlplane import ControlPlane
 from harvester.kube.cluster import PERMISSIONS, PVC_PROTECTION
-from tests.controlplane import ControlPlane
 from tests.kube_backends import KubeApi, RealNamespace, audited_calls
 from tests.kube_fixture import ApiCall, FakeCluster
 from tests.volume_support import OWN_POD, TASK, run_cleanup_steps

@@ -1,7 +1,7 @@
 """The path a user takes: `kubectl apply -k deploy/` on the real control plane, then reads.
 
 Takes the kubectl tests/cluster/build.sh built from the control plane's own release (the
-`kubectl` fixture) and the control plane (tests/controlplane.py), as its admin; gives what a
+`kubectl` fixture) and the control plane (bench/controlplane.py), as its admin; gives what a
 person following the README would see: the base applied into a fresh namespace (kubectl's
 built-in kustomize, its ConfigMap generator, a real client-side apply, then a second one that
 changes nothing), `kubectl get -o json` of every object it made, the template read back the way
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from bench.controlplane import ControlPlane
 from harvester.kube.cluster import CONTROLLER_PERMISSIONS, PERMISSIONS, Permission
-from tests.controlplane import ControlPlane
 from tests.kube_backends import DEPLOY, wait_until
 
 CLUSTER_WIDE = DEPLOY / "cluster-wide"

@@ -19,10 +19,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
+from bench.controlplane import create
 from harvester.kube.cluster import PERMISSIONS
 from harvester.model import StepState
 from harvester.stats import Level
-from tests.controlplane import create
 from tests.kube_backends import DEPLOY, RealNamespace, manifests, wait_until
 from tests.volume_support import (
     OWN_POD,

@@ -5,7 +5,9 @@ Takes the binaries tests/cluster/build.sh built (Kubernetes v1.34.4, etcd v3.6.4
 its certificates with openssl, starts the three on free loopback ports with RBAC on, waits until
 they are ready, serves an admin kubeconfig and an audit log of what ServiceAccounts asked, and
 stops them; and `kubectl()`, the kubectl built beside them, for the path a user takes.
-tests/kube_backends.py runs the Kubernetes tests on it.
+tests/kube_backends.py runs the Kubernetes tests on it, and the benchmark's `controller`
+scenario measures `harvester controller` on it. It lives in bench/ because the tests already
+import from bench/ (tests/process.py) and never the other way round.
 """
 
 from __future__ import annotations
@@ -174,6 +176,11 @@ class ControlPlane:
             if log.exists() and process.returncode not in (0, -15):
                 print(f"{name} exited {process.returncode}; see {log}")
         self._processes.clear()
+
+    def pids(self) -> dict[str, int]:
+        """The process id of each running part (etcd, kube-apiserver, kube-controller-manager):
+        setpriv execs the binary, so the id is the binary's own."""
+        return {name: process.pid for name, process in self._processes}
 
     def _spawn(self, name: str, *args: str) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
