@@ -388,6 +388,14 @@ class ControllerSettings:
         typed="app=keruta",
         help="Label selector of the main Jobs to watch.",
     )
+    workers: int = option(
+        "--workers",
+        env="KERUTA_CONTROLLER_WORKERS",
+        typed=8,
+        low=1,
+        high=64,
+        help="Jobs handled at once (each Job always by the same worker, in order).",
+    )
     leader_elect: bool = option(
         "--leader-elect/--no-leader-elect",
         typed=True,

@@ -11,6 +11,9 @@ recorded that did not happen.
 
 from __future__ import annotations
 
+import queue
+import threading
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -91,12 +94,41 @@ class Controller:
         # Per namespace: the last template that parsed, and the text of the last broken one
         # said (so a broken template is reported once, not for every Job that completes).
         self._last_good: dict[str, dict[str, Any]] = {}
+        self._parsed: dict[str, tuple[str, dict[str, Any]]] = {}
         self._reported_broken: dict[str, str] = {}
 
-    def run(self, jobs: Iterable[MainJob]) -> None:
-        """Handle every Job the watch gives, until it ends (on stop)."""
-        for job in jobs:
-            self.handle(job)
+    def run(self, jobs: Iterable[MainJob], *, workers: int = 1) -> None:
+        """Handle every Job the watch gives, until it ends (on stop), on `workers` threads.
+
+        A Job always goes to the same worker (by its uid), so its events are handled in the
+        order they came and never two at once; different Jobs are handled side by side, since
+        each takes a few round trips to the API server."""
+        if workers <= 1:
+            for job in jobs:
+                self.handle(job)
+            return
+        queues: list[queue.SimpleQueue[MainJob | None]] = [
+            queue.SimpleQueue() for _ in range(workers)
+        ]
+
+        def work(jobs_of_worker: queue.SimpleQueue[MainJob | None]) -> None:
+            while (job := jobs_of_worker.get()) is not None:
+                self.handle(job)
+
+        threads = [
+            threading.Thread(target=work, args=(q,), name=f"controller-{i}", daemon=True)
+            for i, q in enumerate(queues)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for job in jobs:
+                queues[zlib.crc32(job.uid.encode()) % workers].put(job)
+        finally:
+            for q in queues:
+                q.put(None)
+            for thread in threads:
+                thread.join()
 
     def handle(self, job: MainJob) -> Decision:
         decision = decide(job)
@@ -249,10 +281,14 @@ class Controller:
                 "--template-config-map",
             )
             return None
+        parsed = self._parsed.get(job.namespace)
+        if parsed is not None and parsed[0] == text:
+            return parsed[1]  # unchanged since the last Job: not parsed again
         try:
             template = parse_template(text, source=f"{source} key {TEMPLATE_KEY}")
         except TemplateError as exc:
             return self._broken_template(job, text, exc)
+        self._parsed[job.namespace] = (text, template)
         self._last_good[job.namespace] = template
         self._reported_broken.pop(job.namespace, None)
         return template

@@ -147,7 +147,7 @@ def _run(
     watch = api.watch(settings.selector, acting, namespaces=namespaces)
     metrics.watch.source = watch
     connected.set()
-    controller.run(watch)
+    controller.run(watch, workers=settings.workers)
     if lost.is_set():
         metrics.leader.set(0)
         tally.notice(

@@ -186,10 +186,15 @@ class JobsApi:
         Found by the job controller's `batch.kubernetes.io/job-name` label; the phase is
         filtered by the server."""
         try:
+            # From the API server's watch cache (resourceVersion 0): a consistent read waits
+            # for that cache to catch up after every write, ~100 ms a Job. The Job is Complete
+            # only after its pods ended, so the cache is current enough; a miss means
+            # KERUTA_SOURCE_POD stays empty and the harvest finds the claim by KERUTA_PVC.
             answer = self._core.list_namespaced_pod(
                 namespace,
                 label_selector=f"{JOB_NAME_LABEL}={job_name}",
                 field_selector="status.phase=Succeeded",
+                resource_version="0",
                 _request_timeout=REQUEST_TIMEOUT,
             )
         except ApiException as exc:
