@@ -232,14 +232,8 @@ class JobsApi:
     ) -> str | None:
         """A core/v1 Event on the Job (`kubectl describe job` shows it). Returns None, or why it
         could not be written; it never fails the caller."""
-        return write_event(
-            self._core,
-            ObjectRef("batch/v1", "Job", job.namespace, job.name, job.uid),
-            reason,
-            message,
-            warning=warning,
-            role=CONTROLLER_ROLE,
-        )
+        involved = ObjectRef("batch/v1", "Job", job.namespace, job.name, job.uid)
+        return self._event(involved, reason, message, warning=warning)
 
     def terminating_claims(
         self, namespaces: Sequence[str] | None, selector: str
@@ -280,26 +274,21 @@ class JobsApi:
 
     def claim_event(self, claim: TerminatingClaim, reason: str, message: str) -> str | None:
         """A Warning Event on the claim, like `job_event`."""
-        return write_event(
-            self._core,
-            ObjectRef("v1", "PersistentVolumeClaim", claim.namespace, claim.name, claim.uid),
-            reason,
-            message,
-            warning=True,
-            role=CONTROLLER_ROLE,
-        )
+        involved = ObjectRef("v1", "PersistentVolumeClaim", claim.namespace, claim.name, claim.uid)
+        return self._event(involved, reason, message, warning=True)
 
     def config_map_event(
         self, namespace: str, name: str, reason: str, message: str, *, warning: bool = True
     ) -> str | None:
         """A core/v1 Event on a ConfigMap (the template), like `job_event`."""
+        involved = ObjectRef("v1", "ConfigMap", namespace, name, None)
+        return self._event(involved, reason, message, warning=warning)
+
+    def _event(
+        self, involved: ObjectRef, reason: str, message: str, *, warning: bool
+    ) -> str | None:
         return write_event(
-            self._core,
-            ObjectRef("v1", "ConfigMap", namespace, name, None),
-            reason,
-            message,
-            warning=warning,
-            role=CONTROLLER_ROLE,
+            self._core, involved, reason, message, warning=warning, role=CONTROLLER_ROLE
         )
 
     @staticmethod
