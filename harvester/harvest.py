@@ -25,6 +25,7 @@ from harvester.errors import (
 )
 from harvester.gate import Act, Gate
 from harvester.model import (
+    NOT_HARVESTED,
     Action,
     Digest,
     Failed,
@@ -265,7 +266,7 @@ class _Run:
     ) -> StepResult:
         """COMPLETED when every document is harvested, else FAILED naming the first failure.
         Raises `Interrupted` when a signal ends its retries."""
-        failures = [f for f in files if f.outcome in _NOT_HARVESTED]
+        failures = [f for f in files if f.outcome in NOT_HARVESTED]
         if failures:
             first = failures[0].error or failures[0].path
             status, progress, code = TaskStatus.FAILED, None, UPLOAD_FAILED_CODE
@@ -300,7 +301,7 @@ class _Run:
 
     def release(self, files: tuple[FileReport, ...], status: StepResult) -> StepResult:
         """The PVC step, only after every document was harvested and the status recorded."""
-        if any(f.outcome in _NOT_HARVESTED for f in files) or status.state is not StepState.DONE:
+        if any(f.outcome in NOT_HARVESTED for f in files) or status.state is not StepState.DONE:
             return StepResult(StepState.SKIPPED, _KEPT_INCOMPLETE)
         reason = self.gate.why_closed(Act.DELETE_PVC)
         if reason is not None:
@@ -370,8 +371,6 @@ def _unusable(error: ApiError) -> str:
         return "keruta-api refused the first request"
     return "keruta-api could not be reached"
 
-
-_NOT_HARVESTED = (Outcome.FAILED, Outcome.NOT_ATTEMPTED)
 
 # What a path that never reached the uploader ends as, by its planned action.
 _OUTCOME_OF_ACTION = {

@@ -161,6 +161,10 @@ class Outcome(StrEnum):
     PLANNED = "planned"  # dry run: nothing was sent
 
 
+# The outcomes that leave a document off the server: they keep the volume and fail the task.
+NOT_HARVESTED = frozenset({Outcome.FAILED, Outcome.NOT_ATTEMPTED})
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """What became of one planned item: for an upload, the uploader's answer for that very item
@@ -256,7 +260,7 @@ class HarvestReport:
 
     @property
     def failures(self) -> tuple[FileReport, ...]:
-        return tuple(f for f in self.files if f.outcome in (Outcome.FAILED, Outcome.NOT_ATTEMPTED))
+        return tuple(f for f in self.files if f.outcome in NOT_HARVESTED)
 
 
 @dataclass(frozen=True, slots=True)

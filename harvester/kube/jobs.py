@@ -144,27 +144,29 @@ class JobsApi:
         so other writers' annotations stay, and it works on a Job that has none yet (a JSON
         patch `add` below a missing /metadata/annotations would fail)."""
         patch = {"metadata": {"uid": uid, "annotations": dict(annotations)}}
-        try:
-            self._batch.patch_namespaced_job(
-                name,
-                namespace,
-                patch,
-                _content_type="application/merge-patch+json",
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        except ApiException as exc:
-            if exc.status == 404 or (exc.status == 422 and "metadata.uid" in str(exc.body)):
-                return False
-            raise self._refused(exc, "patch", "jobs", name, namespace) from exc
-        except HTTPError as exc:
-            raise unreachable_error(self._api_client, exc) from exc
-        return True
+        return self._patch_job(
+            namespace,
+            name,
+            patch,
+            gone=lambda exc: exc.status == 422 and "metadata.uid" in str(exc.body),
+        )
 
     def set_job_ttl(self, namespace: str, name: str, seconds: int) -> bool:
         """Give a finished Job a `ttlSecondsAfterFinished` (mutable once it finished), so the
         ttl-after-finished controller removes it and, through the garbage collector, its pods.
         True when set; False when the Job is gone."""
-        patch = {"spec": {"ttlSecondsAfterFinished": seconds}}
+        return self._patch_job(namespace, name, {"spec": {"ttlSecondsAfterFinished": seconds}})
+
+    def _patch_job(
+        self,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        gone: Callable[[ApiException], bool] = lambda _exc: False,
+    ) -> bool:
+        """A JSON merge patch of the Job: True when applied; False when the Job is not there
+        (404), or not the one meant (`gone`)."""
         try:
             self._batch.patch_namespaced_job(
                 name,
@@ -174,7 +176,7 @@ class JobsApi:
                 _request_timeout=REQUEST_TIMEOUT,
             )
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status == 404 or gone(exc):
                 return False
             raise self._refused(exc, "patch", "jobs", name, namespace) from exc
         except HTTPError as exc:
