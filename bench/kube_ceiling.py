@@ -2,8 +2,8 @@
 one sequential client can.
 
 Takes a kubeconfig, a namespace, a count and the cleanup Job template (deploy/cleanup-job.yaml);
-creates `count` Jobs, one request after another, through the official `kubernetes` client's
-`BatchV1Api.create_namespaced_job` with a plain dict, as `harvester controller` does. Each is the
+creates `count` Jobs, one request after another, through the very call `harvester controller`
+makes (`JobsApi.create_job`: the official client's connection, plain JSON in and out). Each is the
 template with the name, task-id label and task env changed, so the API server validates and
 stores, and the job controller acts on, the same objects the controller creates. The manifests
 are made before the loop: only the requests are timed. Prints one JSON line (`{"created": n,
@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
-from kubernetes import client, config
+
+from harvester.kube.cluster import KubeError
+from harvester.kube.jobs import connect
+from harvester.settings import ClusterAccess
 
 __all__ = ["main", "manifests"]
 
@@ -54,17 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", type=Path, required=True)
     args = parser.parse_args(argv)
     jobs = manifests(args.template.read_text(), args.count)
-    api_client = config.new_client_from_config(str(args.kubeconfig))  # type: ignore[no-untyped-call]
-    batch = client.BatchV1Api(api_client)
-    started = time.perf_counter()
-    for job in jobs:
-        body: Any = job  # a plain dict, as the controller sends: the client serializes it
-        try:
-            batch.create_namespaced_job(args.namespace, body)
-        except client.ApiException as exc:
-            sys.stderr.write(f"{job['metadata']['name']}: create refused: {exc}\n")
-            return 1
-    loop = time.perf_counter() - started
+    with connect(ClusterAccess(kubeconfig=str(args.kubeconfig))) as api:
+        started = time.perf_counter()
+        for job in jobs:
+            try:
+                if not api.create_job(args.namespace, job):
+                    raise KubeError("it exists already")
+            except KubeError as exc:
+                sys.stderr.write(f"{job['metadata']['name']}: create refused: {exc}\n")
+                return 1
+        loop = time.perf_counter() - started
     print(json.dumps({"created": len(jobs), "loop_s": loop}), flush=True)
     return 0
 

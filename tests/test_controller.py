@@ -296,14 +296,24 @@ def test_a_template_change_applies_without_a_restart_and_a_broken_one_keeps_the_
         finish(real_api, job, "Succeeded")
         wait_until(lambda: record(real_api, job) is not None, f"task {task}'s decision")
 
+    def in_force() -> int:
+        said = [str(line.get("message")) for line in controller.lines()]
+        return sum(
+            f"template of ConfigMap {real_api.namespace}/{TEMPLATE} is in force" in line
+            for line in said
+        )
+
     harvest("21")
     assert cleanup_image(real_api, "21") == "keruta-harvester:latest"
 
     set_template(real_api, text.replace("keruta-harvester:latest", "registry.example/kh:2"))
+    # The watch brings the change: the next cleanup Job is made from it, without a restart.
+    wait_until(lambda: in_force() == 2, "the changed template to be in force")
     harvest("22")
     assert cleanup_image(real_api, "22") == "registry.example/kh:2"
 
     set_template(real_api, "kind: [")  # broken: the last good one stays in force
+    wait_until(lambda: controller.said("not valid YAML"), "the broken template to be said")
     harvest("23")
     assert cleanup_image(real_api, "23") == "registry.example/kh:2"
     wait_until(
@@ -313,7 +323,6 @@ def test_a_template_change_applies_without_a_restart_and_a_broken_one_keeps_the_
         ),
         "the Event on the template's ConfigMap",
     )
-    assert controller.said("not valid YAML")
     assert controller.stop() == 0
 
 
@@ -416,7 +425,7 @@ def test_a_successful_cleanup_lets_the_claim_go(
         "the Jobs' TTL, their pods' removal and pvc-protection to let the claim go",
         timeout=90,
     )
-    assert "CleanupSucceeded" in events_on(real_api, job)
+    wait_until(lambda: "CleanupSucceeded" in events_on(real_api, job), "the Event on the Job")
     task = dev_api.store.task("41")
     assert task is not None and task.status == "COMPLETED"
     assert controller.stop() == 0

@@ -20,9 +20,9 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 import yaml  # type: ignore[import-untyped]
@@ -30,8 +30,9 @@ from kubernetes import client, config
 
 from bench.controlplane import ControlPlane, create
 from harvester.kube.cluster import CONTROLLER_PERMISSIONS, KubeError, Permission
-from harvester.kube.jobs import JOB_NAME_LABEL, JobsApi, JobWatch, connect
+from harvester.kube.jobs import JOB_NAME_LABEL, JobsApi, connect
 from harvester.kube.lease import LEASE_NAME, LeaderElector
+from harvester.kube.watch import ADDED, DELETED, RESET, SYNCED
 from harvester.model import MainJob
 from harvester.settings import ClusterAccess
 from tests.kube_backends import RealNamespace, can, service_account_kubeconfig, wait_until
@@ -117,12 +118,15 @@ def jobs(real_api: RealNamespace, tmp_path: Path) -> Iterator[JobsApi]:
         yield api
 
 
-class Consumer:
-    """Iterates a watch on a thread, keeping every Job it gives and the error it ended with."""
+T = TypeVar("T")
 
-    def __init__(self, watch: JobWatch) -> None:
+
+class Consumer(Generic[T]):
+    """Iterates a watch on a thread, keeping everything it gives and the error it ended with."""
+
+    def __init__(self, watch: Iterable[T]) -> None:
         self.watch = watch
-        self.seen: list[MainJob] = []
+        self.seen: list[T] = []
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -134,13 +138,13 @@ class Consumer:
         except BaseException as exc:  # noqa: BLE001 - kept for the test to assert on
             self.error = exc
 
-    def saw(self, condition: Callable[[MainJob], bool]) -> bool:
-        return any(condition(job) for job in list(self.seen))
+    def saw(self, condition: Callable[[T], bool]) -> bool:
+        return any(condition(item) for item in list(self.seen))
 
-    def wait_for(self, condition: Callable[[MainJob], bool], what: str) -> None:
-        self.wait_for_all(lambda seen: any(condition(job) for job in seen), what)
+    def wait_for(self, condition: Callable[[T], bool], what: str) -> None:
+        self.wait_for_all(lambda seen: any(condition(item) for item in seen), what)
 
-    def wait_for_all(self, condition: Callable[[list[MainJob]], bool], what: str) -> None:
+    def wait_for_all(self, condition: Callable[[list[T]], bool], what: str) -> None:
         wait_until(lambda: condition(list(self.seen)) or self.error is not None, what)
         assert self.error is None, self.error
 
@@ -164,7 +168,8 @@ def test_the_watch_gives_a_listed_job_then_its_change_and_ends_on_stop(
     real_api.add_job("other", labels={"app": "something-else"})
     assert jobs.create_job(real_api.namespace, job_manifest("main-1"))
     stop = threading.Event()
-    consumer = Consumer(jobs.watch(SELECTOR, stop, namespaces=[real_api.namespace]))
+    watch = jobs.watch(SELECTOR, stop, namespaces=[real_api.namespace])
+    consumer = Consumer(watch)
 
     consumer.wait_for(lambda job: job.name == "main-1", "the listed Job")
     listed = consumer.seen[0]
@@ -183,7 +188,7 @@ def test_the_watch_gives_a_listed_job_then_its_change_and_ends_on_stop(
     assert not consumer.thread.is_alive(), "the watch did not end on stop"
     assert time.monotonic() - started < 7  # one watch request (5 s) at most, plus a margin
     assert consumer.error is None
-    assert (consumer.watch.restarts, consumer.watch.relists) == (0, 0)
+    assert (watch.restarts, watch.relists) == (0, 0)
 
 
 class CuttableProxy:
@@ -413,18 +418,31 @@ def test_succeeded_pod_finds_the_jobs_succeeded_pod(real_api: RealNamespace, job
     assert jobs.succeeded_pod(real_api.namespace, "main-1") == "main-1-done"
 
 
-def test_read_template_gives_the_key_or_none(real_api: RealNamespace, jobs: JobsApi) -> None:
-    name = "keruta-harvester-cleanup-job"
-    assert jobs.read_template(real_api.namespace, name, "cleanup-job.yaml") is None
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name},
-        "data": {"cleanup-job.yaml": "kind: Job\n"},
-    }
-    create(real_api.admin, config_map, real_api.namespace)
-    assert jobs.read_template(real_api.namespace, name, "cleanup-job.yaml") == "kind: Job\n"
-    assert jobs.read_template(real_api.namespace, name, "other.yaml") is None
+def test_the_template_watch_lists_then_follows_its_config_map_alone(
+    real_api: RealNamespace, jobs: JobsApi
+) -> None:
+    name, namespace = "keruta-harvester-cleanup-job", real_api.namespace
+    stop = threading.Event()
+    changes = Consumer(jobs.template_watch(name, stop, namespaces=[namespace]))
+    try:
+        changes.wait_for(lambda c: c.kind == SYNCED, "the first list")
+        assert [c.kind for c in changes.seen] == [RESET, SYNCED]  # none there yet
+        for config_map in ("other", name):
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": config_map},
+                "data": {"cleanup-job.yaml": f"kind: Job  # {config_map}\n"},
+            }
+            create(real_api.admin, manifest, namespace)
+        changes.wait_for(lambda c: c.kind == ADDED, "the template added")
+        client.CoreV1Api(real_api.admin).delete_namespaced_config_map(name, namespace)
+        changes.wait_for(lambda c: c.kind == DELETED, "the template deleted")
+    finally:
+        stop.set()
+        changes.thread.join(timeout=30)
+    added = [c.obj["data"] for c in changes.seen if c.kind == ADDED]
+    assert added == [{"cleanup-job.yaml": f"kind: Job  # {name}\n"}]  # never "other"
 
 
 def test_job_event_is_on_the_job(real_api: RealNamespace, jobs: JobsApi) -> None:
@@ -468,7 +486,12 @@ def test_each_missing_rule_is_named(
             ("jobs", "create"): lambda: jobs.create_job(namespace, job_manifest("cleanup-1")),
             ("jobs", "patch"): lambda: jobs.record_on_job(namespace, "main-1", uid, {"a": "b"}),
             ("pods", "list"): lambda: jobs.succeeded_pod(namespace, "main-1"),
-            ("configmaps", "get"): lambda: jobs.read_template(namespace, "template", "key"),
+            ("configmaps", "list"): lambda: list(
+                jobs.template_watch("template", stop, namespaces=[namespace])
+            ),
+            ("configmaps", "watch"): lambda: list(
+                jobs.template_watch("template", stop, namespaces=[namespace])
+            ),
             ("persistentvolumeclaims", "list"): lambda: jobs.terminating_claims(
                 [namespace], SELECTOR
             ),

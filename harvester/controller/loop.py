@@ -29,14 +29,14 @@ from harvester.controller.decide import (
     Verdict,
     decide,
 )
-from harvester.controller.render import TEMPLATE_KEY, TemplateError, parse_template, render
+from harvester.controller.events import EventWriter
+from harvester.controller.render import TemplateError, render
 from harvester.controller.serve import Metrics
+from harvester.controller.templates import Templates
 from harvester.errors import HarvesterError
 from harvester.kube.volume import claim_holding
 from harvester.model import MainJob
-from harvester.settings import (
-    DEFAULT_ROOT,
-)
+from harvester.settings import DEFAULT_ROOT
 from harvester.stats import Level, Listener
 
 
@@ -53,14 +53,8 @@ class JobActions(Protocol):
 
     def succeeded_pod(self, namespace: str, job_name: str) -> str | None: ...
 
-    def read_template(self, namespace: str, name: str, key: str) -> str | None: ...
-
     def job_event(
         self, job: MainJob, reason: str, message: str, *, warning: bool = False
-    ) -> str | None: ...
-
-    def config_map_event(
-        self, namespace: str, name: str, reason: str, message: str, *, warning: bool = True
     ) -> str | None: ...
 
 
@@ -76,7 +70,8 @@ class Controller:
     def __init__(
         self,
         actions: JobActions,
-        template_config_map: str,
+        templates: Templates,
+        events: EventWriter,
         listener: Listener,
         *,
         release_after: float = 0.0,
@@ -89,13 +84,9 @@ class Controller:
         self._release_after = int(release_after)
         self._report_failure = report_failure
         self._actions = actions
-        self._template_config_map = template_config_map
+        self._templates = templates
+        self._events = events
         self._listener = listener
-        # Per namespace: the last template that parsed, and the text of the last broken one
-        # said (so a broken template is reported once, not for every Job that completes).
-        self._last_good: dict[str, dict[str, Any]] = {}
-        self._parsed: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._reported_broken: dict[str, str] = {}
 
     def run(self, jobs: Iterable[MainJob], *, workers: int = 1) -> None:
         """Handle every Job the watch gives, until it ends (on stop), on `workers` threads.
@@ -173,10 +164,11 @@ class Controller:
                 f"{DEFAULT_ROOT}, so there is nothing to harvest",
             )
             return
-        template = self._template(job)
+        template, missing = self._templates.lookup(job.namespace)
         if template is None:
+            self._warn(job, "CleanupNotStarted", missing)
             return
-        source = f"ConfigMap {job.namespace}/{self._template_config_map}"
+        source = f"ConfigMap {job.namespace}/{self._templates.config_map}"
         source_pod = self._actions.succeeded_pod(job.namespace, job.name)
         try:
             manifest = render(template, decision, claim=claim, source_pod=source_pod, source=source)
@@ -270,55 +262,6 @@ class Controller:
         held = claim_holding(job.claims, DEFAULT_ROOT)
         return held.claim if held is not None else None
 
-    def _template(self, job: MainJob) -> dict[str, Any] | None:
-        source = f"ConfigMap {job.namespace}/{self._template_config_map}"
-        text = self._actions.read_template(job.namespace, self._template_config_map, TEMPLATE_KEY)
-        if text is None:
-            self._warn(
-                job,
-                "CleanupNotStarted",
-                f"{source} has no key {TEMPLATE_KEY}: apply deploy/ in this namespace or pass "
-                "--template-config-map",
-            )
-            return None
-        parsed = self._parsed.get(job.namespace)
-        if parsed is not None and parsed[0] == text:
-            return parsed[1]  # unchanged since the last Job: not parsed again
-        try:
-            template = parse_template(text, source=f"{source} key {TEMPLATE_KEY}")
-        except TemplateError as exc:
-            return self._broken_template(job, text, exc)
-        self._parsed[job.namespace] = (text, template)
-        self._last_good[job.namespace] = template
-        self._reported_broken.pop(job.namespace, None)
-        return template
-
-    def _broken_template(
-        self, job: MainJob, text: str, problem: TemplateError
-    ) -> dict[str, Any] | None:
-        """The last good template stays in force; the broken one is said once, with an Event on
-        its ConfigMap. With no good template yet, no cleanup Job can start."""
-        last_good = self._last_good.get(job.namespace)
-        if self._reported_broken.get(job.namespace) != text:
-            self._reported_broken[job.namespace] = text
-            keeps = (
-                "the last good template stays in force"
-                if last_good is not None
-                else "no cleanup Job can start until it is fixed"
-            )
-            message = f"{problem}; {keeps}"
-            self._listener.notice(Level.ERROR, message)
-            problem_writing = self._actions.config_map_event(
-                job.namespace, self._template_config_map, "TemplateInvalid", message
-            )
-            if problem_writing is not None:
-                self._listener.notice(
-                    Level.WARNING, f"Kubernetes Event not written: {problem_writing}"
-                )
-        if last_good is None:
-            self._warn(job, "CleanupNotStarted", f"{problem}; fix the template")
-        return last_good
-
     def _tell(self, job: MainJob, reason: str, message: str) -> None:
         self._listener.notice(Level.INFO, f"Job {job.namespace}/{job.name}: {message}")
         self._event(job, reason, message, warning=False)
@@ -328,6 +271,4 @@ class Controller:
         self._event(job, reason, message, warning=True)
 
     def _event(self, job: MainJob, reason: str, message: str, *, warning: bool) -> None:
-        problem = self._actions.job_event(job, reason, message, warning=warning)
-        if problem is not None:
-            self._listener.notice(Level.WARNING, f"Kubernetes Event not written: {problem}")
+        self._events.submit(lambda: self._actions.job_event(job, reason, message, warning=warning))

@@ -18,8 +18,10 @@ from typing import TextIO
 
 from harvester.controller.claims import StuckClaims
 from harvester.controller.decide import Decision
+from harvester.controller.events import EventWriter
 from harvester.controller.loop import Controller
 from harvester.controller.serve import HealthServer, Metrics, parse_address
+from harvester.controller.templates import Templates
 from harvester.errors import ConfigError, HarvesterError
 from harvester.exitcodes import ExitCode
 from harvester.gate import Gate
@@ -118,7 +120,12 @@ def _run(
         tally.notice(Level.INFO, f"controller: {identity} leads (Lease {home}/{LEASE_NAME})")
 
     lost = elector.lost if elector is not None else threading.Event()
-    acting = _either(stop, lost)
+    broken = threading.Event()  # the template's watch was refused: the controller stops
+    acting = _either(stop, lost, broken)
+    events = resources.enter_context(EventWriter(tally))
+    templates = _follow_templates(settings, api, namespaces, events, tally, acting, broken)
+    while not (templates.synced.wait(0.2) or acting.is_set()):
+        pass
     where = "every namespace" if namespaces is None else ", ".join(namespaces)
     tally.notice(
         Level.INFO,
@@ -128,7 +135,8 @@ def _run(
     report = _failure_reporter(settings, stop, tally, resources) if settings.report_failed else None
     controller = Controller(
         api,
-        settings.template_config_map,
+        templates,
+        events,
         tally,
         release_after=settings.release_after or 0.0,
         report_failure=report,
@@ -148,6 +156,8 @@ def _run(
     metrics.watch.source = watch
     connected.set()
     controller.run(watch, workers=settings.workers)
+    if broken.is_set():
+        return ExitCode.UNEXPECTED
     if lost.is_set():
         metrics.leader.set(0)
         tally.notice(
@@ -158,6 +168,36 @@ def _run(
         return ExitCode.UNEXPECTED
     tally.notice(Level.INFO, "controller: stopped")
     return ExitCode.OK
+
+
+def _follow_templates(
+    settings: ControllerSettings,
+    api: JobsApi,
+    namespaces: tuple[str, ...] | None,
+    events: EventWriter,
+    listener: Listener,
+    acting: threading.Event,
+    broken: threading.Event,
+) -> Templates:
+    """The template ConfigMap, watched on a thread of its own until `acting` ends; a refusal
+    (its Role rule missing) is said and sets `broken`."""
+    name = settings.template_config_map
+
+    def template_event(namespace: str, config_map: str, reason: str, message: str) -> None:
+        events.submit(lambda: api.config_map_event(namespace, config_map, reason, message))
+
+    scopes = 1 if namespaces is None else len(namespaces)
+    templates = Templates(name, scopes, listener, template_event)
+
+    def follow() -> None:
+        try:
+            templates.follow(api.template_watch(name, acting, namespaces=namespaces))
+        except HarvesterError as exc:
+            listener.notice(Level.ERROR, f"controller: stopped: {exc}")
+            broken.set()
+
+    threading.Thread(target=follow, name="template", daemon=True).start()
+    return templates
 
 
 def _either(*events: threading.Event) -> threading.Event:

@@ -22,6 +22,7 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from harvester.errors import ConfigError, HarvesterError
+from harvester.kube.rest import REQUEST_TIMEOUT, JsonApi
 from harvester.model import ClaimMount
 from harvester.settings import KUBECONFIG_FIX, ClusterAccess
 from harvester.text import cut
@@ -53,15 +54,17 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "events", "create"),  # the story `kubectl describe pvc` tells
 )
 
-# Every call `harvester controller` makes (kube/jobs.py); deploy/'s controller Role grants
-# exactly these.
+# Every call `harvester controller` makes (kube/jobs.py, kube/lease.py); deploy/'s controller
+# Role grants exactly these.
+CONTROLLER_ROLE = "deploy/controller-role.yaml"
 CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     Permission("batch", "jobs", "list"),  # the initial list
     Permission("batch", "jobs", "watch"),  # then the watch, resumed from its resourceVersion
     Permission("batch", "jobs", "create"),  # the cleanup Job
     Permission("batch", "jobs", "patch"),  # the record of the decision on the main Job
     Permission("", "pods", "list"),  # a succeeded pod of the main Job (KERUTA_SOURCE_POD)
-    Permission("", "configmaps", "get"),  # the cleanup Job template
+    Permission("", "configmaps", "list"),  # the cleanup Job template, listed by name
+    Permission("", "configmaps", "watch"),  # then watched: a change applies to the next Job
     Permission("", "events", "create"),  # decisions, as Events on the main Job
     Permission("", "persistentvolumeclaims", "list"),  # claims stuck Terminating, reported
     Permission("coordination.k8s.io", "leases", "get"),  # leader election: who holds it
@@ -71,7 +74,6 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
 
 PVC_PROTECTION = "kubernetes.io/pvc-protection"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
 EVENT_SOURCE = "keruta-harvester"
 
 
@@ -190,6 +192,7 @@ class Cluster:
         self._api_client = api_client
         self._core = client.CoreV1Api(api_client)
         self._batch = client.BatchV1Api(api_client)
+        self._json = JsonApi(api_client)
 
     def close(self) -> None:
         self._api_client.close()  # type: ignore[no-untyped-call]
@@ -203,7 +206,7 @@ class Cluster:
     def read_pod(self, name: str) -> PodInfo | None:
         """The pod, or None when it does not exist (any more)."""
         pod = self._call("get", "pods", name, self._core.read_namespaced_pod, name, self.namespace)
-        return None if pod is None else _pod_info(pod)
+        return None if pod is None else _pod_info(self._api_client, pod)
 
     def read_job(self, name: str) -> JobInfo | None:
         job = self._call("get", "jobs", name, self._batch.read_namespaced_job, name, self.namespace)
@@ -212,7 +215,7 @@ class Cluster:
         template = job.spec.template if job.spec else None
         return JobInfo(
             name=job.metadata.name,
-            claims=_claims(template.spec if template else None),
+            claims=_model_claims(self._api_client, template.spec if template else None),
         )
 
     def read_pvc(self, name: str) -> PvcInfo | None:
@@ -240,7 +243,7 @@ class Cluster:
     def pods_using_claim(self, claim: str) -> list[PodInfo]:
         """Every pod of the namespace that mounts `claim` (the API cannot filter by volume)."""
         answer = self._call("list", "pods", claim, self._core.list_namespaced_pod, self.namespace)
-        pods = [_pod_info(item) for item in (answer.items if answer else [])]
+        pods = [_pod_info(self._api_client, item) for item in (answer.items if answer else [])]
         return [pod for pod in pods if any(mount.claim == claim for mount in pod.claims)]
 
     def delete_pvc(self, name: str, uid: str) -> DeleteResult:
@@ -305,7 +308,7 @@ class Cluster:
         an Event is a courtesy to the operator and must never fail a harvest."""
         reference = ObjectRef("v1", kind, self.namespace, name, uid)
         return write_event(
-            self._core,
+            self._json,
             reference,
             reason,
             message,
@@ -369,7 +372,7 @@ def unreachable_error(api_client: client.ApiClient, exc: Exception) -> KubeError
 
 
 def write_event(
-    core: client.CoreV1Api,
+    api: JsonApi,
     involved: ObjectRef,
     reason: str,
     message: str,
@@ -380,36 +383,34 @@ def write_event(
 ) -> str | None:
     """Create a core/v1 Event about `involved` (in its namespace). Returns None, or why it
     could not be written: an Event is a courtesy to the operator and never fails its caller."""
-    now = datetime.now(UTC)
-    event = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(
-            generate_name=f"{involved.name}.", namespace=involved.namespace
-        ),
-        involved_object=client.V1ObjectReference(
-            api_version=involved.api_version,
-            kind=involved.kind,
-            name=involved.name,
-            namespace=involved.namespace,
-            uid=involved.uid,
-        ),
-        reason=reason,
-        message=cut(message, _EVENT_MESSAGE_BYTES, in_bytes=True),
-        type="Warning" if warning else "Normal",
-        first_timestamp=now,
-        last_timestamp=now,
-        count=1,
-        source=client.V1EventSource(component=EVENT_SOURCE),
-        reporting_component=EVENT_SOURCE,
-        reporting_instance=reporting_instance or EVENT_SOURCE,
-    )
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    event = {
+        "metadata": {"generateName": f"{involved.name}.", "namespace": involved.namespace},
+        "involvedObject": {
+            "apiVersion": involved.api_version,
+            "kind": involved.kind,
+            "name": involved.name,
+            "namespace": involved.namespace,
+            **({"uid": involved.uid} if involved.uid else {}),
+        },
+        "reason": reason,
+        "message": cut(message, _EVENT_MESSAGE_BYTES, in_bytes=True),
+        "type": "Warning" if warning else "Normal",
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": EVENT_SOURCE},
+        "reportingComponent": EVENT_SOURCE,
+        "reportingInstance": reporting_instance or EVENT_SOURCE,
+    }
     try:
-        core.create_namespaced_event(involved.namespace, event, _request_timeout=REQUEST_TIMEOUT)
+        api.request("POST", f"/api/v1/namespaces/{involved.namespace}/events", body=event)
     except ApiException as exc:
         return str(
             translate_error(exc, "create", "events", involved.name, involved.namespace, role=role)
         )
     except HTTPError as exc:
-        return str(unreachable_error(core.api_client, exc))
+        return str(unreachable_error(api.api_client, exc))
     return None
 
 
@@ -423,30 +424,35 @@ def _status_message(exc: ApiException) -> str:
     return cut(str(body), _STATUS_CHARS)
 
 
-def _claims(pod_spec: Any) -> tuple[ClaimMount, ...]:
-    """The claims a pod spec mounts, each with the mount paths of every container using it."""
-    if pod_spec is None:
+def claims_of(pod_spec: Mapping[str, Any] | None) -> tuple[ClaimMount, ...]:
+    """The claims a pod spec (its JSON form) mounts, each with the mount paths of every
+    container using it."""
+    if not pod_spec:
         return ()
     volume_claims: dict[str, str] = {}
-    for volume in pod_spec.volumes or []:
-        claim = volume.persistent_volume_claim
-        if claim is not None and claim.claim_name:
-            volume_claims[volume.name] = claim.claim_name
+    for volume in pod_spec.get("volumes") or []:
+        claim = volume.get("persistentVolumeClaim") or {}
+        if claim.get("claimName"):
+            volume_claims[volume["name"]] = claim["claimName"]
     paths: dict[str, list[str]] = {claim: [] for claim in volume_claims.values()}
-    containers = [*(pod_spec.init_containers or []), *(pod_spec.containers or [])]
+    containers = [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]
     for container in containers:
-        for mount in container.volume_mounts or []:
-            if mount.name in volume_claims:
-                mount_path = mount.mount_path
-                paths[volume_claims[mount.name]].append(mount_path)
+        for mount in container.get("volumeMounts") or []:
+            if mount.get("name") in volume_claims:
+                paths[volume_claims[mount["name"]]].append(mount["mountPath"])
     return tuple(ClaimMount(claim, tuple(sorted(set(p)))) for claim, p in paths.items())
 
 
-def _pod_info(pod: Any) -> PodInfo:
+def _model_claims(api_client: client.ApiClient, pod_spec: Any) -> tuple[ClaimMount, ...]:
+    """`claims_of` a pod spec in the client's model."""
+    return claims_of(api_client.sanitize_for_serialization(pod_spec) if pod_spec else None)  # type: ignore[no-untyped-call]
+
+
+def _pod_info(api_client: client.ApiClient, pod: Any) -> PodInfo:
     return PodInfo(
         name=pod.metadata.name,
         phase=(pod.status.phase if pod.status else None) or "Unknown",
-        claims=_claims(pod.spec),
+        claims=_model_claims(api_client, pod.spec),
     )
 
 

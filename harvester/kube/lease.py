@@ -23,8 +23,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from harvester.kube.cluster import REQUEST_TIMEOUT, translate_error, unreachable_error
-from harvester.kube.jobs import CONTROLLER_ROLE
+from harvester.kube.cluster import CONTROLLER_ROLE, translate_error, unreachable_error
+from harvester.kube.rest import REQUEST_TIMEOUT
 
 LEASE_NAME = "keruta-harvester-controller"
 

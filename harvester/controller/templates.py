@@ -1,0 +1,125 @@
+"""The cleanup Job template in force in each namespace, kept current by a watch on its ConfigMap.
+
+Takes the `Change`s of a watch on the template ConfigMap (`JobsApi.template_watch`), a
+`Listener` and a way to write an Event on the ConfigMap; gives `Templates.lookup(namespace)`:
+the last good template there, or why there is none. A change is parsed once, when it comes, so
+a Job that completes costs no read and no parse; a broken template is reported at once (a log
+line and a `TemplateInvalid` Event on its ConfigMap), once per broken text, and the last good
+one stays in force. A ConfigMap deleted, or without the key, leaves no template: no cleanup Job
+starts there until it is back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from harvester.controller.render import TEMPLATE_KEY, TemplateError, parse_template
+from harvester.kube.watch import ADDED, DELETED, MODIFIED, RESET, SYNCED, Change
+from harvester.stats import Level, Listener
+
+TemplateEvent = Callable[[str, str, str, str], None]  # namespace, ConfigMap, reason, message
+
+
+@dataclass
+class _Namespace:
+    text: str | None = None  # the key's text now; None: no ConfigMap or no key
+    good: dict[str, Any] | None = None  # the last text that parsed
+    listed: bool = True  # seen in the current list (a relist drops what it no longer has)
+
+
+class Templates:
+    """The template of each namespace; fed by `follow`, read by `lookup` (from any thread)."""
+
+    def __init__(
+        self, config_map: str, scopes: int, listener: Listener, write_event: TemplateEvent
+    ) -> None:
+        self.config_map = config_map
+        self.synced = threading.Event()  # every watched scope listed once
+        self._scopes = scopes
+        self._listener = listener
+        self._write_event = write_event
+        self._lock = threading.Lock()
+        self._namespaces: dict[str, _Namespace] = {}
+        self._synced_scopes: set[str | None] = set()
+
+    def follow(self, changes: Iterable[Change]) -> None:
+        """Take every change until the watch ends (on stop); raises what the watch raises."""
+        for change in changes:
+            self.take(change)
+
+    def take(self, change: Change) -> None:
+        meta = change.obj.get("metadata") or {}
+        namespace = str(meta.get("namespace", ""))
+        if change.kind == RESET:
+            with self._lock:
+                for name, known in self._namespaces.items():
+                    if change.scope is None or name == change.scope:
+                        known.listed = False
+        elif change.kind == SYNCED:
+            with self._lock:
+                for known in self._namespaces.values():
+                    if not known.listed:
+                        known.text = known.good = None
+                        known.listed = True
+            self._synced_scopes.add(change.scope)
+            if len(self._synced_scopes) >= self._scopes:
+                self.synced.set()
+        elif change.kind in (ADDED, MODIFIED):
+            text = (change.obj.get("data") or {}).get(TEMPLATE_KEY)
+            self._changed(namespace, None if text is None else str(text))
+        elif change.kind == DELETED:
+            self._changed(namespace, None)
+
+    def lookup(self, namespace: str) -> tuple[dict[str, Any] | None, str]:
+        """The template in force in `namespace`, or None with why there is none."""
+        with self._lock:
+            known = self._namespaces.get(namespace)
+            good = known.good if known is not None else None
+            text = known.text if known is not None else None
+        if good is not None:
+            return good, ""
+        source = self._source(namespace)
+        if text is None:
+            return None, (
+                f"{source} has no key {TEMPLATE_KEY}: apply deploy/ in this namespace or pass "
+                "--template-config-map"
+            )
+        return None, f"{source} key {TEMPLATE_KEY} is not a usable template: fix it"
+
+    def _changed(self, namespace: str, text: str | None) -> None:
+        with self._lock:
+            known = self._namespaces.setdefault(namespace, _Namespace())
+            known.listed = True
+            unchanged = known.text == text
+            known.text = text
+            if text is None:
+                known.good = None
+        if unchanged or text is None:
+            return
+        try:
+            template = parse_template(text, source=f"{self._source(namespace)} key {TEMPLATE_KEY}")
+        except TemplateError as exc:
+            self._broken(namespace, exc, keeps=known.good is not None)
+            return
+        with self._lock:
+            known.good = template
+        self._listener.notice(
+            Level.INFO,
+            f"controller: the cleanup Job template of {self._source(namespace)} is in force",
+        )
+
+    def _broken(self, namespace: str, problem: TemplateError, *, keeps: bool) -> None:
+        keeping = (
+            "the last good template stays in force"
+            if keeps
+            else "no cleanup Job can start until it is fixed"
+        )
+        message = f"{problem}; {keeping}"
+        self._listener.notice(Level.ERROR, message)
+        self._write_event(namespace, self.config_map, "TemplateInvalid", message)
+
+    def _source(self, namespace: str) -> str:
+        return f"ConfigMap {namespace}/{self.config_map}"
