@@ -168,7 +168,7 @@ class Controller:
         if template is None:
             self._warn(job, "CleanupNotStarted", missing)
             return
-        source = f"ConfigMap {job.namespace}/{self._templates.config_map}"
+        source = self._templates.source(job.namespace)
         source_pod = self._actions.succeeded_pod(job.namespace, job.name)
         try:
             manifest = render(template, decision, claim=claim, source_pod=source_pod, source=source)

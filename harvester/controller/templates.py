@@ -81,7 +81,7 @@ class Templates:
             text = known.text if known is not None else None
         if good is not None:
             return good, ""
-        source = self._source(namespace)
+        source = self.source(namespace)
         if text is None:
             return None, (
                 f"{source} has no key {TEMPLATE_KEY}: apply deploy/ in this namespace or pass "
@@ -100,7 +100,7 @@ class Templates:
         if unchanged or text is None:
             return
         try:
-            template = parse_template(text, source=f"{self._source(namespace)} key {TEMPLATE_KEY}")
+            template = parse_template(text, source=f"{self.source(namespace)} key {TEMPLATE_KEY}")
         except TemplateError as exc:
             self._broken(namespace, exc, keeps=known.good is not None)
             return
@@ -108,7 +108,7 @@ class Templates:
             known.good = template
         self._listener.notice(
             Level.INFO,
-            f"controller: the cleanup Job template of {self._source(namespace)} is in force",
+            f"controller: the cleanup Job template of {self.source(namespace)} is in force",
         )
 
     def _broken(self, namespace: str, problem: TemplateError, *, keeps: bool) -> None:
@@ -121,5 +121,6 @@ class Templates:
         self._listener.notice(Level.ERROR, message)
         self._write_event(namespace, self.config_map, "TemplateInvalid", message)
 
-    def _source(self, namespace: str) -> str:
+    def source(self, namespace: str) -> str:
+        """Where the template of `namespace` comes from, as log lines name it."""
         return f"ConfigMap {namespace}/{self.config_map}"
