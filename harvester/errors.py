@@ -27,6 +27,11 @@ class FileChanged(FileProblem):
     """The file's size, mtime or content changed while it was being read."""
 
 
+class LedgerError(HarvesterError):
+    """The ledger of accepted uploads could not be read or written (a store's refusal, said as
+    a sentence); the harvest goes on without it."""
+
+
 class ApiError(HarvesterError):
     """keruta-api did not accept a request."""
 

@@ -108,6 +108,18 @@ class RemoteDocument:
     sha256: str
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """A document keruta-api acknowledged, as the ledger of accepted uploads keeps it: the
+    path it was read from (relative to the root), its content's sha256 and size, and the id the
+    server gave it (None when it named none)."""
+
+    path: str
+    sha256: str
+    size: int
+    document_id: str | None = None
+
+
 class Action(StrEnum):
     """What the plan does with a path."""
 
