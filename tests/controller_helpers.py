@@ -64,6 +64,10 @@ class Controller:
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self._log.read_text().splitlines() if line]
 
+    def tail(self, limit: int = 1500) -> str:
+        """The end of its output as written (a traceback is not a JSON line)."""
+        return self._log.read_text(errors="replace")[-limit:]
+
     def said(self, text: str) -> bool:
         return any(text in str(line.get("message", "")) for line in self.lines())
 

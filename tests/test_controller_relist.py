@@ -140,6 +140,14 @@ def frozen_past_its_watch(controller: Controller, jobs: AuditedJobRequests) -> I
         controller.process.send_signal(signal.SIGCONT)
 
 
+def running(controller: Controller) -> bool:
+    """True while the controller runs; once it exited, fails with the end of its output."""
+    code = controller.process.poll()
+    if code is None:
+        return True
+    raise AssertionError(f"the controller exited {code}; its output ends:\n{controller.tail()}")
+
+
 def write_more(real_api: RealNamespace) -> str:
     """Write something unrelated to the Jobs (a new ConfigMap); its resourceVersion, the newest
     revision this test knows of."""
@@ -182,11 +190,10 @@ def test_a_relist_after_410_gives_one_cleanup_job_and_a_second_relist_none_more(
     create_main_job(batch, namespace, TASK)
     subject = f"Job {namespace}/{MAIN_JOB}"
 
-    def decided_before() -> int:
-        return sum(
-            f"{subject}: decided before: {CLEANUP_JOB}" in str(line.get("message", ""))
-            for line in controller.lines()
-        )
+    def about_the_job() -> list[str]:
+        """What the controller said about the main Job, in order."""
+        messages = [str(line.get("message", "")) for line in controller.lines()]
+        return [m for m in messages if m.startswith(f"{subject}: ")]
 
     with controller_starter(api, tmp_path) as start:
         # No lease: one frozen past its duration would stop acting and exit when it resumes.
@@ -205,7 +212,10 @@ def test_a_relist_after_410_gives_one_cleanup_job_and_a_second_relist_none_more(
             complete_main_job(batch, namespace, TASK)
             compact(cacheless_plane, write_more(api))
         # 4. Resumed: its watch from the old resourceVersion is 410; it lists, finds the Job.
-        wait_until(lambda: record(api, MAIN_JOB) is not None, "the decision, after the relist")
+        wait_until(
+            lambda: running(controller) and record(api, MAIN_JOB) is not None,
+            "the decision, after the relist",
+        )
         assert record(api, MAIN_JOB) == CLEANUP_JOB
         assert [job.metadata.name for job in cleanup_jobs(api)] == [CLEANUP_JOB]
         assert controller.said(f"cleanup Job {CLEANUP_JOB} created")
@@ -213,15 +223,20 @@ def test_a_relist_after_410_gives_one_cleanup_job_and_a_second_relist_none_more(
         assert metrics(base)[RESTARTS] >= restarts + 1  # and so does an operator
 
         # The same Job, seen again after a second forced relist: nothing more.
-        wait_until(lambda: decided_before() >= 1, "the controller to see its record")
+        decided = f"{subject}: decided before: {CLEANUP_JOB}"
+        wait_until(
+            lambda: any(m.startswith(decided) for m in about_the_job()),
+            "the controller to see its record",
+        )
         restarts = metrics(base)[RESTARTS]
         with frozen_past_its_watch(controller, jobs):
-            seen = decided_before()
+            seen = len(about_the_job())
             compact(cacheless_plane, write_more(api))
         wait_until(
-            lambda: jobs.lists() == 3 and decided_before() > seen,
-            "the controller to list again and see the main Job, decided",
+            lambda: running(controller) and jobs.lists() == 3 and len(about_the_job()) > seen,
+            "the controller to list again and see the main Job",
         )
+        assert all(m.startswith(decided) for m in about_the_job()[seen:]), about_the_job()[seen:]
         assert metrics(base)[RESTARTS] >= restarts + 1
         assert [job.metadata.name for job in cleanup_jobs(api)] == [CLEANUP_JOB]
         assert record(api, MAIN_JOB) == CLEANUP_JOB
