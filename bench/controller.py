@@ -57,7 +57,7 @@ from bench.tools import HARVESTER, BenchError, PeakRss, isolated_env, proc_cpu_s
 from harvester.controller.decide import DECISION_ANNOTATION
 from harvester.kube.watch import WATCH_SECONDS
 
-__all__ = ["controller_scenario", "unavailable"]
+__all__ = ["complete_main_job", "controller_scenario", "create_main_job", "unavailable"]
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_FILE = REPO / "deploy" / "cleanup-job.yaml"
@@ -81,6 +81,58 @@ def unavailable() -> str | None:
     return (
         f"the control plane binaries are not built in {BIN} (`make cluster` builds them with Go, "
         "about 8 minutes the first time; or set KERUTA_K8S_BIN to where they are)"
+    )
+
+
+def create_main_job(batch: Any, namespace: str, task: str) -> None:
+    """Main Job `keruta-job-<task>` (labels app=keruta and task-id, claim `pvc-<task>` mounted at
+    /.keruta), suspended and managed by no real controller: it gets no pods, and its status is
+    the caller's to write (see the module docstring). `batch`: an admin's `BatchV1Api` (public:
+    tests/test_controller_relist.py makes its main Job the same way)."""
+    claim = f"pvc-{task}"
+    pod = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "main",
+                "image": "keruta-task:latest",
+                "volumeMounts": [{"name": "task-volume", "mountPath": "/.keruta"}],
+            }
+        ],
+        "volumes": [{"name": "task-volume", "persistentVolumeClaim": {"claimName": claim}}],
+    }
+    batch.create_namespaced_job(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": f"keruta-job-{task}",
+                "labels": {"app": "keruta", "task-id": task},
+            },
+            "spec": {"suspend": True, "managedBy": MANAGED_BY, "template": {"spec": pod}},
+        },
+    )
+
+
+def complete_main_job(batch: Any, namespace: str, task: str) -> None:
+    """Write `Complete` into the status of `create_main_job`'s Job, as the job controller would
+    for a success (with what the API server requires of that transition)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conditions = [
+        {
+            "type": kind,
+            "status": "True",
+            "reason": "CompletionsReached",
+            "message": "Reached expected number of succeeded pods",
+            "lastProbeTime": now,
+            "lastTransitionTime": now,
+        }
+        for kind in ("SuccessCriteriaMet", "Complete")
+    ]
+    status = {"startTime": now, "completionTime": now, "succeeded": 1}
+    batch.patch_namespaced_job_status(
+        f"keruta-job-{task}", namespace, {"status": {**status, "conditions": conditions}}
     )
 
 
@@ -146,52 +198,8 @@ class _Cluster:
         """Create a suspended main Job per task, then write `Complete` into the status of those
         in `complete` (see the module docstring)."""
         with ThreadPoolExecutor(SETUP_THREADS) as pool:
-            list(pool.map(lambda task: self._create_main_job(namespace, task), tasks))
-            list(pool.map(lambda task: self._complete(namespace, task), complete))
-
-    def _create_main_job(self, namespace: str, task: str) -> None:
-        claim = f"pvc-{task}"
-        pod = {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "keruta-task:latest",
-                    "volumeMounts": [{"name": "task-volume", "mountPath": "/.keruta"}],
-                }
-            ],
-            "volumes": [{"name": "task-volume", "persistentVolumeClaim": {"claimName": claim}}],
-        }
-        self.batch.create_namespaced_job(
-            namespace,
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": {
-                    "name": f"keruta-job-{task}",
-                    "labels": {"app": "keruta", "task-id": task},
-                },
-                "spec": {"suspend": True, "managedBy": MANAGED_BY, "template": {"spec": pod}},
-            },
-        )
-
-    def _complete(self, namespace: str, task: str) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        conditions = [
-            {
-                "type": kind,
-                "status": "True",
-                "reason": "CompletionsReached",
-                "message": "Reached expected number of succeeded pods",
-                "lastProbeTime": now,
-                "lastTransitionTime": now,
-            }
-            for kind in ("SuccessCriteriaMet", "Complete")
-        ]
-        status = {"startTime": now, "completionTime": now, "succeeded": 1}
-        self.batch.patch_namespaced_job_status(
-            f"keruta-job-{task}", namespace, {"status": {**status, "conditions": conditions}}
-        )
+            list(pool.map(lambda task: create_main_job(self.batch, namespace, task), tasks))
+            list(pool.map(lambda task: complete_main_job(self.batch, namespace, task), complete))
 
     def recorded(self, namespace: str) -> int:
         """Main Jobs carrying the controller's decision record."""

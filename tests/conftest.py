@@ -6,6 +6,7 @@ import pytest
 
 from tests.devapi_fixture import dev_api, dev_api_factory
 from tests.kube_backends import (
+    cacheless_plane,
     control_plane,
     kube_api,
     kubectl_fixture,
@@ -15,6 +16,7 @@ from tests.kube_backends import (
 from tests.kube_fixture import kube
 
 __all__ = [
+    "cacheless_plane",
     "control_plane",
     "dev_api",
     "dev_api_factory",

@@ -494,6 +494,22 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield plane
 
 
+@pytest.fixture(scope="session")
+def cacheless_plane(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    """A second control plane, whose Jobs are watched from etcd, not from the watch cache
+    (`--watch-cache-sizes=jobs.batch#0`): there a watch from a compacted resourceVersion is 410
+    Gone, as on any cluster once the cache's window has passed, while the shared one serves every
+    resourceVersion since it started. One per test run, for the tests that force a relist. (It
+    asks for `control_plane` only to be skipped, or left out by `make test-fast`, with it.)"""
+    plane = ControlPlane(
+        tmp_path_factory.mktemp("cacheless"), apiserver_args=("--watch-cache-sizes=jobs.batch#0",)
+    )
+    with plane:
+        yield plane
+
+
 @pytest.fixture(scope="session", name="kubectl")
 def kubectl_fixture() -> Path:
     """The kubectl tests/cluster/build.sh built (or `$KERUTA_KUBECTL`)."""

@@ -10,112 +10,38 @@ without a task-id and cleanup Jobs themselves are ignored.
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
 import subprocess
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from bench.controlplane import create
-from harvester.controller.decide import DECISION_ANNOTATION
 from harvester.devapi.server import DevApiServer
-from harvester.kube.cluster import CONTROLLER_PERMISSIONS
-from tests.kube_backends import (
-    DEPLOY,
-    RealNamespace,
-    can,
-    manifests,
-    service_account_kubeconfig,
-    wait_until,
+from tests.controller_helpers import (
+    TEMPLATE,
+    Controller,
+    cleanup_jobs,
+    controller_starter,
+    events_on,
+    get,
+    metrics,
+    record,
+    served,
 )
+from tests.kube_backends import DEPLOY, RealNamespace, wait_until
 from tests.process import BIN, isolated_env
-
-CONTROLLER = "keruta-harvester-controller"
-TEMPLATE = "keruta-harvester-cleanup-job"
-CLEANUP_SELECTOR = "app.kubernetes.io/component=cleanup"
-
-
-class Controller:
-    """`harvester controller` as a child process, its JSON log lines kept in a file."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, *args: str) -> None:
-        self._log = log
-        with log.open("a") as out:
-            self.process = subprocess.Popen(
-                [
-                    str(BIN / "harvester"),
-                    "controller",
-                    f"--namespace={namespace}",
-                    "--log-format=json",
-                    "--log-level=debug",
-                    # Any free port, said in the log; a short lease for the takeover test.
-                    "--metrics-bind-address=127.0.0.1:0",
-                    "--lease-duration=6s",
-                    *args,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=isolated_env({"KUBECONFIG": str(kubeconfig)}),
-            )
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self._log.read_text().splitlines() if line]
-
-    def said(self, text: str) -> bool:
-        return any(text in str(line.get("message", "")) for line in self.lines())
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
 
 @pytest.fixture
-def start_controller(real_api: RealNamespace, tmp_path: Path) -> Iterator[Any]:
-    """Arrange deploy/'s controller identity and template in the namespace; give a function
-    that starts a controller (each stopped at the end of the test)."""
-    namespace, admin = real_api.namespace, real_api.admin
-    for name in (
-        "controller-serviceaccount.yaml",
-        "controller-role.yaml",
-        "controller-rolebinding.yaml",
-    ):
-        for doc in manifests(name):
-            create(admin, doc, namespace)
-    template = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": TEMPLATE},
-        "data": {"cleanup-job.yaml": (DEPLOY / "cleanup-job.yaml").read_text()},
-    }
-    create(admin, template, namespace)
-    user = f"system:serviceaccount:{namespace}:{CONTROLLER}"
-    wait_until(
-        lambda: all(can(admin, namespace, user, p) for p in CONTROLLER_PERMISSIONS),
-        "deploy/'s controller Role to be in force",
-    )
-    kubeconfig = service_account_kubeconfig(
-        real_api.admin_kubeconfig, namespace, CONTROLLER, tmp_path / "controller.kubeconfig"
-    )
-    started: list[Controller] = []
-
-    def start(*args: str) -> Controller:
-        log = tmp_path / f"controller-{len(started)}.log"
-        controller = Controller(kubeconfig, namespace, log, *args)
-        started.append(controller)
-        return controller
-
-    yield start
-    for controller in started:
-        if controller.process.poll() is None:
-            controller.stop()
+def start_controller(
+    real_api: RealNamespace, tmp_path: Path
+) -> Iterator[Callable[..., Controller]]:
+    """Start controllers in the namespace, as deploy/'s controller (see `controller_starter`)."""
+    with controller_starter(real_api, tmp_path) as start:
+        yield start
 
 
 def main_job(real_api: RealNamespace, task: str, **labels: str) -> str:
@@ -158,28 +84,6 @@ def finish(real_api: RealNamespace, job: str, phase: str) -> str:
 
     wait_until(ended, f"{job} to be {condition}")
     return str(pod.metadata.name)
-
-
-def cleanup_jobs(real_api: RealNamespace) -> list[Any]:
-    batch = client.BatchV1Api(real_api.admin)
-    return list(
-        batch.list_namespaced_job(real_api.namespace, label_selector=CLEANUP_SELECTOR).items
-    )
-
-
-def record(real_api: RealNamespace, job: str) -> str | None:
-    found = real_api.get("jobs", job)
-    assert found is not None
-    value = (found["metadata"].get("annotations") or {}).get(DECISION_ANNOTATION)
-    return None if value is None else str(value)
-
-
-def events_on(real_api: RealNamespace, job: str) -> list[str]:
-    return [
-        e["reason"]
-        for e in real_api.events
-        if e["involvedObject"]["kind"] == "Job" and e["involvedObject"]["name"] == job
-    ]
 
 
 def test_a_succeeded_main_job_gets_exactly_one_cleanup_job(
@@ -462,22 +366,6 @@ def test_a_failed_cleanup_is_reported_and_keeps_the_volume(
     assert controller.stop() == 0
 
 
-def served(controller: Controller) -> str:
-    """The base URL of the controller's health server, from its log."""
-    marker = "/healthz, /readyz and /metrics on "
-    wait_until(lambda: controller.said(marker), "the health server to listen")
-    (line,) = [str(x["message"]) for x in controller.lines() if marker in str(x["message"])]
-    return "http://" + line.split(marker, 1)[1].strip()
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_health_readiness_and_metrics_answer(
     real_api: RealNamespace, start_controller: Any
 ) -> None:
@@ -489,13 +377,7 @@ def test_health_readiness_and_metrics_answer(
     finish(real_api, job, "Succeeded")
     wait_until(lambda: record(real_api, job) is not None, "the cleanup Job")
 
-    code, text = get(base + "/metrics")
-    assert code == 200
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith("keruta_harvester_")
-    }
+    values = metrics(base)
     assert values["keruta_harvester_cleanup_jobs_created_total"] == 1.0
     assert values["keruta_harvester_leader"] == 1.0
     assert values["keruta_harvester_completion_to_cleanup_seconds_count"] == 1.0

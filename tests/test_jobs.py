@@ -8,7 +8,8 @@ cache serves every resourceVersion since it started (it was filled from an empty
 drops events only once over 100 are older than 75 s), compacted or not. So that test has its own
 control plane with the Jobs' watch cache off (`--watch-cache-sizes=jobs.batch#0`), where a
 watch reaches etcd and a compacted resourceVersion is 410, as on any cluster once the cache's
-window has passed.
+window has passed. (`cacheless_plane`, tests/kube_backends.py: one per test run, shared with
+tests/test_controller_relist.py.)
 """
 
 from __future__ import annotations
@@ -291,19 +292,6 @@ def test_a_change_made_while_the_connection_is_cut_arrives_after_the_resume(
     finally:
         stop.set()
         proxy.close()
-
-
-@pytest.fixture(scope="module")
-def cacheless_plane(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ControlPlane]:
-    """A control plane whose Jobs are watched from etcd, not from the watch cache. (It asks for
-    the shared `control_plane` only to be skipped, or left out by `make test-fast`, with it.)"""
-    plane = ControlPlane(
-        tmp_path_factory.mktemp("cacheless"), apiserver_args=("--watch-cache-sizes=jobs.batch#0",)
-    )
-    with plane:
-        yield plane
 
 
 def test_410_gone_lists_again_and_gives_the_current_jobs(cacheless_plane: ControlPlane) -> None:
