@@ -36,7 +36,7 @@ from kubernetes import client
 
 from bench.controller import complete_main_job, create_main_job
 from bench.controlplane import ControlPlane
-from harvester.kube.jobs import WATCH_SECONDS
+from harvester.kube.watch import WATCH_SECONDS
 from tests.controller_helpers import (
     CONTROLLER,
     Controller,
