@@ -152,7 +152,18 @@ def _run(
         metrics.claims_stuck.set,
     )
     threading.Thread(target=stuck.run, args=(acting,), name="stuck-claims", daemon=True).start()
-    watch = api.watch(settings.selector, acting, namespaces=namespaces)
+    watch = api.watch(
+        settings.selector,
+        acting,
+        namespaces=namespaces,
+        on_retry=lambda error, delay: tally.notice(
+            Level.WARNING, f"controller: watching Jobs: {error}; resuming in {delay:.1f}s"
+        ),
+        on_relist=lambda: tally.notice(
+            Level.INFO,
+            "controller: the Jobs watch's resourceVersion expired (410 Gone); listing again",
+        ),
+    )
     metrics.watch.source = watch
     connected.set()
     controller.run(watch, workers=settings.workers)
@@ -191,7 +202,16 @@ def _follow_templates(
 
     def follow() -> None:
         try:
-            templates.follow(api.template_watch(name, acting, namespaces=namespaces))
+            changes = api.template_watch(
+                name,
+                acting,
+                namespaces=namespaces,
+                on_retry=lambda error, delay: listener.notice(
+                    Level.WARNING,
+                    f"controller: watching ConfigMap {name}: {error}; resuming in {delay:.1f}s",
+                ),
+            )
+            templates.follow(changes)
         except HarvesterError as exc:
             listener.notice(Level.ERROR, f"controller: stopped: {exc}")
             broken.set()

@@ -38,11 +38,18 @@ class _WatchCounts(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         restarts = CounterMetricFamily(
-            PREFIX + "watch_restarts", "Watches resumed after an error, and relists after 410."
+            PREFIX + "watch_restarts",
+            "Watches started again: resumed after an error, or listed again after 410 Gone.",
+        )
+        relists = CounterMetricFamily(
+            PREFIX + "watch_relists",
+            "Lists made again after 410 Gone (the resourceVersion was compacted away).",
         )
         if self.source is not None:
             restarts.add_metric([], self.source.restarts + self.source.relists)
+            relists.add_metric([], self.source.relists)
         yield restarts
+        yield relists
 
 
 class Metrics:

@@ -9,9 +9,9 @@ Each watch request ends after `timeout_seconds` and is renewed from the last res
 seen (bookmarks advance it too). 410 Gone (that resourceVersion is no longer served) lists again
 (`relists`). A connection error, a timeout, a malformed answer, 429 or 5xx waits (exponential
 backoff with full jitter) and resumes from the last resourceVersion (`restarts`), telling
-`on_retry`. Any other refusal (401, 403...) is raised as a `KubeError` naming the verb and the
-resource the Role lacks. Setting `stop` ends the iteration within about `timeout_seconds` (a
-backoff wait ends at once).
+`on_retry`; a relist tells `on_relist`. Any other refusal (401, 403...) is raised as a
+`KubeError` naming the verb and the resource the Role lacks. Setting `stop` ends the iteration
+within about `timeout_seconds` (a backoff wait ends at once).
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class ResourceWatch:
         sleep: Callable[[float], object] | None = None,
         rand: Callable[[], float] = random.random,
         on_retry: Callable[[KubeError, float], None] | None = None,
+        on_relist: Callable[[], None] | None = None,
         resource_version: str | None = None,
         unreachable: Callable[[Exception], KubeError],
     ) -> None:
@@ -124,6 +125,7 @@ class ResourceWatch:
                 sleep=sleep,
                 rand=rand,
                 on_retry=on_retry,
+                on_relist=on_relist,
                 resource_version=resource_version,
                 unreachable=unreachable,
             )
@@ -216,6 +218,7 @@ class _ScopeWatch:
         sleep: Callable[[float], object] | None,
         rand: Callable[[], float],
         on_retry: Callable[[KubeError, float], None] | None,
+        on_relist: Callable[[], None] | None,
         resource_version: str | None,
         unreachable: Callable[[Exception], KubeError],
     ) -> None:
@@ -234,6 +237,7 @@ class _ScopeWatch:
         self._sleep = sleep if sleep is not None else halt.wait
         self._rand = rand
         self._on_retry = on_retry
+        self._on_relist = on_relist
         self._unreachable = unreachable
 
     def changes(self) -> Iterator[Change]:
@@ -247,6 +251,8 @@ class _ScopeWatch:
             except _Expired:
                 self.relists += 1
                 self.resource_version = None
+                if self._on_relist is not None:
+                    self._on_relist()
             except _Transient as transient:
                 failures += 1
                 self.restarts += 1
