@@ -56,7 +56,7 @@ from bench.tools import HARVESTER, BenchError, PeakRss, isolated_env, proc_cpu_s
 from harvester.controller.decide import DECISION_ANNOTATION
 from harvester.kube.jobs import WATCH_SECONDS
 
-__all__ = ["controller_scenario", "unavailable"]
+__all__ = ["complete_main_job", "controller_scenario", "create_main_job", "unavailable"]
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_FILE = REPO / "deploy" / "cleanup-job.yaml"
@@ -145,52 +145,8 @@ class _Cluster:
         """Create a suspended main Job per task, then write `Complete` into the status of those
         in `complete` (see the module docstring)."""
         with ThreadPoolExecutor(SETUP_THREADS) as pool:
-            list(pool.map(lambda task: self._create_main_job(namespace, task), tasks))
-            list(pool.map(lambda task: self._complete(namespace, task), complete))
-
-    def _create_main_job(self, namespace: str, task: str) -> None:
-        claim = f"pvc-{task}"
-        pod = {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "keruta-task:latest",
-                    "volumeMounts": [{"name": "task-volume", "mountPath": "/.keruta"}],
-                }
-            ],
-            "volumes": [{"name": "task-volume", "persistentVolumeClaim": {"claimName": claim}}],
-        }
-        self.batch.create_namespaced_job(
-            namespace,
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": {
-                    "name": f"keruta-job-{task}",
-                    "labels": {"app": "keruta", "task-id": task},
-                },
-                "spec": {"suspend": True, "managedBy": MANAGED_BY, "template": {"spec": pod}},
-            },
-        )
-
-    def _complete(self, namespace: str, task: str) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        conditions = [
-            {
-                "type": kind,
-                "status": "True",
-                "reason": "CompletionsReached",
-                "message": "Reached expected number of succeeded pods",
-                "lastProbeTime": now,
-                "lastTransitionTime": now,
-            }
-            for kind in ("SuccessCriteriaMet", "Complete")
-        ]
-        status = {"startTime": now, "completionTime": now, "succeeded": 1}
-        self.batch.patch_namespaced_job_status(
-            f"keruta-job-{task}", namespace, {"status": {**status, "conditions": conditions}}
-        )
+            list(pool.map(lambda task: create_main_job(self.batch, namespace, task), tasks))
+            list(pool.map(lambda task: complete_main_job(self.batch, namespace, task), complete))
 
     def recorded(self, namespace: str) -> int:
         """Main Jobs carrying the controller's decision record."""
@@ -260,6 +216,55 @@ class _Arrivals:
                 sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(10)
         self._stream.close()
+
+
+def create_main_job(batch: Any, namespace: str, task: str) -> str:
+    """Create main Job keruta-job-<task> (labels app=keruta, task-id=<task>; its pod template
+    mounts claim pvc-<task> at /.keruta), suspended and managed by no real controller, so the
+    job controller makes no pods for it (see the module docstring). Returns its name."""
+    name, claim = f"keruta-job-{task}", f"pvc-{task}"
+    pod = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "main",
+                "image": "keruta-task:latest",
+                "volumeMounts": [{"name": "task-volume", "mountPath": "/.keruta"}],
+            }
+        ],
+        "volumes": [{"name": "task-volume", "persistentVolumeClaim": {"claimName": claim}}],
+    }
+    batch.create_namespaced_job(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "labels": {"app": "keruta", "task-id": task}},
+            "spec": {"suspend": True, "managedBy": MANAGED_BY, "template": {"spec": pod}},
+        },
+    )
+    return name
+
+
+def complete_main_job(batch: Any, namespace: str, task: str) -> None:
+    """Write `Complete` into the status of keruta-job-<task>, as the job controller would for a
+    success (as the admin: the status subresource)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conditions = [
+        {
+            "type": kind,
+            "status": "True",
+            "reason": "CompletionsReached",
+            "message": "Reached expected number of succeeded pods",
+            "lastProbeTime": now,
+            "lastTransitionTime": now,
+        }
+        for kind in ("SuccessCriteriaMet", "Complete")
+    ]
+    status = {"startTime": now, "completionTime": now, "succeeded": 1}
+    batch.patch_namespaced_job_status(
+        f"keruta-job-{task}", namespace, {"status": {**status, "conditions": conditions}}
+    )
 
 
 def _tail(path: Path, limit: int = 1500) -> str:
