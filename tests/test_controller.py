@@ -10,8 +10,6 @@ without a task-id and cleanup Jobs themselves are ignored.
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
 import subprocess
 import urllib.error
@@ -23,92 +21,25 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from bench.controlplane import create
 from harvester.controller.decide import DECISION_ANNOTATION
 from harvester.devapi.server import DevApiServer
-from harvester.kube.cluster import CONTROLLER_PERMISSIONS
-from tests.kube_backends import (
-    DEPLOY,
-    RealNamespace,
-    can,
-    manifests,
-    service_account_kubeconfig,
-    wait_until,
-)
+from tests.controller_helpers import TEMPLATE, Controller, install_controller
+from tests.kube_backends import DEPLOY, RealNamespace, wait_until
 from tests.process import BIN, isolated_env
 
-CONTROLLER = "keruta-harvester-controller"
-TEMPLATE = "keruta-harvester-cleanup-job"
 CLEANUP_SELECTOR = "app.kubernetes.io/component=cleanup"
-
-
-class Controller:
-    """`harvester controller` as a child process, its JSON log lines kept in a file."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, *args: str) -> None:
-        self._log = log
-        with log.open("a") as out:
-            self.process = subprocess.Popen(
-                [
-                    str(BIN / "harvester"),
-                    "controller",
-                    f"--namespace={namespace}",
-                    "--log-format=json",
-                    "--log-level=debug",
-                    # Any free port, said in the log; a short lease for the takeover test.
-                    "--metrics-bind-address=127.0.0.1:0",
-                    "--lease-duration=6s",
-                    *args,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=isolated_env({"KUBECONFIG": str(kubeconfig)}),
-            )
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self._log.read_text().splitlines() if line]
-
-    def said(self, text: str) -> bool:
-        return any(text in str(line.get("message", "")) for line in self.lines())
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
 
 @pytest.fixture
 def start_controller(real_api: RealNamespace, tmp_path: Path) -> Iterator[Any]:
     """Arrange deploy/'s controller identity and template in the namespace; give a function
     that starts a controller (each stopped at the end of the test)."""
-    namespace, admin = real_api.namespace, real_api.admin
-    for name in (
-        "controller-serviceaccount.yaml",
-        "controller-role.yaml",
-        "controller-rolebinding.yaml",
-    ):
-        for doc in manifests(name):
-            create(admin, doc, namespace)
-    template = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": TEMPLATE},
-        "data": {"cleanup-job.yaml": (DEPLOY / "cleanup-job.yaml").read_text()},
-    }
-    create(admin, template, namespace)
-    user = f"system:serviceaccount:{namespace}:{CONTROLLER}"
-    wait_until(
-        lambda: all(can(admin, namespace, user, p) for p in CONTROLLER_PERMISSIONS),
-        "deploy/'s controller Role to be in force",
-    )
-    kubeconfig = service_account_kubeconfig(
-        real_api.admin_kubeconfig, namespace, CONTROLLER, tmp_path / "controller.kubeconfig"
-    )
+    kubeconfig = install_controller(real_api, tmp_path / "controller.kubeconfig")
     started: list[Controller] = []
 
     def start(*args: str) -> Controller:
         log = tmp_path / f"controller-{len(started)}.log"
-        controller = Controller(kubeconfig, namespace, log, *args)
+        controller = Controller(kubeconfig, real_api.namespace, log, *args)
         started.append(controller)
         return controller
 
