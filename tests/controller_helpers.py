@@ -36,7 +36,10 @@ TEMPLATE = "keruta-harvester-cleanup-job"
 class Controller:
     """`harvester controller` as a child process, its JSON log lines kept in a file."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, *args: str) -> None:
+    def __init__(
+        self, kubeconfig: Path, namespace: str, log: Path, *args: str, lease: str = "6s"
+    ) -> None:
+        """`lease`: --lease-duration; short by default, for the takeover test."""
         self._log = log
         with log.open("a") as out:
             self.process = subprocess.Popen(
@@ -46,9 +49,8 @@ class Controller:
                     f"--namespace={namespace}",
                     "--log-format=json",
                     "--log-level=debug",
-                    # Any free port, said in the log; a short lease for the takeover test.
-                    "--metrics-bind-address=127.0.0.1:0",
-                    "--lease-duration=6s",
+                    "--metrics-bind-address=127.0.0.1:0",  # any free port, said in the log
+                    f"--lease-duration={lease}",
                     *args,
                 ],
                 stdout=out,
