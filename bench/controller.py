@@ -84,12 +84,12 @@ def unavailable() -> str | None:
     )
 
 
-def create_main_job(batch: Any, namespace: str, task: str) -> None:
+def create_main_job(batch: Any, namespace: str, task: str) -> str:
     """Main Job `keruta-job-<task>` (labels app=keruta and task-id, claim `pvc-<task>` mounted at
     /.keruta), suspended and managed by no real controller: it gets no pods, and its status is
     the caller's to write (see the module docstring). `batch`: an admin's `BatchV1Api` (public:
-    tests/test_controller_relist.py makes its main Job the same way)."""
-    claim = f"pvc-{task}"
+    the controller's relist and RBAC tests make their main Jobs the same way). Returns its name."""
+    name, claim = f"keruta-job-{task}", f"pvc-{task}"
     pod = {
         "restartPolicy": "Never",
         "containers": [
@@ -106,13 +106,11 @@ def create_main_job(batch: Any, namespace: str, task: str) -> None:
         {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": {
-                "name": f"keruta-job-{task}",
-                "labels": {"app": "keruta", "task-id": task},
-            },
+            "metadata": {"name": name, "labels": {"app": "keruta", "task-id": task}},
             "spec": {"suspend": True, "managedBy": MANAGED_BY, "template": {"spec": pod}},
         },
     )
+    return name
 
 
 def complete_main_job(batch: Any, namespace: str, task: str) -> None:

@@ -1,7 +1,11 @@
 """`harvester controller` as the end-to-end tests run it: the real CLI as a child process, acting
-as deploy/'s controller ServiceAccount and Role in a `RealNamespace` holding the template
-ConfigMap; and what they read back (cleanup Jobs, the record on a main Job, Events, the
-controller's /metrics). Shared by tests/test_controller.py and tests/test_controller_relist.py.
+as deploy/'s controller ServiceAccount in a `RealNamespace` holding the template ConfigMap.
+
+`install_controller` arranges deploy/'s controller ServiceAccount, Role (whole, or with one
+permission taken away) and RoleBinding, and the template, and gives a kubeconfig acting as that
+ServiceAccount; `controller_starter` gives a function starting `Controller`s with it; the rest
+reads back what they did (cleanup Jobs, the record on a main Job, Events, /metrics). Shared by
+tests/test_controller.py, test_controller_relist.py and test_controller_rbac.py.
 """
 
 from __future__ import annotations
@@ -20,18 +24,20 @@ from kubernetes import client
 
 from bench.controlplane import create
 from harvester.controller.decide import DECISION_ANNOTATION
-from harvester.kube.cluster import CONTROLLER_PERMISSIONS
+from harvester.kube.cluster import CONTROLLER_PERMISSIONS, Permission
 from tests.kube_backends import (
     DEPLOY,
     RealNamespace,
     can,
     manifests,
+    rules_without,
     service_account_kubeconfig,
     wait_until,
 )
 from tests.process import BIN, isolated_env
 
-CONTROLLER = "keruta-harvester-controller"
+(CONTROLLER,) = (doc["metadata"]["name"] for doc in manifests("controller-serviceaccount.yaml"))
+CONTROLLER_ROLE_FILE = "controller-role.yaml"
 TEMPLATE = "keruta-harvester-cleanup-job"
 CLEANUP_SELECTOR = "app.kubernetes.io/component=cleanup"
 METRICS_PREFIX = "keruta_harvester_"
@@ -40,7 +46,10 @@ METRICS_PREFIX = "keruta_harvester_"
 class Controller:
     """`harvester controller` as a child process, its JSON log lines kept in a file."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, *args: str) -> None:
+    def __init__(
+        self, kubeconfig: Path, namespace: str, log: Path, *args: str, lease: str = "6s"
+    ) -> None:
+        """`lease`: --lease-duration; short by default, for the takeover test."""
         self._log = log
         with log.open("a") as out:
             self.process = subprocess.Popen(
@@ -50,9 +59,8 @@ class Controller:
                     f"--namespace={namespace}",
                     "--log-format=json",
                     "--log-level=debug",
-                    # Any free port, said in the log; a short lease for the takeover test.
-                    "--metrics-bind-address=127.0.0.1:0",
-                    "--lease-duration=6s",
+                    "--metrics-bind-address=127.0.0.1:0",  # any free port, said in the log
+                    f"--lease-duration={lease}",
                     *args,
                 ],
                 stdout=out,
@@ -62,7 +70,17 @@ class Controller:
             )
 
     def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self._log.read_text().splitlines() if line]
+        """Every line of the log so far, parsed; a line that is not JSON (a traceback, a stray
+        print) fails the test, naming it: `--log-format json` promises JSON lines only."""
+        parsed = []
+        for line in self._log.read_text().splitlines():
+            if not line:
+                continue
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"not a JSON line in the controller's log: {line!r}") from None
+        return parsed
 
     def tail(self, limit: int = 1500) -> str:
         """The end of its output as written (a traceback is not a JSON line)."""
@@ -72,24 +90,28 @@ class Controller:
         return any(text in str(line.get("message", "")) for line in self.lines())
 
     def stop(self) -> int:
+        """SIGTERM (nothing, if it already exited); its exit code once it has exited."""
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=30)
 
 
-@contextlib.contextmanager
-def controller_starter(
-    real_api: RealNamespace, tmp_path: Path
-) -> Iterator[Callable[..., Controller]]:
-    """Arrange deploy/'s controller identity and template in the namespace; give a function
-    that starts a controller (each stopped on exit)."""
+def install_controller(
+    real_api: RealNamespace, kubeconfig: Path, *, without: Permission | None = None
+) -> Path:
+    """Create deploy/'s controller ServiceAccount, Role and RoleBinding, and the template
+    ConfigMap from deploy/cleanup-job.yaml, in the namespace; wait until RBAC grants the Role;
+    write to `kubeconfig` one that acts as the ServiceAccount, and return it.
+
+    `without`: the Role from deploy/controller-role.yaml with exactly that permission taken
+    away (every other rule as the file has it)."""
     namespace, admin = real_api.namespace, real_api.admin
-    for name in (
-        "controller-serviceaccount.yaml",
-        "controller-role.yaml",
-        "controller-rolebinding.yaml",
-    ):
+    for name in ("controller-serviceaccount.yaml", CONTROLLER_ROLE_FILE):
         for doc in manifests(name):
+            if doc["kind"] == "Role" and without is not None:
+                doc = doc | {"rules": rules_without(doc["rules"], without)}
             create(admin, doc, namespace)
+    for doc in manifests("controller-rolebinding.yaml"):
+        create(admin, doc, namespace)
     template = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -98,13 +120,24 @@ def controller_starter(
     }
     create(admin, template, namespace)
     user = f"system:serviceaccount:{namespace}:{CONTROLLER}"
+    granted = [p for p in CONTROLLER_PERMISSIONS if p != without]
     wait_until(
-        lambda: all(can(admin, namespace, user, p) for p in CONTROLLER_PERMISSIONS),
-        "deploy/'s controller Role to be in force",
+        lambda: all(can(admin, namespace, user, p) for p in granted),
+        f"deploy/{CONTROLLER_ROLE_FILE} to be in force",
     )
-    kubeconfig = service_account_kubeconfig(
-        real_api.admin_kubeconfig, namespace, CONTROLLER, tmp_path / "controller.kubeconfig"
-    )
+    if without is not None:
+        assert not can(admin, namespace, user, without), f"{without} still granted"
+    return service_account_kubeconfig(real_api.admin_kubeconfig, namespace, CONTROLLER, kubeconfig)
+
+
+@contextlib.contextmanager
+def controller_starter(
+    real_api: RealNamespace, tmp_path: Path
+) -> Iterator[Callable[..., Controller]]:
+    """Arrange deploy/'s controller identity and template in the namespace; give a function
+    that starts a controller (each stopped on exit)."""
+    kubeconfig = install_controller(real_api, tmp_path / "controller.kubeconfig")
+    namespace = real_api.namespace
     started: list[Controller] = []
 
     def start(*args: str) -> Controller:

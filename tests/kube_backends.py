@@ -125,6 +125,28 @@ def manifests(name: str) -> list[dict[str, Any]]:
 (ROLE,) = manifests("role.yaml")
 
 
+def rules_without(rules: Iterable[dict[str, Any]], permission: Permission) -> list[dict[str, Any]]:
+    """A Role's `rules` with `permission` taken away and every other grant kept: a rule that
+    names it among other resources or verbs is split, and a rule left with no verb dropped."""
+    kept = []
+    for rule in rules:
+        if (
+            permission.api_group in rule.get("apiGroups", [])
+            and permission.resource in rule["resources"]
+            and permission.verb in rule["verbs"]
+        ):
+            others = [r for r in rule["resources"] if r != permission.resource]
+            if others:  # the rule's other resources keep every verb
+                kept.append(rule | {"resources": others})
+            rule = rule | {
+                "resources": [permission.resource],
+                "verbs": [v for v in rule["verbs"] if v != permission.verb],
+            }
+        if rule["verbs"]:
+            kept.append(rule)
+    return kept
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -401,20 +423,9 @@ class RealNamespace:
         name = ROLE["metadata"]["name"]
         answer: Any = self._rbac.read_namespaced_role(name, self.namespace, _preload_content=False)
         role = json.loads(answer.data)
-        rules = []
-        for rule in role["rules"]:
-            if resource in rule["resources"] and verb in rule["verbs"]:
-                others = [r for r in rule["resources"] if r != resource]
-                if others:  # the rule's other resources keep every verb
-                    rules.append(rule | {"resources": others})
-                rule = rule | {
-                    "resources": [resource],
-                    "verbs": [v for v in rule["verbs"] if v != verb],
-                }
-            if rule["verbs"]:
-                rules.append(rule)
-        self._rbac.replace_namespaced_role(name, self.namespace, role | {"rules": rules})
         group = next(p.api_group for p in PERMISSIONS if p.resource == resource)
+        rules = rules_without(role["rules"], Permission(group, resource, verb))
+        self._rbac.replace_namespaced_role(name, self.namespace, role | {"rules": rules})
         wait_until(lambda: not self.can(group, resource, verb), f"RBAC to forbid {verb} {resource}")
 
     # -- observing

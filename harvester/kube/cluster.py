@@ -350,7 +350,7 @@ def translate_error(
     where = f"in namespace {namespace}" if namespace is not None else "in all namespaces"
     what = f"{resource}/{name} {where}" if name else f"{resource} {where}"
     if exc.status == 403:
-        group = "batch" if resource == "jobs" else '"" (core)'
+        group = _api_group(resource)
         return KubeError(
             f"{what}: {verb} forbidden by RBAC; the ServiceAccount's Role must grant verb "
             f'"{verb}" on "{resource}" in API group {group} (see {role})'
@@ -361,6 +361,15 @@ def translate_error(
             "ServiceAccount token or kubeconfig"
         )
     return KubeError(f"{what}: {verb} failed: {exc.status} {exc.reason}: {_status_message(exc)}")
+
+
+def _api_group(resource: str) -> str:
+    """The API group of `resource` as a Role rule names it, from the permissions declared above
+    (so a lease is "coordination.k8s.io", not the core group)."""
+    for permission in (*PERMISSIONS, *CONTROLLER_PERMISSIONS):
+        if permission.resource == resource:
+            return permission.api_group or '"" (core)'
+    return '"" (core)'
 
 
 def unreachable_error(api_client: client.ApiClient, exc: Exception) -> KubeError:

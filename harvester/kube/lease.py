@@ -148,6 +148,7 @@ class LeaderElector:
         return True
 
     def _release(self) -> None:
+        verb = "get"
         try:
             lease = self._coordination.read_namespaced_lease(
                 self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT
@@ -155,9 +156,16 @@ class LeaderElector:
             if lease.spec and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.renew_time = None
+                verb = "update"
                 self._replace(lease)
-        except (ApiException, HTTPError) as exc:
-            self._on_problem(f"Lease {self.namespace}/{self.name} not given up: {exc}")
+        except ApiException as exc:
+            # Translated, as every other refusal: the raw exception's text is several lines
+            # with the API server's headers and body.
+            problem: Exception = self._refused(exc, verb)
+            self._on_problem(f"Lease {self.namespace}/{self.name} not given up: {problem}")
+        except HTTPError as exc:
+            problem = unreachable_error(self._api_client, exc)
+            self._on_problem(f"Lease {self.namespace}/{self.name} not given up: {problem}")
 
     def _refused(self, exc: ApiException, verb: str) -> Exception:
         return translate_error(exc, verb, "leases", self.name, self.namespace, role=CONTROLLER_ROLE)
