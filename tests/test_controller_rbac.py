@@ -45,13 +45,14 @@ def never_leads(missing: Permission) -> bool:
 
 def without_it_no_cleanup_job(missing: Permission) -> bool:
     """Whether a controller lacking `missing` must not create the cleanup Job: it never leads,
-    cannot see the Job (list), has no template to render it from (any configmaps verb), or
-    cannot create it."""
-    return (
-        never_leads(missing)
-        or (missing.resource, missing.verb) in {("jobs", "list"), ("jobs", "create")}
-        or missing.resource == "configmaps"
-    )
+    cannot see the Job (list), has no template to render it from (it cannot list the template's
+    ConfigMap), or cannot create it. (Without a watch, what the list gave is acted on before
+    the refused watch stops the controller.)"""
+    return never_leads(missing) or (missing.resource, missing.verb) in {
+        ("jobs", "list"),
+        ("jobs", "create"),
+        ("configmaps", "list"),
+    }
 
 
 def refusal(controller: Controller, missing: Permission) -> dict[str, Any] | None:

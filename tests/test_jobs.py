@@ -403,7 +403,12 @@ def test_succeeded_pod_finds_the_jobs_succeeded_pod(real_api: RealNamespace, job
     real_api.add_pod("other-1-done", labels={JOB_NAME_LABEL: "other-1"}, phase="Succeeded")
     assert jobs.succeeded_pod(real_api.namespace, "main-1") is None
     real_api.add_pod("main-1-done", labels={JOB_NAME_LABEL: "main-1"}, phase="Succeeded")
-    assert jobs.succeeded_pod(real_api.namespace, "main-1") == "main-1-done"
+    # Read from the API server's watch cache, which catches up with the write a moment later;
+    # a wrong filter would find "other-1-done" or "main-1-running" (newer names) instead.
+    wait_until(
+        lambda: jobs.succeeded_pod(real_api.namespace, "main-1") == "main-1-done",
+        "the succeeded pod in the watch cache",
+    )
 
 
 def test_the_template_watch_lists_then_follows_its_config_map_alone(
