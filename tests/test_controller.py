@@ -246,27 +246,36 @@ def test_report_failed_sets_the_task_failed_in_keruta_api(
     assert controller.stop() == 0
 
 
-def test_a_report_keruta_api_refused_is_not_recorded_as_done(
+def test_a_report_keruta_api_refused_is_not_recorded_as_done_and_is_tried_again(
     real_api: RealNamespace, start_controller: Any, tmp_path: Path
 ) -> None:
     """Nothing is marked done that did not complete: with keruta-api unreachable the failure is
-    said, and the Job stays undecided, to be reported when it is next seen."""
-    with socket.socket() as sock:  # a port nobody listens on
+    said and the Job stays undecided; it is tried again after a backoff (no change to the Job
+    needed), and once keruta-api answers the task is FAILED and the decision recorded."""
+    with socket.socket() as sock:  # a port nobody listens on, for now
         sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
-    controller = start_controller("--report-failed", f"--api-url=http://127.0.0.1:{closed}")
+        port = sock.getsockname()[1]
+    controller = start_controller("--report-failed", f"--api-url=http://127.0.0.1:{port}")
     job = main_job(real_api, "32")
     finish(real_api, job, "Failed")
 
     wait_until(
         lambda: (
             controller.said(f"Job {real_api.namespace}/{job}: ")
-            and controller.said("it is tried again when next seen")
+            and controller.said("it is tried again")
         ),
         "the controller to give up on the report",
         timeout=60,
     )
     assert record(real_api, job) is None
+    with DevApiServer(tmp_path / "late-api", port=port) as late_api:
+        wait_until(
+            lambda: record(real_api, job) is not None,
+            "the retry to report the failure and record it",
+            timeout=90,
+        )
+        task = late_api.store.task("32")
+        assert task is not None and task.status == "FAILED"
     assert controller.stop() == 0
 
 

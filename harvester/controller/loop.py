@@ -31,6 +31,7 @@ from harvester.controller.decide import (
 )
 from harvester.controller.events import EventWriter
 from harvester.controller.render import TemplateError, render
+from harvester.controller.retries import Retries
 from harvester.controller.serve import Metrics
 from harvester.controller.templates import Templates
 from harvester.errors import HarvesterError
@@ -93,18 +94,26 @@ class Controller:
 
         A Job always goes to the same worker (by its uid), so its events are handled in the
         order they came and never two at once; different Jobs are handled side by side, since
-        each takes a few round trips to the API server."""
-        if workers <= 1:
-            for job in jobs:
-                self.handle(job)
-            return
+        each takes a few round trips to the API server. A Job whose act failed is handled
+        again after a backoff (`Retries`), in the newest version the watch gave of it."""
         queues: list[queue.SimpleQueue[MainJob | None]] = [
-            queue.SimpleQueue() for _ in range(workers)
+            queue.SimpleQueue() for _ in range(max(workers, 1))
         ]
+
+        def put(job: MainJob) -> None:
+            queues[zlib.crc32(job.uid.encode()) % len(queues)].put(job)
+
+        retries = Retries(put)
 
         def work(jobs_of_worker: queue.SimpleQueue[MainJob | None]) -> None:
             while (job := jobs_of_worker.get()) is not None:
-                self.handle(job)
+                if self.handle(job):
+                    retries.done(job)
+                else:
+                    delay = retries.failed(job)
+                    self._listener.notice(
+                        Level.DEBUG, f"Job {job.namespace}/{job.name}: next try in {delay:.1f}s"
+                    )
 
         threads = [
             threading.Thread(target=work, args=(q,), name=f"controller-{i}", daemon=True)
@@ -114,24 +123,28 @@ class Controller:
             thread.start()
         try:
             for job in jobs:
-                queues[zlib.crc32(job.uid.encode()) % workers].put(job)
+                retries.seen(job)
+                put(job)
         finally:
+            retries.close()
             for q in queues:
                 q.put(None)
             for thread in threads:
                 thread.join()
 
-    def handle(self, job: MainJob) -> Decision:
+    def handle(self, job: MainJob) -> bool:
+        """Decide about `job` and act; False when an act failed (nothing was recorded, so it
+        may be tried again)."""
         decision = decide(job)
         subject = f"Job {job.namespace}/{job.name}"
         self._metrics.jobs_seen.inc()
         if decision.verdict in _ACTS and not self._may_act():
             # The lease was lost since the watch gave this Job: another replica acts now.
             self._listener.notice(Level.DEBUG, f"{subject}: {decision.reason}; not the leader")
-            return decision
+            return True
         try:
             if decision.verdict is Verdict.START_CLEANUP:
-                self._start_cleanup(decision)
+                return self._start_cleanup(decision)
             elif decision.verdict is Verdict.FAILED:
                 self._metrics.failed_jobs_skipped.inc()
                 if self._report_failure is not None:
@@ -148,13 +161,16 @@ class Controller:
             else:
                 self._listener.notice(Level.DEBUG, f"{subject}: {decision.reason}; nothing to do")
         except HarvesterError as exc:
-            # Nothing was recorded, so the Job is decided again when it is next seen.
-            self._listener.notice(
-                Level.ERROR, f"{subject}: {exc}; it is tried again when next seen"
-            )
-        return decision
+            # Nothing was recorded, so the Job is decided again: after a backoff, or when the
+            # watch gives it again (a change, a relist, a restart).
+            self._listener.notice(Level.ERROR, f"{subject}: {exc}; it is tried again")
+            return False
+        return True
 
-    def _start_cleanup(self, decision: Decision) -> None:
+    def _start_cleanup(self, decision: Decision) -> bool:
+        """True when decided (a cleanup Job created or found, or none needed, recorded); False
+        when it could not start yet (no usable template in the namespace). A cleanup Job the
+        template cannot make for this task (its id cannot name a Job) is said, not retried."""
         job, name = decision.job, decision.cleanup_job_name
         claim = self._claim(job)
         if claim is None:
@@ -163,18 +179,18 @@ class Controller:
                 "its pod template mounts no PersistentVolumeClaim holding "
                 f"{DEFAULT_ROOT}, so there is nothing to harvest",
             )
-            return
+            return True
         template, missing = self._templates.lookup(job.namespace)
         if template is None:
             self._warn(job, "CleanupNotStarted", missing)
-            return
+            return False
         source = self._templates.source(job.namespace)
         source_pod = self._actions.succeeded_pod(job.namespace, job.name)
         try:
             manifest = render(template, decision, claim=claim, source_pod=source_pod, source=source)
         except TemplateError as exc:
             self._warn(job, "CleanupNotStarted", str(exc))
-            return
+            return True
         created = self._actions.create_job(job.namespace, manifest)
         if created:
             self._metrics.cleanup_jobs_created.inc()
@@ -188,6 +204,7 @@ class Controller:
             f"{source_pod or 'none left'})"
         )
         self._tell(job, "CleanupJobCreated" if created else "CleanupJobExists", message)
+        return True
 
     def _release(self, decision: Decision) -> None:
         """The cleanup succeeded: the harvest deleted the claim, which pvc-protection keeps

@@ -71,11 +71,16 @@ class LeaderElector:
 
     def _run(self) -> None:
         last_renewed = self._clock()
+        said: str | None = None  # a problem is said once, until it changes or goes away
         while not self._stop.is_set():
             try:
                 held = self.try_hold()
+                said = None
             except Exception as exc:  # noqa: BLE001 - any failure is "not renewed"; said, retried
-                self._on_problem(f"Lease {self.namespace}/{self.name}: {exc}")
+                problem = f"Lease {self.namespace}/{self.name}: {exc}"
+                if problem != said:
+                    self._on_problem(problem)
+                    said = problem
                 held = False
             now = self._clock()
             if held:
