@@ -30,6 +30,7 @@ import yaml  # type: ignore[import-untyped]
 from kubernetes import client, config
 
 from bench.controlplane import ControlPlane, create
+from harvester.controller.pods import SucceededPods
 from harvester.kube.cluster import CONTROLLER_PERMISSIONS, KubeError, Permission
 from harvester.kube.jobs import JOB_NAME_LABEL, JobsApi, connect
 from harvester.kube.lease import LEASE_NAME, LeaderElector
@@ -397,18 +398,28 @@ def test_record_on_job_is_refused_for_another_uid_and_merges_otherwise(
     assert jobs.record_on_job(real_api.namespace, "gone", uid, record) is False
 
 
-def test_succeeded_pod_finds_the_jobs_succeeded_pod(real_api: RealNamespace, jobs: JobsApi) -> None:
-    assert jobs.succeeded_pod(real_api.namespace, "main-1") is None
-    real_api.add_pod("main-1-running", labels={JOB_NAME_LABEL: "main-1"}, phase="Running")
-    real_api.add_pod("other-1-done", labels={JOB_NAME_LABEL: "other-1"}, phase="Succeeded")
-    assert jobs.succeeded_pod(real_api.namespace, "main-1") is None
-    real_api.add_pod("main-1-done", labels={JOB_NAME_LABEL: "main-1"}, phase="Succeeded")
-    # Read from the API server's watch cache, which catches up with the write a moment later;
-    # a wrong filter would find "other-1-done" or "main-1-running" (newer names) instead.
-    wait_until(
-        lambda: jobs.succeeded_pod(real_api.namespace, "main-1") == "main-1-done",
-        "the succeeded pod in the watch cache",
-    )
+def test_the_succeeded_pods_watch_gives_each_jobs_newest_succeeded_pod(
+    real_api: RealNamespace, jobs: JobsApi
+) -> None:
+    namespace, stop, pods = real_api.namespace, threading.Event(), SucceededPods(scopes=1)
+    real_api.add_pod("main-1-early", labels={JOB_NAME_LABEL: "main-1"}, phase="Succeeded")
+    watch = jobs.succeeded_pods_watch(stop, namespaces=[namespace])
+    follower = threading.Thread(target=pods.follow, args=(watch,), daemon=True)
+    follower.start()
+    try:
+        wait_until(pods.synced.is_set, "the first list")
+        assert pods.newest(namespace, "main-1") == "main-1-early"  # listed
+        # Names that sort after the one expected: a filter that let them through would show.
+        real_api.add_pod("main-1-zzz-running", labels={JOB_NAME_LABEL: "main-1"}, phase="Running")
+        real_api.add_pod("main-1-zz-done", labels={JOB_NAME_LABEL: "main-1"}, phase="Succeeded")
+        real_api.add_pod("other-1-done", labels={JOB_NAME_LABEL: "other-1"}, phase="Succeeded")
+        wait_until(lambda: pods.newest(namespace, "main-1") == "main-1-zz-done", "the newer pod")
+        wait_until(lambda: pods.newest(namespace, "other-1") == "other-1-done", "other-1's pod")
+        assert pods.newest(namespace, "main-2") is None
+    finally:
+        stop.set()
+        follower.join(timeout=30)
+    assert not follower.is_alive()
 
 
 def test_the_template_watch_lists_then_follows_its_config_map_alone(
@@ -478,7 +489,10 @@ def test_each_missing_rule_is_named(
             ("jobs", "watch"): lambda: list(jobs.watch(SELECTOR, stop, namespaces=[namespace])),
             ("jobs", "create"): lambda: jobs.create_job(namespace, job_manifest("cleanup-1")),
             ("jobs", "patch"): lambda: jobs.record_on_job(namespace, "main-1", uid, {"a": "b"}),
-            ("pods", "list"): lambda: jobs.succeeded_pod(namespace, "main-1"),
+            ("pods", "list"): lambda: list(jobs.succeeded_pods_watch(stop, namespaces=[namespace])),
+            ("pods", "watch"): lambda: list(
+                jobs.succeeded_pods_watch(stop, namespaces=[namespace])
+            ),
             ("configmaps", "list"): lambda: list(
                 jobs.template_watch("template", stop, namespaces=[namespace])
             ),

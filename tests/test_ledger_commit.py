@@ -126,3 +126,20 @@ def test_close_writes_what_waits() -> None:
 def test_a_window_of_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Ledger(MemoryStore(), Notices(), window=0)
+
+
+def test_a_store_that_breaks_unexpectedly_turns_the_ledger_off_instead_of_holding_the_slots() -> (
+    None
+):
+    class Broken(MemoryStore):
+        def append(self, entries: Sequence[LedgerEntry]) -> None:
+            raise RuntimeError("a bug in the store")
+
+    notices = Notices()
+    ledger = Ledger(Broken(), notices, window=1, batch=1, attempts=1)
+    for n in range(3):  # with a window of 1, a dead writer would hold the second slot forever
+        with ledger.slot() as slot:
+            slot.record(entry(n))
+    ledger.close()
+    assert not ledger.on
+    assert any("RuntimeError: a bug in the store" in text for _level, text in notices.lines)

@@ -30,6 +30,7 @@ from harvester.controller.decide import (
     decide,
 )
 from harvester.controller.events import EventWriter
+from harvester.controller.pods import SucceededPods
 from harvester.controller.render import TemplateError, render
 from harvester.controller.retries import Retries
 from harvester.controller.serve import Metrics
@@ -52,8 +53,6 @@ class JobActions(Protocol):
 
     def set_job_ttl(self, namespace: str, name: str, seconds: int) -> bool: ...
 
-    def succeeded_pod(self, namespace: str, job_name: str) -> str | None: ...
-
     def job_event(
         self, job: MainJob, reason: str, message: str, *, warning: bool = False
     ) -> str | None: ...
@@ -72,6 +71,7 @@ class Controller:
         self,
         actions: JobActions,
         templates: Templates,
+        pods: SucceededPods,
         events: EventWriter,
         listener: Listener,
         *,
@@ -86,6 +86,7 @@ class Controller:
         self._report_failure = report_failure
         self._actions = actions
         self._templates = templates
+        self._pods = pods
         self._events = events
         self._listener = listener
 
@@ -185,7 +186,7 @@ class Controller:
             self._warn(job, "CleanupNotStarted", missing)
             return False
         source = self._templates.source(job.namespace)
-        source_pod = self._actions.succeeded_pod(job.namespace, job.name)
+        source_pod = self._pods.newest(job.namespace, job.name)
         try:
             manifest = render(template, decision, claim=claim, source_pod=source_pod, source=source)
         except TemplateError as exc:

@@ -20,13 +20,16 @@ from harvester.controller.claims import StuckClaims
 from harvester.controller.decide import Decision
 from harvester.controller.events import EventWriter
 from harvester.controller.loop import Controller
+from harvester.controller.pods import SucceededPods
 from harvester.controller.serve import HealthServer, Metrics, parse_address
 from harvester.controller.templates import Templates
 from harvester.errors import ConfigError, HarvesterError
 from harvester.exitcodes import ExitCode
 from harvester.gate import Gate
+from harvester.kube.cluster import KubeError
 from harvester.kube.jobs import JobsApi, connect
 from harvester.kube.lease import LEASE_NAME, LeaderElector
+from harvester.kube.watch import ResourceWatch
 from harvester.model import TaskStatus
 from harvester.report import JsonReporter, LogReporter
 from harvester.retry import Retrier, RetryPolicy
@@ -124,7 +127,8 @@ def _run(
     acting = _either(stop, lost, broken)
     events = resources.enter_context(EventWriter(tally))
     templates = _follow_templates(settings, api, namespaces, events, tally, acting, broken)
-    while not (templates.synced.wait(0.2) or acting.is_set()):
+    pods = _follow_pods(api, namespaces, tally, acting, broken)
+    while not (templates.synced.wait(0.2) and pods.synced.wait(0.2)) and not acting.is_set():
         pass
     where = "every namespace" if namespaces is None else ", ".join(namespaces)
     tally.notice(
@@ -136,6 +140,7 @@ def _run(
     controller = Controller(
         api,
         templates,
+        pods,
         events,
         tally,
         release_after=settings.release_after or 0.0,
@@ -156,9 +161,7 @@ def _run(
         settings.selector,
         acting,
         namespaces=namespaces,
-        on_retry=lambda error, delay: tally.notice(
-            Level.WARNING, f"controller: watching Jobs: {error}; resuming in {delay:.1f}s"
-        ),
+        on_retry=_retrying(tally, "Jobs"),
         on_relist=lambda: tally.notice(
             Level.INFO,
             "controller: the Jobs watch's resourceVersion expired (410 Gone); listing again",
@@ -190,34 +193,67 @@ def _follow_templates(
     acting: threading.Event,
     broken: threading.Event,
 ) -> Templates:
-    """The template ConfigMap, watched on a thread of its own until `acting` ends; a refusal
-    (its Role rule missing) is said and sets `broken`."""
+    """The template ConfigMap, watched on a thread of its own until `acting` ends."""
     name = settings.template_config_map
 
     def template_event(namespace: str, config_map: str, reason: str, message: str) -> None:
         events.submit(lambda: api.config_map_event(namespace, config_map, reason, message))
 
-    scopes = 1 if namespaces is None else len(namespaces)
-    templates = Templates(name, scopes, listener, template_event)
+    templates = Templates(name, _scopes(namespaces), listener, template_event)
+    watch = api.template_watch(
+        name, acting, namespaces=namespaces, on_retry=_retrying(listener, f"ConfigMap {name}")
+    )
+    _follow("template", templates.follow, watch, listener, broken)
+    return templates
 
-    def follow() -> None:
+
+def _follow_pods(
+    api: JobsApi,
+    namespaces: tuple[str, ...] | None,
+    listener: Listener,
+    acting: threading.Event,
+    broken: threading.Event,
+) -> SucceededPods:
+    """The main Jobs' succeeded pods, watched on a thread of their own until `acting` ends."""
+    pods = SucceededPods(_scopes(namespaces))
+    watch = api.succeeded_pods_watch(
+        acting, namespaces=namespaces, on_retry=_retrying(listener, "succeeded pods")
+    )
+    _follow("pods", pods.follow, watch, listener, broken)
+    return pods
+
+
+def _follow(
+    name: str,
+    follow: Callable[[ResourceWatch], None],
+    watch: ResourceWatch,
+    listener: Listener,
+    broken: threading.Event,
+) -> None:
+    """Run `follow(watch)` on a thread; a refusal (its Role rule missing) is said and sets
+    `broken`, which stops the controller."""
+
+    def run() -> None:
         try:
-            changes = api.template_watch(
-                name,
-                acting,
-                namespaces=namespaces,
-                on_retry=lambda error, delay: listener.notice(
-                    Level.WARNING,
-                    f"controller: watching ConfigMap {name}: {error}; resuming in {delay:.1f}s",
-                ),
-            )
-            templates.follow(changes)
+            follow(watch)
         except HarvesterError as exc:
             listener.notice(Level.ERROR, f"controller: stopped: {exc}")
             broken.set()
 
-    threading.Thread(target=follow, name="template", daemon=True).start()
-    return templates
+    threading.Thread(target=run, name=name, daemon=True).start()
+
+
+def _retrying(listener: Listener, what: str) -> Callable[[KubeError, float], None]:
+    def said(error: KubeError, delay: float) -> None:
+        listener.notice(
+            Level.WARNING, f"controller: watching {what}: {error}; resuming in {delay:.1f}s"
+        )
+
+    return said
+
+
+def _scopes(namespaces: tuple[str, ...] | None) -> int:
+    return 1 if namespaces is None else len(namespaces)
 
 
 def _either(*events: threading.Event) -> threading.Event:

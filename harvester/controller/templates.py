@@ -16,18 +16,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from harvester.controller.cache import WatchedObjects
 from harvester.controller.render import TEMPLATE_KEY, TemplateError, parse_template
-from harvester.kube.watch import ADDED, DELETED, MODIFIED, RESET, SYNCED, Change
+from harvester.kube.watch import Change
 from harvester.stats import Level, Listener
 
 TemplateEvent = Callable[[str, str, str, str], None]  # namespace, ConfigMap, reason, message
 
 
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """The template key's text in a ConfigMap (None: the ConfigMap has no such key)."""
+
+    value: str | None
+
+
 @dataclass
 class _Namespace:
     text: str | None = None  # the key's text now; None: no ConfigMap or no key
-    good: dict[str, Any] | None = None  # the last text that parsed
-    listed: bool = True  # seen in the current list (a relist drops what it no longer has)
+    good: dict[str, Any] | None = None  # the template in force: the last text that parsed
 
 
 class Templates:
@@ -37,41 +44,23 @@ class Templates:
         self, config_map: str, scopes: int, listener: Listener, write_event: TemplateEvent
     ) -> None:
         self.config_map = config_map
-        self.synced = threading.Event()  # every watched scope listed once
-        self._scopes = scopes
         self._listener = listener
         self._write_event = write_event
         self._lock = threading.Lock()
         self._namespaces: dict[str, _Namespace] = {}
-        self._synced_scopes: set[str | None] = set()
+        self._config_maps = WatchedObjects(_text_of, scopes, on_change=self._changed)
+
+    @property
+    def synced(self) -> threading.Event:
+        """Set once every watched namespace was listed."""
+        return self._config_maps.synced
 
     def follow(self, changes: Iterable[Change]) -> None:
         """Take every change until the watch ends (on stop); raises what the watch raises."""
-        for change in changes:
-            self.take(change)
+        self._config_maps.follow(changes)
 
     def take(self, change: Change) -> None:
-        meta = change.obj.get("metadata") or {}
-        namespace = str(meta.get("namespace", ""))
-        if change.kind == RESET:
-            with self._lock:
-                for name, known in self._namespaces.items():
-                    if change.scope is None or name == change.scope:
-                        known.listed = False
-        elif change.kind == SYNCED:
-            with self._lock:
-                for known in self._namespaces.values():
-                    if not known.listed:
-                        known.text = known.good = None
-                        known.listed = True
-            self._synced_scopes.add(change.scope)
-            if len(self._synced_scopes) >= self._scopes:
-                self.synced.set()
-        elif change.kind in (ADDED, MODIFIED):
-            text = (change.obj.get("data") or {}).get(TEMPLATE_KEY)
-            self._changed(namespace, None if text is None else str(text))
-        elif change.kind == DELETED:
-            self._changed(namespace, None)
+        self._config_maps.take(change)
 
     def lookup(self, namespace: str) -> tuple[dict[str, Any] | None, str]:
         """The template in force in `namespace`, or None with why there is none."""
@@ -89,10 +78,16 @@ class Templates:
             )
         return None, f"{source} key {TEMPLATE_KEY} is not a usable template: fix it"
 
-    def _changed(self, namespace: str, text: str | None) -> None:
+    def source(self, namespace: str) -> str:
+        """Where the template of `namespace` comes from, as log lines name it."""
+        return f"ConfigMap {namespace}/{self.config_map}"
+
+    def _changed(self, namespace: str, name: str, found: _Text | None) -> None:
+        if name != self.config_map:
+            return
+        text = found.value if found is not None else None
         with self._lock:
             known = self._namespaces.setdefault(namespace, _Namespace())
-            known.listed = True
             unchanged = known.text == text
             known.text = text
             if text is None:
@@ -121,6 +116,7 @@ class Templates:
         self._listener.notice(Level.ERROR, message)
         self._write_event(namespace, self.config_map, "TemplateInvalid", message)
 
-    def source(self, namespace: str) -> str:
-        """Where the template of `namespace` comes from, as log lines name it."""
-        return f"ConfigMap {namespace}/{self.config_map}"
+
+def _text_of(config_map: dict[str, Any]) -> _Text:
+    value = (config_map.get("data") or {}).get(TEMPLATE_KEY)
+    return _Text(None if value is None else str(value))

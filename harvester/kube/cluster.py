@@ -62,7 +62,8 @@ CONTROLLER_PERMISSIONS: tuple[Permission, ...] = (
     Permission("batch", "jobs", "watch"),  # then the watch, resumed from its resourceVersion
     Permission("batch", "jobs", "create"),  # the cleanup Job
     Permission("batch", "jobs", "patch"),  # the record of the decision on the main Job
-    Permission("", "pods", "list"),  # a succeeded pod of the main Job (KERUTA_SOURCE_POD)
+    Permission("", "pods", "list"),  # the Jobs' succeeded pods (KERUTA_SOURCE_POD), listed
+    Permission("", "pods", "watch"),  # then watched
     Permission("", "configmaps", "list"),  # the cleanup Job template, listed by name
     Permission("", "configmaps", "watch"),  # then watched: a change applies to the next Job
     Permission("", "events", "create"),  # decisions, as Events on the main Job

@@ -2,12 +2,12 @@
 
 Takes cluster access (as `cluster.connect` does); gives a `JobsApi` whose `watch()` is a
 `JobWatch`, an iterator of `MainJob`s (each listed Job, then each Job added or changed), whose
-`template_watch()` follows the template ConfigMap, and whose actions are each one request:
-`create_job`, `record_on_job`, `set_job_ttl`, `succeeded_pod`, the Events. Every request is one
-of `CONTROLLER_PERMISSIONS`, made as plain JSON (`kube.rest`); a refusal is a `KubeError` naming
-the object, the API's answer and what to do (a 403 names the verb and the resource the
-controller's Role lacks). Nothing here decides anything: the controller does, from the current
-state of each Job it is given.
+`template_watch()` and `succeeded_pods_watch()` follow the template ConfigMap and the Jobs'
+succeeded pods, and whose actions are each one request: `create_job`, `record_on_job`,
+`set_job_ttl`, the Events. Every request is one of `CONTROLLER_PERMISSIONS`, made as plain JSON
+(`kube.rest`); a refusal is a `KubeError` naming the object, the API's answer and what to do (a
+403 names the verb and the resource the controller's Role lacks). Nothing here decides
+anything: the controller does, from the current state of each Job it is given.
 """
 
 from __future__ import annotations
@@ -137,6 +137,18 @@ class JobsApi:
         by_name = Selector(fields=f"metadata.name={name}")
         return self._resource_watch(CONFIG_MAPS, by_name, stop, namespaces, options)
 
+    def succeeded_pods_watch(
+        self,
+        stop: threading.Event,
+        *,
+        namespaces: Sequence[str] | None = None,
+        **options: Any,
+    ) -> ResourceWatch:
+        """The pods of Jobs (label `batch.kubernetes.io/job-name`) in phase Succeeded, in
+        `namespaces` (None: all), as `Change`s: a pod that succeeds comes as ADDED."""
+        succeeded = Selector(labels=JOB_NAME_LABEL, fields="status.phase=Succeeded")
+        return self._resource_watch(PODS, succeeded, stop, namespaces, options)
+
     def _resource_watch(
         self,
         resource: Any,
@@ -214,40 +226,6 @@ class JobsApi:
         except HTTPError as exc:
             raise unreachable_error(self._api_client, exc) from exc
         return True
-
-    def succeeded_pod(self, namespace: str, job_name: str) -> str | None:
-        """The name of a pod of the Job in phase Succeeded (the newest, when several), or None.
-        Found by the job controller's `batch.kubernetes.io/job-name` label; the phase is
-        filtered by the server."""
-        selector = f"{JOB_NAME_LABEL}={job_name}"
-        query = [
-            ("labelSelector", selector),
-            ("fieldSelector", "status.phase=Succeeded"),
-            # From the API server's watch cache (resourceVersion 0): a consistent read waits
-            # for that cache to catch up after every write, ~100 ms a Job. The Job is Complete
-            # only after its pods ended, so the cache is current enough; a miss means
-            # KERUTA_SOURCE_POD stays empty and the harvest finds the claim by KERUTA_PVC.
-            ("resourceVersion", "0"),
-        ]
-        try:
-            answer = self._api.request("GET", PODS.path(namespace), query=query)
-        except ApiException as exc:
-            raise self._refused(exc, "list", "pods", selector, namespace) from exc
-        except HTTPError as exc:
-            raise unreachable_error(self._api_client, exc) from exc
-        pods = [
-            pod
-            for pod in answer.get("items") or []
-            if (pod.get("status") or {}).get("phase") == "Succeeded"
-        ]
-        if not pods:
-            return None
-
-        def age(pod: dict[str, Any]) -> tuple[str, str]:
-            meta = pod.get("metadata") or {}
-            return str(meta.get("creationTimestamp", "")), str(meta.get("name", ""))
-
-        return age(max(pods, key=age))[1]
 
     def job_event(
         self, job: MainJob, reason: str, message: str, *, warning: bool = False

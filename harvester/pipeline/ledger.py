@@ -193,7 +193,9 @@ class Ledger:
             try:
                 self.store.append(batch)
                 return True
-            except LedgerError as exc:
+            except Exception as exc:  # noqa: BLE001 - a writer that died would hold every slot
+                if not isinstance(exc, LedgerError):
+                    exc = LedgerError(f"{type(exc).__name__}: {exc}")
                 if attempt == self._attempts:
                     self._turn_off(exc, len(batch))
                     return False
