@@ -498,9 +498,9 @@ def _result(
         Target(f"controller peak RSS, {cached:,} Jobs", cache.peak_rss_mb(), "<", 150.0, "MB"),
     ]
     result.limits = (
-        "requests per Job: the controller lists the Job's pods, creates the cleanup Job, "
-        "patches its record and writes an Event (4 requests, the Event from a thread of its "
-        "own; the template is watched, not read per Job); the ceiling only creates (1). Both "
-        "share 2 cores with the API server, etcd and the job controller"
+        "requests per Job: the controller creates the cleanup Job, patches its record and "
+        "writes an Event (3 requests, the Event from a thread of its own; the template and the "
+        "succeeded pods are watched, not read per Job), on 8 workers; the ceiling only creates "
+        "(1), one at a time. Both share 2 cores with the API server, etcd and the job controller"
     )
     return result
