@@ -105,8 +105,12 @@ def cleanup(**typed: Any) -> None:
         settings = Settings(
             **values,
             token=None if dry_run else read_token(token_file, os.environ.get(TOKEN_ENV)),
-            # A dry run changes nothing in the cluster, so it does not need to reach one.
-            cluster=ClusterAccess() if dry_run else ClusterAccess.from_environment(os.environ),
+            # A dry run changes nothing in the cluster; it reaches one only to read the ledger.
+            cluster=(
+                ClusterAccess()
+                if dry_run and values["no_ledger"]
+                else ClusterAccess.from_environment(os.environ)
+            ),
         )
         if settings.own_pod is None:
             # In a pod the hostname is the pod's name, should the downward API not say.
