@@ -176,10 +176,33 @@ def dev_api(
     latency: Annotated[
         float, typer.Option(help="Seconds added to every answer (a remote API).", min=0)
     ] = 0.0,
+    listing: Annotated[
+        bool,
+        typer.Option(
+            "--listing/--no-listing",
+            help="Serve the task's document listing (--no-listing: 404, as a keruta-api "
+            "without it).",
+        ),
+    ] = True,
+    idempotency: Annotated[
+        bool,
+        typer.Option(
+            "--idempotency/--no-idempotency",
+            help="Honour Idempotency-Key (--no-idempotency: a repeated upload is stored again).",
+        ),
+    ] = True,
 ) -> None:
     """Serve a small keruta-api stand-in that stores what it receives."""
     serve_dev_api = _dev_api_stack("dev-api").serve_dev_api
-    serve_dev_api(host=host, port=port, data_dir=data_dir, token=token, latency=latency)
+    serve_dev_api(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        token=token,
+        latency=latency,
+        listing=listing,
+        idempotency=idempotency,
+    )
 
 
 @app.command()
