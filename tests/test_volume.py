@@ -435,13 +435,21 @@ def test_keep_pvc_deletes_nothing(kube_api: KubeApi, dev_api: DevApiServer, docs
     assert [e["reason"] for e in kube_api.events] == ["HarvestSucceeded"]
 
 
-def test_a_dry_run_asks_nothing_of_kubernetes(
+def test_a_dry_run_only_reads_the_ledger_and_with_no_ledger_asks_nothing(
     kube_api: KubeApi, dev_api: DevApiServer, docs: Path
 ) -> None:
     main_job_volume(kube_api)
-    result = cleanup(kube_api, dev_api, docs, "--dry-run")
+    result = cleanup(kube_api, dev_api, docs, "--dry-run", "--no-ledger")
     assert result.returncode == 0, result.stderr
     assert kube_api.calls == []
+    # The ledger is read (a read is not an act): the claim is located to know which ledger.
+    result = cleanup(kube_api, dev_api, docs, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert [(c.verb, c.resource) for c in kube_api.calls] == [
+        ("get", "pods"),
+        ("get", "persistentvolumeclaims"),
+        ("list", "configmaps"),
+    ]
     assert kube_api.events == []
     assert dev_api.store.task(TASK) is None
 

@@ -300,8 +300,8 @@ def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
 def _already_uploaded_text(report: HarvestReport) -> str:
     """How many files were already uploaded, and who knew: the ledger or keruta-api."""
     total = report.count(Outcome.ALREADY_UPLOADED)
-    if not total:
-        return "0"
+    if not total or report.ledger is None or report.ledger.where is None:
+        return str(total)
     ledger = report.already_uploaded_from_ledger
     return f"{total} ({ledger} recorded in the ledger, {total - ledger} on the server)"
 
