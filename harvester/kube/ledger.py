@@ -114,10 +114,10 @@ class ConfigMapLedger:
         malformed = 0
         newest: _Shard | None = None
         for config_map in self._list():
-            index = self._index_of(config_map["metadata"].get("name", ""))
+            index = self._index_of((config_map.get("metadata") or {}).get("name", ""))
             if index is None:
                 continue
-            data: dict[str, str] = config_map.get("data") or {}
+            data = _data_of(config_map)
             for key, value in data.items():
                 if not key.startswith(KEY_PREFIX):
                     continue
@@ -128,7 +128,7 @@ class ConfigMapLedger:
                     else:
                         entries.append(entry)
             if newest is None or index > newest.index:
-                newest = _Shard(index, config_map["metadata"]["resourceVersion"], _size(data))
+                newest = self._shard(index, config_map)
         self._newest = newest
         if malformed:
             skipped = plural(malformed, "malformed entry", "malformed entries")
@@ -147,7 +147,7 @@ class ConfigMapLedger:
             answer = self._call(
                 "list", "", lambda page=page: self._api.request("GET", self._path(), query=page)
             )
-            yield from answer.get("items") or []
+            yield from (item for item in answer.get("items") or [] if isinstance(item, dict))
             next_page = (answer.get("metadata") or {}).get("continue")
             if not next_page:
                 return
@@ -239,7 +239,7 @@ class ConfigMapLedger:
         except _Conflict:
             self._newest = self._get(index)
             return False
-        self._newest = _Shard(index, made["metadata"]["resourceVersion"], _size(made["data"]))
+        self._newest = self._shard(index, made)
         return True
 
     def _patch(self, shard: _Shard, key: str, value: str, *, precondition: bool) -> bool:
@@ -260,9 +260,7 @@ class ConfigMapLedger:
         except _Conflict:
             self._newest = self._get(shard.index)
             return False
-        self._newest = _Shard(
-            shard.index, patched["metadata"]["resourceVersion"], _size(patched.get("data") or {})
-        )
+        self._newest = self._shard(shard.index, patched)
         return True
 
     def _get(self, index: int) -> _Shard:
@@ -273,7 +271,15 @@ class ConfigMapLedger:
             )
         except _Conflict as exc:  # a GET is never a conflict
             raise LedgerError(f"{self.where}: {name}: {exc}") from None
-        return _Shard(index, found["metadata"]["resourceVersion"], _size(found.get("data") or {}))
+        return self._shard(index, found)
+
+    def _shard(self, index: int, config_map: dict[str, Any]) -> _Shard:
+        """A shard as the API server answered it; an answer without a resourceVersion is not
+        a ConfigMap (a proxy's page, say)."""
+        version = (config_map.get("metadata") or {}).get("resourceVersion")
+        if not isinstance(version, str):
+            raise LedgerError(f"{self.where}: {self._name(index)}: the answer is not a ConfigMap")
+        return _Shard(index, version, _size(_data_of(config_map)))
 
     # -- the API
 
@@ -282,6 +288,8 @@ class ConfigMapLedger:
         a `LedgerError` sentence."""
         try:
             answer: dict[str, Any] = request()
+        except ValueError as exc:  # not JSON: not the API server's answer
+            raise LedgerError(f"{self.where}: {verb} {_RESOURCE}: the answer is not JSON") from exc
         except ApiException as exc:
             if exc.status == 409:
                 raise _Conflict(str(exc.reason)) from exc
@@ -306,6 +314,13 @@ class ConfigMapLedger:
 
 class _Conflict(Exception):
     """409: a stale resourceVersion, or a shard another writer created first."""
+
+
+def _data_of(config_map: dict[str, Any]) -> dict[str, str]:
+    data = config_map.get("data") or {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _size(data: dict[str, str]) -> int:
