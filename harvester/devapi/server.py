@@ -77,10 +77,16 @@ class _DevApi:
     """The endpoints, bound to one store, token and latency."""
 
     def __init__(
-        self, store: DevApiStore, token: str | None, latency: float, *, idempotency: bool
+        self,
+        store: DevApiStore,
+        token: str | None,
+        latency: float,
+        *,
+        listing: bool,
+        idempotency: bool,
     ) -> None:
         self.store = store
-        self._idempotency = idempotency
+        self._listing, self._idempotency = listing, idempotency
         self._token = None if token is None else token.encode("utf-8")
         self._latency = latency
 
@@ -168,6 +174,10 @@ class _DevApi:
         return JSONResponse(document.to_json(), status_code=201)
 
     async def list_documents(self, request: Request) -> Response:
+        if not self._listing:
+            # As a keruta-api without the route answers (uploads share the path, so leaving the
+            # route out would make the router say 405).
+            raise Rejected("this server does not list documents (--no-listing)", status_code=404)
         documents = self.store.documents(request.path_params["task_id"])
         return JSONResponse([document.to_json() for document in documents])
 
@@ -256,16 +266,19 @@ def create_app(
     `listing=False`: no document listing (404, as a server without the route answers);
     `idempotency=False`: Idempotency-Key is ignored, a repeated upload is stored again.
     """
-    api = _DevApi(DevApiStore(data_dir), token or None, max(0.0, latency), idempotency=idempotency)
+    api = _DevApi(
+        DevApiStore(data_dir),
+        token or None,
+        max(0.0, latency),
+        listing=listing,
+        idempotency=idempotency,
+    )
     documents = "/api/tasks/{task_id}/documents"
     task = "/api/v1/tasks/{task_id}"
-    listing_routes = (
-        [Route(documents, api.guarded(api.list_documents), methods=["GET"])] if listing else []
-    )
     app = Starlette(
         routes=[
             Route(documents, api.guarded(api.upload), methods=["POST"]),
-            *listing_routes,
+            Route(documents, api.guarded(api.list_documents), methods=["GET"]),
             Route(
                 documents + "/{document_id}/content",
                 api.guarded(api.document_content),
