@@ -209,3 +209,27 @@ def test_no_ledger_writes_no_config_map(
     # And with it, the same run writes one.
     assert cleanup(kube_api, server, root).returncode == 0
     assert len(ledger_config_maps(kube_api, uid)) == 1
+
+
+def notices(result: subprocess.CompletedProcess[str]) -> list[str]:
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return [str(line["message"]) for line in lines if line.get("event") == "notice"]
+
+
+@pytest.mark.parametrize(
+    ("verb", "said"),
+    [("list", "not read: configmaps in namespace"), ("create", "not recorded and none will be")],
+)
+def test_a_ledger_that_cannot_be_used_is_one_warning_and_the_harvest_goes_on(
+    kube_api: KubeApi, server: DevApiServer, tmp_path: Path, verb: str, said: str
+) -> None:
+    kube_api.add_pvc(PVC, labels={"task-id": TASK})
+    kube_api.forbid(verb, "configmaps")
+    root = write_tree(tmp_path / "doc", {"a.md": "a", "b.md": "b"})
+    result = cleanup(kube_api, server, root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert last_event(result)["counts"]["uploaded"] == 2
+    ledger_lines = [text for text in notices(result) if said in text]
+    assert len(ledger_lines) == 1, notices(result)
+    assert f'verb "{verb}" on "configmaps"' in ledger_lines[0]
+    assert held(server) == {"a.md": 1, "b.md": 1}
