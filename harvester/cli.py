@@ -105,8 +105,12 @@ def cleanup(**typed: Any) -> None:
         settings = Settings(
             **values,
             token=None if dry_run else read_token(token_file, os.environ.get(TOKEN_ENV)),
-            # A dry run changes nothing in the cluster, so it does not need to reach one.
-            cluster=ClusterAccess() if dry_run else ClusterAccess.from_environment(os.environ),
+            # A dry run changes nothing in the cluster; it reaches one only to read the ledger.
+            cluster=(
+                ClusterAccess()
+                if dry_run and values["no_ledger"]
+                else ClusterAccess.from_environment(os.environ)
+            ),
         )
         if settings.own_pod is None:
             # In a pod the hostname is the pod's name, should the downward API not say.
@@ -172,10 +176,33 @@ def dev_api(
     latency: Annotated[
         float, typer.Option(help="Seconds added to every answer (a remote API).", min=0)
     ] = 0.0,
+    listing: Annotated[
+        bool,
+        typer.Option(
+            "--listing/--no-listing",
+            help="Serve the task's document listing (--no-listing: 404, as a keruta-api "
+            "without it).",
+        ),
+    ] = True,
+    idempotency: Annotated[
+        bool,
+        typer.Option(
+            "--idempotency/--no-idempotency",
+            help="Honour Idempotency-Key (--no-idempotency: a repeated upload is stored again).",
+        ),
+    ] = True,
 ) -> None:
     """Serve a small keruta-api stand-in that stores what it receives."""
     serve_dev_api = _dev_api_stack("dev-api").serve_dev_api
-    serve_dev_api(host=host, port=port, data_dir=data_dir, token=token, latency=latency)
+    serve_dev_api(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        token=token,
+        latency=latency,
+        listing=listing,
+        idempotency=idempotency,
+    )
 
 
 @app.command()

@@ -120,6 +120,22 @@ class LedgerEntry:
     document_id: str | None = None
 
 
+# How a plan item's reason begins when the ledger, not the server, knew the document.
+RECORDED_IN_LEDGER = "recorded in the ledger"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerUse:
+    """What the ledger of accepted uploads did in one run: where it is (None when there was
+    none), how it went (`note`: used, or why not, or why it stopped), the entries it held when
+    the run began and the entries this run wrote."""
+
+    where: str | None
+    note: str
+    read: int = 0
+    written: int = 0
+
+
 class Action(StrEnum):
     """What the plan does with a path."""
 
@@ -266,9 +282,21 @@ class HarvestReport:
     auth_rejected: bool = False
     interrupted: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    ledger: LedgerUse | None = None
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for f in self.files if f.outcome is outcome)
+
+    @property
+    def already_uploaded_from_ledger(self) -> int:
+        """The files planned "already uploaded" because the ledger recorded them (the others
+        because keruta-api's listing holds them)."""
+        return sum(
+            1
+            for f in self.files
+            if f.action is Action.ALREADY_UPLOADED
+            and (f.reason or "").startswith(RECORDED_IN_LEDGER)
+        )
 
     @property
     def failures(self) -> tuple[FileReport, ...]:

@@ -34,11 +34,12 @@ from harvester.report import (
     write_summary_json,
     write_termination_log,
 )
-from harvester.settings import LogFormat, Reporting, Settings
+from harvester.settings import NO_CLUSTER, LogFormat, Reporting, Settings
 from harvester.stats import Level, Listener, Tally
 
 if TYPE_CHECKING:
     from harvester.kube.volume import Volume
+    from harvester.pipeline.ledger import LedgerStore
 
 
 @dataclass(frozen=True)
@@ -77,22 +78,32 @@ def run_cleanup(
 ) -> tuple[ExitCode, Harvest | None]:
     """Run one harvest with the reporters `output` asks for; render and record its result.
 
-    With `kubernetes` (and not a dry run) the task's PVC is located before the harvest and
-    released after a complete one; without a cluster that step is skipped with one line.
+    With `kubernetes` the task's PVC is located before the harvest and (not in a dry run)
+    released after a complete one; without a cluster that step is skipped with one line. The
+    located PVC owns the ledger of accepted uploads, read first (a dry run too) and written as
+    the uploads are acknowledged, unless --no-ledger.
     """
     tally = Tally()  # what the stages count, and the reporter draws from
     reporter = make_reporter(output, tally)
     try:
         with reporter, ExitStack() as resources:
-            volume: Volume | None = None
-            pvc_step: PvcStep | None = None
-            # A dry run acts on nothing, so it needs no cluster (its gate would refuse the
-            # volume's every act anyway); skipping it spares the client's import and a connection.
-            if kubernetes and not settings.dry_run:
-                volume, pvc_step = _volume_step(settings, tally, resources)
-            harvest = run_harvest(settings, tally, pvc_step=pvc_step, stop=stop)
-            if volume is not None:
-                volume.record_outcome(harvest.report)
+            off = "off (--no-ledger)" if settings.no_ledger else f"off ({NO_CLUSTER})"
+            steps = _ClusterSteps(None, None, None, off)
+            # A dry run acts on nothing, so it needs a cluster only to read the ledger (its gate
+            # would refuse the volume's every act); skipping it spares the client's import and
+            # a connection.
+            if kubernetes and not (settings.dry_run and settings.no_ledger):
+                steps = _cluster_steps(settings, tally, resources)
+            harvest = run_harvest(
+                settings,
+                tally,
+                pvc_step=None if settings.dry_run else steps.pvc_step,
+                ledger_store=steps.ledger_store,
+                no_ledger_because=steps.no_ledger_because,
+                stop=stop,
+            )
+            if steps.volume is not None and not settings.dry_run:
+                steps.volume.record_outcome(harvest.report)
     except ConfigError as exc:
         fail(output, str(exc))
         return ExitCode.USAGE, None
@@ -134,20 +145,37 @@ def _not_written(exc: OSError) -> str:
     return f"cannot be written ({reason}); the harvest's result above stands"
 
 
-def _volume_step(
-    settings: Settings, listener: Listener, resources: ExitStack
-) -> tuple[Volume | None, PvcStep | None]:
-    """Connect to the cluster and locate the PVC now, so its UID is known before the harvest.
-    Without a cluster there is no PVC step (None)."""
+@dataclass(frozen=True)
+class _ClusterSteps:
+    """What a run does with the cluster: the located volume, its PVC step and the ledger's
+    store (None, and why not)."""
+
+    volume: Volume | None
+    pvc_step: PvcStep | None
+    ledger_store: LedgerStore | None
+    no_ledger_because: str
+
+
+def _cluster_steps(settings: Settings, listener: Listener, resources: ExitStack) -> _ClusterSteps:
+    """Connect to the cluster and locate the PVC now, so its UID is known before the harvest,
+    and open the ledger it owns. Without a cluster there is no PVC step and no ledger."""
     if not settings.cluster.available:
         listener.notice(Level.INFO, f"PVC: {NO_PVC_STEP}")
-        return None, None
+        listener.notice(Level.DEBUG, f"ledger: off ({NO_CLUSTER})")
+        return _ClusterSteps(None, None, None, f"off ({NO_CLUSTER})")
     # Imported only with a cluster to talk to: the official client costs a quarter of a second
     # and some 30 MB, for nothing on a laptop or in a dry run.
     from harvester.kube.cluster import connect
     from harvester.kube.volume import Volume, VolumeOptions
 
-    cluster = resources.enter_context(connect(settings.cluster, namespace=settings.namespace))
+    try:
+        cluster = resources.enter_context(connect(settings.cluster, namespace=settings.namespace))
+    except ConfigError as exc:
+        if not settings.dry_run:
+            raise
+        # A rehearsal does not need the cluster: say why the ledger is not read, and go on.
+        listener.notice(Level.WARNING, f"ledger: not read: {exc}")
+        return _ClusterSteps(None, None, None, f"not read: {exc}")
     volume = Volume(
         cluster,
         VolumeOptions(
@@ -162,8 +190,25 @@ def _volume_step(
         listener,
         gate=gate_for(settings),
     )
-    volume.locate()
-    return volume, volume.release
+    target = volume.locate()
+    if settings.no_ledger:
+        because = "off (--no-ledger)"
+    elif target is None:
+        because = "off (the PVC that would own it was not located)"
+    else:
+        from harvester.kube.ledger import ConfigMapLedger
+
+        store = ConfigMapLedger(
+            cluster.rest,
+            cluster.namespace,
+            target.name,
+            target.uid,
+            settings.task_id,
+            listener=listener,
+        )
+        return _ClusterSteps(volume, volume.release, store, "")
+    listener.notice(Level.INFO, f"ledger: {because}")
+    return _ClusterSteps(volume, volume.release, None, because)
 
 
 def fail(output: Output, message: str) -> None:

@@ -250,6 +250,13 @@ class Settings:
     dry_run: bool = option(
         "--dry-run", typed=False, help="Show the plan as a table; send nothing, change nothing."
     )
+    no_ledger: bool = option(
+        "--no-ledger",
+        env="KERUTA_NO_LEDGER",
+        typed=False,
+        help="Neither read nor write the ledger of accepted uploads (ConfigMaps owned by the "
+        "PVC); re-runs then rely on keruta-api's listing and Idempotency-Key.",
+    )
     concurrency: int = option(
         "--concurrency",
         env="KERUTA_CONCURRENCY",

@@ -2,8 +2,8 @@
 
 Wired into `tests/conftest.py` (`from tests.devapi_fixture import dev_api, dev_api_factory`).
 `dev_api` is a started `DevApiServer` without token or latency, storing under the test's
-`tmp_path`; `dev_api_factory(token=..., latency=...)` starts more (each in its own folder). Every
-server started here is stopped when the test ends.
+`tmp_path`; `dev_api_factory(token=..., latency=..., listing=..., idempotency=...)` starts
+more (each in its own folder). Every server started here is stopped when the test ends.
 """
 
 from __future__ import annotations
@@ -18,16 +18,31 @@ from harvester.devapi.server import DevApiServer
 
 
 class DevApiFactory(Protocol):
-    def __call__(self, *, token: str | None = None, latency: float = 0.0) -> DevApiServer: ...
+    def __call__(
+        self,
+        *,
+        token: str | None = None,
+        latency: float = 0.0,
+        listing: bool = True,
+        idempotency: bool = True,
+    ) -> DevApiServer: ...
 
 
 @pytest.fixture
 def dev_api_factory(tmp_path: Path) -> Iterator[DevApiFactory]:
     servers: list[DevApiServer] = []
 
-    def start(*, token: str | None = None, latency: float = 0.0) -> DevApiServer:
+    def start(
+        *,
+        token: str | None = None,
+        latency: float = 0.0,
+        listing: bool = True,
+        idempotency: bool = True,
+    ) -> DevApiServer:
         data_dir = tmp_path / f"dev-api-{len(servers)}"
-        server = DevApiServer(data_dir, token=token, latency=latency)
+        server = DevApiServer(
+            data_dir, token=token, latency=latency, listing=listing, idempotency=idempotency
+        )
         servers.append(server)
         return server.start()
 

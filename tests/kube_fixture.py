@@ -10,11 +10,15 @@ It serves exactly the requests `harvester.kube.cluster.PERMISSIONS` names, as th
 them: get pods, jobs and claims; list pods, and claims by a `key=value` label selector; delete a
 claim with a UID precondition (409 when it does not match; a claim with finalizers stays
 Terminating); patch a claim with a JSON patch (a failed `test` is a 422; the claim goes once it
-is terminating without finalizers); create an Event (`generateName`). Besides: the bearer token
-(401), and RBAC's 403 for a verb taken away (`forbid`). Anything else (watches, other verbs or
-resources, field selectors, merge patches, dry runs) is refused as not emulated rather than
-answered wrongly: the real control plane of bench/controlplane.py covers real behaviour, and
-tests/test_kube_fidelity.py holds these answers against its answers.
+is terminating without finalizers); create an Event (`generateName`). For the ledger
+(kube/ledger.py): ConfigMaps created by name (409 AlreadyExists), read, listed by label in pages
+(`limit`, `continue`) and merge-patched with a `metadata.resourceVersion` precondition (409
+Conflict when stale; `inject_conflicts(n)` makes the next n patches stale, as a busy second
+writer would). Besides: the bearer token (401), and RBAC's 403 for a verb taken away
+(`forbid`). Anything else (watches, other verbs or resources, field selectors, dry runs) is
+refused as not emulated rather than answered wrongly: the real control plane of
+bench/controlplane.py covers real behaviour, and tests/test_kube_fidelity.py holds these answers
+against its answers.
 
 The server is kmock's `KubernetesEmulator` (object store, reads, creates, deletes) on its own
 event loop in a background thread, because the code under test is synchronous and blocks. This
@@ -80,6 +84,7 @@ RESOURCES: dict[str, _Kind] = {
     "persistentvolumeclaims": _Kind("", "v1", "PersistentVolumeClaim"),
     "events": _Kind("", "v1", "Event"),
     "jobs": _Kind("batch", "v1", "Job"),
+    "configmaps": _Kind("", "v1", "ConfigMap"),
 }
 # What the fake serves: the verbs the Role grants, nothing more.
 SERVED = frozenset((p.resource, p.verb) for p in PERMISSIONS)
@@ -186,6 +191,7 @@ class _ApiServer(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.forbidden: set[tuple[str, str]] = set()  # (verb, resource) RBAC refuses
+        self.conflicts = 0  # merge patches still to answer 409, as if another writer came first
         self.log: list[ApiCall] = []
         self.state_lock = asyncio.Lock()
         self._versions = itertools.count(1000)
@@ -236,7 +242,7 @@ class _ApiServer(kmock.KubernetesEmulator):
             )
         if (plural, verb) not in SERVED or request.subresource or request.namespace is None:
             raise _not_emulated(f"{verb} {plural}")
-        unknown = set(request.params) - {"labelSelector"}
+        unknown = set(request.params) - {"labelSelector", "limit", "continue"}
         if unknown:
             raise _ApiError(400, f"{', '.join(sorted(unknown))}: not emulated by the kube fixture")
         return verb, plural, kind
@@ -260,7 +266,7 @@ class _ApiServer(kmock.KubernetesEmulator):
             return await super()._handle(request)
         if verb == "delete":
             return await self._delete(request, kind, obj)
-        return self._patch(request, obj)
+        return self._patch(request, plural, kind, obj)
 
     def _live(
         self, resource: kmock.resource, namespace: str | None, name: str
@@ -282,11 +288,18 @@ class _ApiServer(kmock.KubernetesEmulator):
             and not obj.deleted
             and wanted.items() <= (obj.raw["metadata"].get("labels") or {}).items()
         ]
+        metadata = {"resourceVersion": self.next_version()}
+        if "limit" in request.params:  # pages, the continue token the offset of the next one
+            start = int(request.params.get("continue") or 0)
+            end = start + int(request.params["limit"])
+            if end < len(items):
+                metadata["continue"] = str(end)
+            items = items[start:end]
         return aiohttp.web.json_response(
             {
                 "apiVersion": kind.api_version,
                 "kind": f"{kind.kind}List",
-                "metadata": {"resourceVersion": self.next_version()},
+                "metadata": metadata,
                 "items": items,
             }
         )
@@ -304,12 +317,23 @@ class _ApiServer(kmock.KubernetesEmulator):
                 "the namespace of the provided object does not match the namespace sent on "
                 "the request",
             )
-        if not metadata.get("generateName") or metadata.get("name"):
+        if metadata.get("name") and plural == "configmaps":
+            name = metadata["name"]
+            assert request.resource is not None
+            if self._live(request.resource, request.namespace, name) is not None:
+                raise _ApiError(
+                    409,
+                    f'{kind.qualified(plural)} "{name}" already exists',
+                    reason="AlreadyExists",
+                    details=_details(kind, plural, name),
+                )
+        elif not metadata.get("generateName") or metadata.get("name"):
             raise _not_emulated(f"create {plural} without generateName")
-        alphabet = string.ascii_lowercase + string.digits
-        metadata["name"] = metadata["generateName"] + "".join(
-            secrets.choice(alphabet) for _ in range(5)
-        )
+        else:
+            alphabet = string.ascii_lowercase + string.digits
+            metadata["name"] = metadata["generateName"] + "".join(
+                secrets.choice(alphabet) for _ in range(5)
+            )
         data.setdefault("apiVersion", kind.api_version)
         data.setdefault("kind", kind.kind)
         metadata.update(
@@ -348,20 +372,25 @@ class _ApiServer(kmock.KubernetesEmulator):
         # kmock removes an object without finalizers and answers with its last state.
         return await super()._handle(request)
 
-    def _patch(self, request: kmock.Request, obj: kmock.Object) -> aiohttp.web.Response:
+    def _patch(
+        self, request: kmock.Request, plural: str, kind: _Kind, obj: kmock.Object
+    ) -> aiohttp.web.Response:
         content_type = (_header(request, "Content-Type") or "").split(";")[0].strip()
-        if content_type != "application/json-patch+json":
+        current = copy.deepcopy(obj.raw)
+        if content_type == "application/merge-patch+json" and plural == "configmaps":
+            patched = self._merge_patch(request, plural, kind, current)
+        elif content_type != "application/json-patch+json":
             raise _ApiError(
                 415, f"{content_type}: not emulated by the kube fixture (JSON patch is)"
             )
-        current = copy.deepcopy(obj.raw)
-        try:
-            patched = jsonpatch.apply_patch(current, request.data)
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            # The API server answers a failed `test` or a missing path as a bare 422.
-            raise _ApiError(
-                422, "the server rejected our request due to an error in our request"
-            ) from exc
+        else:
+            try:
+                patched = jsonpatch.apply_patch(current, request.data)
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+                # The API server answers a failed `test` or a missing path as a bare 422.
+                raise _ApiError(
+                    422, "the server rejected our request due to an error in our request"
+                ) from exc
         # The API server keeps what a patch may not change.
         old_meta, new_meta = current["metadata"], patched.setdefault("metadata", {})
         for key in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp"):
@@ -375,6 +404,35 @@ class _ApiServer(kmock.KubernetesEmulator):
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
             obj.delete()  # the last finalizer is gone: the object goes
         return aiohttp.web.json_response(patched)
+
+    def _merge_patch(
+        self, request: kmock.Request, plural: str, kind: _Kind, current: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386) of a ConfigMap's data, with the resourceVersion
+        precondition the ledger sends; 409 as the API server words it when that is stale."""
+        patch = request.data
+        if not isinstance(patch, dict) or set(patch) - {"metadata", "data"}:
+            raise _not_emulated("a merge patch of anything but a ConfigMap's data")
+        wanted = (patch.get("metadata") or {}).get("resourceVersion")
+        stale = wanted is not None and wanted != current["metadata"]["resourceVersion"]
+        if self.conflicts > 0:
+            self.conflicts -= 1
+            stale = True
+        if stale:
+            raise _ApiError(
+                409,
+                f'Operation cannot be fulfilled on {kind.qualified(plural)} "{request.name}": '
+                "the object has been modified; please apply your changes to the latest version "
+                "and try again",
+                details=_details(kind, plural, request.name),
+            )
+        data = dict(current.get("data") or {})
+        for key, value in (patch.get("data") or {}).items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        return current | {"data": data}
 
 
 def _header(request: kmock.Request, name: str) -> str | None:
@@ -410,7 +468,7 @@ class FakeCluster:
     A `tests.kube_backends.KubeApi`. Every method is synchronous and thread-safe: it runs on the
     server's event loop. Objects are stored schema-complete (uid, resourceVersion,
     creationTimestamp, required spec fields), so the client's models accept them. Resources are
-    named by plural: "pods", "persistentvolumeclaims", "jobs", "events".
+    named by plural: "pods", "persistentvolumeclaims", "jobs", "events", "configmaps".
     """
 
     namespace = NAMESPACE
@@ -651,6 +709,15 @@ class FakeCluster:
             metadata.pop(key, None)
         metadata.pop("deletionGracePeriodSeconds", None)
         return self._add(current)
+
+    def inject_conflicts(self, count: int) -> None:
+        """Answer the next `count` merge patches 409 Conflict, as if another writer had changed
+        the object since it was read."""
+
+        async def install(server: _ApiServer) -> None:
+            server.conflicts = count
+
+        self._run(install)
 
     def forbid(self, verb: str, resource: str) -> None:
         """From now on answer `verb` on `resource` with RBAC's 403 Forbidden, worded as the API

@@ -580,3 +580,20 @@ def test_any_path_round_trips_through_filename_and_path_part(
         with_parts = upload(client, rel_path, b"q", task="prop")
         assert with_parts.status_code == 201, with_parts.text
         assert with_parts.json()["path"] == rel_path
+
+
+def test_without_listing_or_idempotency_it_plays_a_server_that_has_neither(
+    tmp_path: Path,
+) -> None:
+    with (
+        DevApiServer(tmp_path / "data", listing=False, idempotency=False) as bare,
+        httpx.Client(base_url=bare.url, timeout=30) as http,
+    ):
+        key = {"Idempotency-Key": "same-key"}
+        first = upload(http, "a.md", b"a", headers=key)
+        second = upload(http, "a.md", b"a", headers=key)
+        assert (first.status_code, second.status_code) == (201, 201)
+        assert first.json()["id"] != second.json()["id"]
+        assert len(bare.store.documents("t1")) == 2
+        listing = http.get(DOCS.format("t1"))
+        assert listing.status_code == 404  # as a keruta-api without the route answers

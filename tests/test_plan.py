@@ -12,6 +12,7 @@ from harvester.model import (
     Digest,
     Failed,
     FileEntry,
+    LedgerEntry,
     RemoteDocument,
     ScanResult,
     Skipped,
@@ -106,3 +107,26 @@ def test_a_second_plan_after_a_complete_harvest_uploads_nothing(
     # Every distinct content went up exactly once (or once per path with keep_duplicates).
     expected = len(tree) if keep_duplicates else len(set(tree.values()))
     assert len(first.uploads) == expected
+
+
+def test_the_ledger_marks_a_path_with_the_same_content_already_uploaded() -> None:
+    odd = Digest(
+        FileEntry("bad%FF.md", "bad\udcff.md", 3, 1), hashlib.sha256(b"odd").hexdigest(), 3, 1, 1, 1
+    )
+    digests = [digest("a.md", b"a"), digest("b.md", b"changed"), digest("c.md", b"c"), odd]
+    recorded = [
+        LedgerEntry("a.md", digests[0].sha256, 1, "doc-1"),
+        LedgerEntry("b.md", hashlib.sha256(b"before").hexdigest(), 6, "doc-2"),  # changed since
+        LedgerEntry("elsewhere.md", digests[2].sha256, 1, "doc-3"),  # same content, other path
+        LedgerEntry("bad\udcff.md", odd.sha256, 3, "doc-4"),  # keyed by the path as read
+    ]
+    remote = [RemoteDocument("c.md", digests[2].sha256)]
+    plan = build_plan(
+        scan_of(*digests), digests, remote=remote, recorded=recorded, recorded_in="ConfigMaps x-*"
+    )
+    assert {item.rel_path: (item.action, item.reason) for item in plan.items} == {
+        "a.md": (Action.ALREADY_UPLOADED, "recorded in the ledger (ConfigMaps x-*)"),
+        "b.md": (Action.UPLOAD, None),
+        "c.md": (Action.ALREADY_UPLOADED, "on the server"),
+        "bad%FF.md": (Action.ALREADY_UPLOADED, "recorded in the ledger (ConfigMaps x-*)"),
+    }

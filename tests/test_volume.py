@@ -16,7 +16,14 @@ from pytest_httpserver import HTTPServer
 
 from harvester.devapi.server import DevApiServer
 from harvester.gate import Gate, GateClosed
-from harvester.kube.cluster import PERMISSIONS, PVC_PROTECTION, Cluster, DeleteResult, connect
+from harvester.kube.cluster import (
+    LEDGER_PERMISSIONS,
+    PERMISSIONS,
+    PVC_PROTECTION,
+    Cluster,
+    DeleteResult,
+    connect,
+)
 from harvester.kube.volume import Volume, VolumeOptions
 from harvester.model import StepResult, StepState
 from harvester.pipeline.mounts import holding_mount, mount_points, nearest_existing
@@ -428,13 +435,21 @@ def test_keep_pvc_deletes_nothing(kube_api: KubeApi, dev_api: DevApiServer, docs
     assert [e["reason"] for e in kube_api.events] == ["HarvestSucceeded"]
 
 
-def test_a_dry_run_asks_nothing_of_kubernetes(
+def test_a_dry_run_only_reads_the_ledger_and_with_no_ledger_asks_nothing(
     kube_api: KubeApi, dev_api: DevApiServer, docs: Path
 ) -> None:
     main_job_volume(kube_api)
-    result = cleanup(kube_api, dev_api, docs, "--dry-run")
+    result = cleanup(kube_api, dev_api, docs, "--dry-run", "--no-ledger")
     assert result.returncode == 0, result.stderr
     assert kube_api.calls == []
+    # The ledger is read (a read is not an act): the claim is located to know which ledger.
+    result = cleanup(kube_api, dev_api, docs, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert [(c.verb, c.resource) for c in kube_api.calls] == [
+        ("get", "pods"),
+        ("get", "persistentvolumeclaims"),
+        ("list", "configmaps"),
+    ]
     assert kube_api.events == []
     assert dev_api.store.task(TASK) is None
 
@@ -537,4 +552,5 @@ def test_the_calls_made_are_exactly_the_declared_permissions(
     vol.locate()
     vol.record_outcome(complete_harvest(pvc=vol.release()))
     used = {(call.group, call.resource, call.verb) for call in kube_api.calls}
-    assert used == {tuple(p) for p in PERMISSIONS}
+    # The ledger's own calls are proven in tests/test_ledger.py.
+    assert used == {tuple(p) for p in PERMISSIONS if p not in LEDGER_PERMISSIONS}

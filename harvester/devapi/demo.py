@@ -96,7 +96,14 @@ def run_demo(root: Path | None = None, *, console: Console | None = None) -> int
 
 
 def serve_dev_api(
-    *, host: str, port: int, data_dir: Path | None, token: str | None, latency: float
+    *,
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    token: str | None,
+    latency: float,
+    listing: bool = True,
+    idempotency: bool = True,
 ) -> None:
     """Run dev-api in the foreground until Ctrl-C, telling the person where it listens."""
     console = Console(stderr=True)
@@ -112,4 +119,13 @@ def serve_dev_api(
                 markup=False,
             )
 
-        serve_forever(host, port, folder, token=token, latency=latency, on_ready=ready)
+        serve_forever(
+            host,
+            port,
+            folder,
+            token=token,
+            latency=latency,
+            on_ready=ready,
+            listing=listing,
+            idempotency=idempotency,
+        )

@@ -1,6 +1,8 @@
 """A keruta-api stand-in that stores what it receives (`harvester dev-api`).
 
-Takes a data folder, an optional bearer token and an optional artificial latency; gives a
+Takes a data folder, an optional bearer token, an optional artificial latency and whether to
+serve the document listing and honour Idempotency-Key (both on unless switched off, to play a
+keruta-api that does neither, as the real one does not promise them); gives a
 Starlette app (`create_app`, its store `store_of(app)`) that speaks the keruta-api contract, a
 `DevApiServer` that runs it on a loopback port in a background thread (tests, the demo,
 benchmarks), and `serve_forever`, the foreground runner behind the CLI command.
@@ -11,8 +13,9 @@ What it serves:
   it streams in by an `UploadReceiver` (`harvester.devapi.receiver`); the `file` part lands in a
   content-addressed blob `<data_dir>/blobs/<sha256>`. Optional text parts `path`, `sha256` and
   `size` are checked against what arrived. `Idempotency-Key` replays the original document
-  instead of storing it twice.
-- `GET /api/tasks/{taskId}/documents` and `.../documents/{id}/content`: what was stored.
+  instead of storing it twice (unless `idempotency=False`: every request is a new document).
+- `GET /api/tasks/{taskId}/documents` and `.../documents/{id}/content`: what was stored (with
+  `listing=False` the listing is 404, as on a server without that route).
 - `PUT /api/v1/tasks/{taskId}/status` and `GET /api/v1/tasks/{taskId}`: task status, validated as
   strictly as the current keruta-api (unknown keys and unknown statuses are rejected).
 
@@ -73,8 +76,17 @@ def _error(status_code: int, message: str) -> JSONResponse:
 class _DevApi:
     """The endpoints, bound to one store, token and latency."""
 
-    def __init__(self, store: DevApiStore, token: str | None, latency: float) -> None:
+    def __init__(
+        self,
+        store: DevApiStore,
+        token: str | None,
+        latency: float,
+        *,
+        listing: bool,
+        idempotency: bool,
+    ) -> None:
         self.store = store
+        self._listing, self._idempotency = listing, idempotency
         self._token = None if token is None else token.encode("utf-8")
         self._latency = latency
 
@@ -108,7 +120,7 @@ class _DevApi:
 
     async def upload(self, request: Request) -> Response:
         task_id: str = request.path_params["task_id"]
-        key = request.headers.get(IDEMPOTENCY_KEY_HEADER) or None
+        key = (request.headers.get(IDEMPOTENCY_KEY_HEADER) or None) if self._idempotency else None
         if key is not None:
             original = self.store.by_idempotency_key(task_id, key)
             if original is not None:
@@ -162,6 +174,10 @@ class _DevApi:
         return JSONResponse(document.to_json(), status_code=201)
 
     async def list_documents(self, request: Request) -> Response:
+        if not self._listing:
+            # As a keruta-api without the route answers (uploads share the path, so leaving the
+            # route out would make the router say 405).
+            raise Rejected("this server does not list documents (--no-listing)", status_code=404)
         documents = self.store.documents(request.path_params["task_id"])
         return JSONResponse([document.to_json() for document in documents])
 
@@ -235,13 +251,28 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _error(500, f"{request.method} {request.url.path}: {type(exc).__name__}: {exc}")
 
 
-def create_app(data_dir: Path, *, token: str | None = None, latency: float = 0.0) -> Starlette:
+def create_app(
+    data_dir: Path,
+    *,
+    token: str | None = None,
+    latency: float = 0.0,
+    listing: bool = True,
+    idempotency: bool = True,
+) -> Starlette:
     """The dev-api as an ASGI app storing into `data_dir`; its store is `store_of(app)`.
 
     `token`: when set (and not empty), every route requires `Authorization: Bearer <token>`.
     `latency`: seconds every answer waits before it is sent, to imitate a remote server.
+    `listing=False`: no document listing (404, as a server without the route answers);
+    `idempotency=False`: Idempotency-Key is ignored, a repeated upload is stored again.
     """
-    api = _DevApi(DevApiStore(data_dir), token or None, max(0.0, latency))
+    api = _DevApi(
+        DevApiStore(data_dir),
+        token or None,
+        max(0.0, latency),
+        listing=listing,
+        idempotency=idempotency,
+    )
     documents = "/api/tasks/{task_id}/documents"
     task = "/api/v1/tasks/{task_id}"
     app = Starlette(
@@ -351,8 +382,12 @@ class DevApiServer:
         latency: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        listing: bool = True,
+        idempotency: bool = True,
     ) -> None:
-        self.app = create_app(data_dir, token=token, latency=latency)
+        self.app = create_app(
+            data_dir, token=token, latency=latency, listing=listing, idempotency=idempotency
+        )
         self.store = store_of(self.app)
         self._host = host
         self._port = port
@@ -420,13 +455,18 @@ def serve_forever(
     token: str | None = None,
     latency: float = 0.0,
     on_ready: Callable[[str], None] | None = None,
+    *,
+    listing: bool = True,
+    idempotency: bool = True,
 ) -> None:
     """Serve the dev-api in the foreground until Ctrl-C or SIGTERM, then return.
 
     `on_ready(url)` is called once connections are accepted (port 0 picks a free port, which the
     URL names). Raises OSError when the address cannot be bound.
     """
-    app = create_app(data_dir, token=token, latency=latency)
+    app = create_app(
+        data_dir, token=token, latency=latency, listing=listing, idempotency=idempotency
+    )
     config = _uvicorn_config(app, configure_logging=True)
     server = _Server(config)
     with _bind(host, port) as sock:

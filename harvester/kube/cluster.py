@@ -41,8 +41,17 @@ class Permission(NamedTuple):
     verb: str
 
 
-# Every call this module makes, as RBAC sees it. deploy/'s Role must grant exactly these, and
-# tests/test_deploy.py checks that it does: a new call here needs a new rule there.
+# Every call the ledger of accepted uploads makes (kube/ledger.py): ConfigMaps owned by the PVC.
+LEDGER_PERMISSIONS: tuple[Permission, ...] = (
+    Permission("", "configmaps", "list"),  # read it: its shards, by the PVC-uid label
+    Permission("", "configmaps", "get"),  # a shard again, after a conflict
+    Permission("", "configmaps", "create"),  # a new shard
+    Permission("", "configmaps", "patch"),  # append a batch (merge patch with resourceVersion)
+)
+
+# Every call a cleanup makes (this module and the ledger's), as RBAC sees it. deploy/'s Role
+# must grant exactly these, and tests/test_deploy.py checks that it does: a new call here needs
+# a new rule there.
 PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "pods", "get"),  # the source pod: which claim it mounts
     Permission("", "pods", "list"),  # live pods still using the claim before deleting it
@@ -52,6 +61,7 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "persistentvolumeclaims", "delete"),  # the release itself
     Permission("", "persistentvolumeclaims", "patch"),  # --release-pvc-finalizer
     Permission("", "events", "create"),  # the story `kubectl describe pvc` tells
+    *LEDGER_PERMISSIONS,
 )
 
 # Every call `harvester controller` makes (kube/jobs.py, kube/lease.py); deploy/'s controller
@@ -194,6 +204,11 @@ class Cluster:
         self._core = client.CoreV1Api(api_client)
         self._batch = client.BatchV1Api(api_client)
         self._json = JsonApi(api_client)
+
+    @property
+    def rest(self) -> JsonApi:
+        """Plain-JSON requests over the same connection (the ledger's, `kube.ledger`)."""
+        return self._json
 
     def close(self) -> None:
         self._api_client.close()  # type: ignore[no-untyped-call]

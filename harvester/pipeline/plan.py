@@ -1,9 +1,11 @@
 """Deciding what to do with every path: upload, duplicate, already uploaded, skip or fail.
 
-Takes the scan's result, the digests (and the paths that could not be hashed) and, when the
-server could tell, the documents it already holds; gives an `UploadPlan` in sorted path order.
-Identical content is uploaded once, from the first path in sorted order; the other paths are
-duplicates of it. Content the server already holds is not sent again.
+Takes the scan's result, the digests (and the paths that could not be hashed), the entries of
+the ledger of accepted uploads and, when the server could tell, the documents it already holds;
+gives an `UploadPlan` in sorted path order. Identical content is uploaded once, from the first
+path in sorted order; the other paths are duplicates of it. A file whose path (as it was read)
+and sha256 the ledger recorded, or content the server already holds, is not sent again; the
+reason says which of them knew.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from harvester.model import (
+    RECORDED_IN_LEDGER,
     Action,
     Digest,
     Failed,
+    LedgerEntry,
     PlanItem,
     RemoteDocument,
     ScanResult,
@@ -28,8 +32,13 @@ def build_plan(
     *,
     keep_duplicates: bool = False,
     remote: Collection[RemoteDocument] | None = None,
+    recorded: Collection[LedgerEntry] = (),
+    recorded_in: str | None = None,
 ) -> UploadPlan:
-    """The plan for one harvest; see the module docstring for the rules."""
+    """The plan for one harvest; see the module docstring for the rules. `recorded_in` names
+    where the ledger's `recorded` entries were read ("ConfigMaps keruta-ledger-<uid>-*")."""
+    in_ledger = {(entry.path, entry.sha256) for entry in recorded}
+    ledger_reason = RECORDED_IN_LEDGER + (f" ({recorded_in})" if recorded_in else "")
     remote_by_sha: dict[str, str] = {}
     remote_pairs: set[tuple[str, str]] = set()
     for document in remote or ():
@@ -40,6 +49,10 @@ def build_plan(
     first_path_of: dict[str, str] = {}
     for digest in sorted(digests, key=lambda d: d.rel_path):
         path, sha = digest.rel_path, digest.sha256
+        if (digest.entry.os_path, sha) in in_ledger:
+            items.append(_item(digest, Action.ALREADY_UPLOADED, reason=ledger_reason))
+            first_path_of.setdefault(sha, path)
+            continue
         if keep_duplicates:
             if (path, sha) in remote_pairs:
                 items.append(_item(digest, Action.ALREADY_UPLOADED, reason="on the server"))

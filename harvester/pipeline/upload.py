@@ -9,6 +9,10 @@ hashed again and sent again, and after a few changes is reported as failed, neve
 half-written.
 
 A rejected token (401/403) stops every worker at once; the remaining items are "not attempted".
+
+With a `Ledger` each upload holds one of its slots from before its first request until the
+server's acknowledgement is recorded (`LedgerEntry`: the path as it was read, sha256, size, the
+server's id), so at no moment are more than the ledger's window of accepted documents unrecorded.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from harvester.errors import (
     Interrupted,
     RetryableError,
 )
-from harvester.model import Digest, Outcome, PlanItem, Receipt
+from harvester.model import Digest, LedgerEntry, Outcome, PlanItem, Receipt
 from harvester.pipeline.digest import hash_file
+from harvester.pipeline.ledger import Ledger, Slot
 from harvester.pipeline.rootfs import CHUNK_SIZE, WHOLE_UPLOAD_MAX_SIZE, RootDir
 from harvester.retry import Retrier
 from harvester.stats import Level, Listener, NullListener, Stage
@@ -76,8 +81,10 @@ class Uploader:
         stop: threading.Event | None = None,
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ledger: Ledger | None = None,
     ) -> None:
         self._api = api
+        self._ledger = ledger
         self._root = root
         self._task_id = task_id
         self._retrier = retrier
@@ -101,6 +108,12 @@ class Uploader:
         return receipts
 
     def _upload_one(self, item: PlanItem) -> Receipt:
+        if self._ledger is None:
+            return self._upload(item, None)
+        with self._ledger.slot() as slot:
+            return self._upload(item, slot)
+
+    def _upload(self, item: PlanItem, slot: Slot | None) -> Receipt:
         assert item.digest is not None, "only planned uploads reach the uploader"
         digest = item.digest
         attempts = 0
@@ -110,7 +123,7 @@ class Uploader:
                 nonlocal attempts
                 self._check_may_start()
                 attempts += 1
-                return self._send(current, attempts)
+                return self._send(current, attempts, slot)
 
             try:
                 return self._retrier.call(attempt, on_retry=self._on_retry(item.rel_path))
@@ -148,7 +161,7 @@ class Uploader:
         if self._deadline is not None and self._clock() > self._deadline:
             raise Interrupted("not attempted: the overall --deadline passed")
 
-    def _send(self, digest: Digest, attempts: int) -> Receipt:
+    def _send(self, digest: Digest, attempts: int, slot: Slot | None) -> Receipt:
         fd = self._root.open_regular(digest.entry.os_path, shown_as=digest.rel_path)
         sent = 0
 
@@ -175,6 +188,9 @@ class Uploader:
             raise
         finally:
             os.close(fd)
+        if slot is not None:
+            entry = LedgerEntry(digest.entry.os_path, digest.sha256, digest.size, document_id)
+            slot.record(entry)
         unreported = digest.size - sent
         self._listener.advanced(Stage.UPLOAD, files=1, nbytes=unreported)
         return Receipt(Outcome.UPLOADED, attempts, document_id=document_id)

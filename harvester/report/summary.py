@@ -20,6 +20,7 @@ from harvester.model import (
     Action,
     FileReport,
     HarvestReport,
+    LedgerUse,
     Outcome,
     PlanItem,
     StepResult,
@@ -90,7 +91,7 @@ def _action_phrase(action: Action, duplicate_of: str | None, reason: str | None)
         case Action.DUPLICATE:
             return f"duplicate of {printable(duplicate_of or '?')}"
         case Action.ALREADY_UPLOADED:
-            return "already uploaded"
+            return f"already uploaded: {one_line(reason)}" if reason else "already uploaded"
         case Action.SKIP:
             return f"skipped: {one_line(reason or 'no reason given')}"
         case Action.FAIL:
@@ -262,7 +263,7 @@ def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
         rows.append(("planned", f"{planned} ({human_size(_bytes_of(report, Outcome.PLANNED))})"))
     rows += [
         ("duplicates", str(report.count(Outcome.DUPLICATE))),
-        ("already uploaded", str(report.count(Outcome.ALREADY_UPLOADED))),
+        ("already uploaded", _already_uploaded_text(report)),
         ("skipped", str(report.count(Outcome.SKIPPED))),
         ("failed", str(report.count(Outcome.FAILED))),
         ("not attempted", str(report.count(Outcome.NOT_ATTEMPTED))),
@@ -271,6 +272,8 @@ def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
         ("status update", _step_text(report.status)),
         ("PVC", _step_text(report.pvc)),
     ]
+    if report.ledger is not None:
+        rows.append(("ledger", _ledger_text(report.ledger)))
     for key, value in rows:
         grid.add_row(Text(key), Text(value))
     parts.append(grid)
@@ -292,6 +295,33 @@ def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
         parts += [Text(""), Text("Notes", style="bold")]
         parts += [Text(f"- {one_line(note, 2 * ERROR_CHARS)}") for note in report.notes]
     return Group(*parts)
+
+
+def _already_uploaded_text(report: HarvestReport) -> str:
+    """How many files were already uploaded, and who knew: the ledger or keruta-api."""
+    total = report.count(Outcome.ALREADY_UPLOADED)
+    if not total or report.ledger is None or report.ledger.where is None:
+        return str(total)
+    ledger = report.already_uploaded_from_ledger
+    return f"{total} ({ledger} recorded in the ledger, {total - ledger} on the server)"
+
+
+def _ledger_text(ledger: LedgerUse) -> str:
+    if ledger.where is None:
+        return ledger.note
+    return f"{ledger.where}: {ledger.note}; {ledger.read} entries read, {ledger.written} written"
+
+
+def _ledger_to_json(report: HarvestReport) -> dict[str, Any] | None:
+    ledger = report.ledger
+    if ledger is None:
+        return None
+    return {
+        "where": ledger.where,
+        "note": ledger.note,
+        "entries_read": ledger.read,
+        "entries_written": ledger.written,
+    }
 
 
 def _file_to_json(f: FileReport) -> dict[str, Any]:
@@ -319,6 +349,11 @@ def report_to_json(report: HarvestReport) -> dict[str, Any]:
         "auth_rejected": report.auth_rejected,
         "interrupted": report.interrupted,
         "notes": list(report.notes),
+        "already_uploaded_from": {
+            "ledger": report.already_uploaded_from_ledger,
+            "server": report.count(Outcome.ALREADY_UPLOADED) - report.already_uploaded_from_ledger,
+        },
+        "ledger": _ledger_to_json(report),
         "files": [_file_to_json(f) for f in report.files],
     }
 
