@@ -88,14 +88,22 @@ def _summary(stdout: Path, event: str = "summary") -> dict[str, Any]:
 
 
 def harvester_cleanup(
-    url: str, task_id: str, root: Path, scratch: Path, *, concurrency: int = 8
+    url: str,
+    task_id: str,
+    root: Path,
+    scratch: Path,
+    *,
+    concurrency: int = 8,
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Measurement:
-    """`harvester cleanup` over `root` into `url`; the uploads must all succeed."""
+    """`harvester cleanup` over `root` into `url` (with more flags `options` and environment
+    `env`, e.g. a cluster's); the uploads must all succeed."""
     out, err = scratch / f"harvester-{task_id}.out", scratch / f"harvester-{task_id}.err"
     argv = [str(HARVESTER), "cleanup", "--task-id", task_id, "--api-url", url, "--root", str(root)]
     argv += ["--log-format", "json", "--progress-interval", "3600", "--max-file-size", "0"]
-    argv += ["--keep-pvc", "--concurrency", str(concurrency)]
-    timed = run_timed(argv, stdout=out, stderr=err)
+    argv += ["--keep-pvc", "--concurrency", str(concurrency), *options]
+    timed = run_timed(argv, stdout=out, stderr=err, env=isolated_env(env) if env else None)
     if timed.returncode != 0:
         raise BenchError(
             f"harvester cleanup exited {timed.returncode}:\n{_tail(err)}\n{_tail(out, 600)}"

@@ -1,5 +1,6 @@
-"""The five scenarios of issue 4, each running its contenders interleaved (A B C A B C ...), and
-issue 11's `controller` (bench/controller.py).
+"""The five scenarios of issue 4, each running its contenders interleaved (A B C A B C ...),
+issue 11's `controller` (bench/controller.py) and issue 12's `rerun-ledger`
+(bench/rerun_ledger.py).
 
 Takes a `Context` (work folder, number of runs, quick or full sizes, the tools found); gives a
 `ScenarioResult` per scenario. Every measured run gets a fresh dev-api process and a new task id,
@@ -26,6 +27,8 @@ from bench.contenders import (
 from bench.controller import controller_scenario
 from bench.controller import unavailable as controller_unavailable
 from bench.data import KIB, MIB, TreeSpec, make_tree
+from bench.rerun_ledger import rerun_ledger_scenario
+from bench.rerun_ledger import unavailable as rerun_ledger_unavailable
 from bench.results import MB, ContenderResult, Ratio, ScenarioResult, Target
 from bench.server import DevApiProcess
 from bench.tools import BenchError
@@ -422,6 +425,22 @@ def _result(ctx: Context, name: str, spec: TreeSpec, entries: list[_Entry]) -> S
     )
 
 
+def rerun_ledger(ctx: Context) -> ScenarioResult:
+    """The rerun without the server's help, the ledger on a real control plane (issue 12)."""
+    spec = _spec(ctx, "many-small")
+    root = _tree(ctx, spec)
+    return rerun_ledger_scenario(
+        root,
+        spec.files,
+        spec.total_bytes,
+        spec.describe(),
+        ctx.scratch,
+        runs=ctx.runs,
+        log=ctx.log,
+        concurrency=CONCURRENCY,
+    )
+
+
 def controller(ctx: Context) -> ScenarioResult:
     """`harvester controller` against a bare create loop on the real control plane (issue 11)."""
     return controller_scenario(ctx.scratch, quick=ctx.quick, runs=ctx.runs, log=ctx.log)
@@ -432,12 +451,16 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "remote-api": remote_api,
     "large": large,
     "rerun": rerun,
+    "rerun-ledger": rerun_ledger,
     "plan-100k": plan_100k,
     "controller": controller,
 }
 
 # Why a scenario cannot run on this machine (None: it can), asked before it starts.
-_UNAVAILABLE: dict[str, Callable[[], str | None]] = {"controller": controller_unavailable}
+_UNAVAILABLE: dict[str, Callable[[], str | None]] = {
+    "controller": controller_unavailable,
+    "rerun-ledger": rerun_ledger_unavailable,
+}
 
 
 def unavailable(name: str) -> str | None:

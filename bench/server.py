@@ -32,9 +32,13 @@ _READY = re.compile(r"listening on (http://\S+?)[\s(]")
 class DevApiProcess:
     """`harvester dev-api --port 0` with its own data folder under `workdir`."""
 
-    def __init__(self, workdir: Path, *, latency: float = 0.0) -> None:
+    def __init__(
+        self, workdir: Path, *, latency: float = 0.0, options: tuple[str, ...] = ()
+    ) -> None:
+        """`options`: more `harvester dev-api` flags (`--no-listing`, `--no-idempotency`)."""
         self._workdir = workdir
         self._latency = latency
+        self._options = options
         self._process: subprocess.Popen[bytes] | None = None
         self._data_dir: Path | None = None
         self._url: str | None = None
@@ -51,6 +55,7 @@ class DevApiProcess:
         log_path = self._data_dir / "server.log"
         argv = [str(HARVESTER), "dev-api", "--host", "127.0.0.1", "--port", "0"]
         argv += ["--data-dir", str(self._data_dir / "store"), "--latency", str(self._latency)]
+        argv += self._options
         with log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=isolated_env()
