@@ -2,17 +2,18 @@
 
 Takes the root, whether to poll (and how often), the event that ends the watch and a `Listener`;
 gives, from `Events.get(timeout)`, batches of `(Change, path)` with paths relative to the root as
-the operating system names them, `RESCAN` when changes may have been missed (the root just
-appeared, or the watch was restarted by polling), and `CLOSED` once the watch has ended. The
-only importer of watchfiles.
+the operating system names them; `RESCAN` each time the watch is in place (what was written
+before raised no event: at start, once the root appeared, after the fallback to polling); and
+`CLOSED` once the watch has ended. The only importer of watchfiles.
 
-A thread runs watchfiles' `watch` (its own thread in Rust wakes every `STEP_MS` to look at the
-end event; nothing else runs while the tree is quiet). When inotify is refused, as in pods where
-the per-user instance or watch limit is reached, the watch goes on by polling, with one warning:
-watchfiles raises `WatchfilesRustInternalError` "Error creating recommended watcher: Too many
-open files (os error 24)" when no inotify instance can be had, and `OSError` "OS file watch limit
-reached" when a folder cannot be added (or the same as "error in underlying watcher: ..." once
-it runs). `watch_fn` is watchfiles' `watch` unless a test hands in another.
+A thread runs watchfiles' `watch` (its Rust loop wakes every `STEP_MS` to look at the end event,
+and hands back an empty batch once a second; nothing else runs while the tree is quiet). When
+inotify is refused, as in pods where the per-user instance or watch limit is reached, the watch
+goes on by polling, with one warning: watchfiles raises `WatchfilesRustInternalError` "Error
+creating recommended watcher: Too many open files (os error 24)" when no inotify instance can be
+had, and `OSError` "OS file watch limit reached" when a folder cannot be added (or the same as
+"error in underlying watcher: ..." once it runs). `watch_fn` is watchfiles' `watch` unless a
+test hands in another.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from harvester.watch.settle import Change
 DEBOUNCE_MS = 300  # the longest a batch gathers changes once one came
 STEP_MS = 50  # a batch is handed on once no change came for this long
 ROOT_CHECK_SECONDS = 1.0  # how often a root that does not exist yet is looked for
+ESTABLISHED_TIMEOUT_MS = 1000  # the longest wait for watchfiles' first answer
 
 WatchFn = Callable[..., Iterator[set[tuple[watchfiles.Change, str]]]]
 
@@ -124,14 +126,24 @@ class Events:
         while not Path(self._root).is_dir():
             if self._end.wait(ROOT_CHECK_SECONDS):
                 return False
-        self._queue.put(RESCAN)
         return True
 
     def _follow(self) -> None:
         while not self._end.is_set():
+            established = False
             try:
                 for changes in self._watch_fn(self._root, **self._arguments()):
-                    self._queue.put(self._batch(changes))
+                    if not established:
+                        # The first answer (changes, or none within the timeout) shows the
+                        # watch in place: what was written before it is looked for once.
+                        established = True
+                        how = "polling" if self.polling else "inotify"
+                        self._listener.notice(
+                            Level.INFO, f"{self._root}: following changes ({how})"
+                        )
+                        self._queue.put(RESCAN)
+                    if changes:
+                        self._queue.put(self._batch(changes))
                 return  # the end event was set
             except (RuntimeError, OSError) as exc:
                 if self.polling or not inotify_refused(exc):
@@ -144,8 +156,7 @@ class Events:
                     f"{self._poll_ms / 1000:g}s instead (as --poll); raise the node's "
                     "fs.inotify.max_user_instances and max_user_watches to avoid this",
                 )
-                self.polling = True
-                self._queue.put(RESCAN)  # what changed meanwhile raised no event
+                self.polling = True  # and, once in place, a rescan: changes meanwhile raised none
 
     def _arguments(self) -> dict[str, Any]:
         return {
@@ -154,7 +165,10 @@ class Events:
             "debounce": DEBOUNCE_MS,
             "step": STEP_MS,
             "stop_event": self._end,
-            "rust_timeout": 0,  # no timeout: the thread sleeps until a change or the end
+            # An empty set once a second when nothing changed: the first shows the watch in
+            # place, the others cost a wake-up a second.
+            "rust_timeout": ESTABLISHED_TIMEOUT_MS,
+            "yield_on_timeout": True,
             "raise_interrupt": False,
             "force_polling": self.polling,
             "poll_delay_ms": self._poll_ms,
