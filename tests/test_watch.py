@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import pytest
 import watchfiles
 
 from harvester.devapi.server import DevApiServer
@@ -38,6 +39,7 @@ class Watch:
     """`harvester watch` as a child process; its log and summary are files."""
 
     count = 0
+    running: ClassVar[list[Watch]] = []
 
     def __init__(self, tmp_path: Path, server: DevApiServer, root: Path, *args: str) -> None:
         Watch.count += 1
@@ -60,6 +62,7 @@ class Watch:
             stdin=subprocess.DEVNULL,
             env=isolated_env(),
         )
+        Watch.running.append(self)
         wait_until(lambda: "following changes" in self.log(), "the watch to be in place")
 
     def log(self) -> str:
@@ -75,6 +78,18 @@ class Watch:
     def result(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.summary.read_text())
         return data
+
+
+@pytest.fixture(autouse=True)
+def _no_watch_left() -> Iterator[None]:
+    """A test that failed half-way leaves no watch running."""
+    yield
+    while Watch.running:
+        watch = Watch.running.pop()
+        if watch.process.poll() is None:
+            watch.process.kill()
+            watch.process.wait()
+        watch._err.close()
 
 
 def held(server: DevApiServer) -> dict[str, list[bytes]]:
@@ -224,9 +239,13 @@ class InProcess:
         def run() -> None:
             self.code = run_watch(settings, output, end=self.end, **seams)
 
-        self.thread = threading.Thread(target=run)
+        self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
-        wait_until(lambda: "following changes" in self.stderr.getvalue(), "the watch in place")
+        try:
+            wait_until(lambda: "following changes" in self.stderr.getvalue(), "the watch in place")
+        except AssertionError:
+            self.stop()
+            raise
 
     def stop(self) -> ExitCode | None:
         self.end.set()
