@@ -108,12 +108,13 @@ def test_a_file_written_slowly_in_chunks_is_uploaded_once_complete(
     root = tmp_path / "doc"
     root.mkdir()
     watch = Watch(tmp_path, dev_api, root, "--settle=2s")
-    chunks = [f"chunk {i}\n".encode() * 100 for i in range(6)]
+    # Written over twice --settle, a pause between chunks well inside it.
+    chunks = [f"chunk {i}\n".encode() * 100 for i in range(10)]
     with (root / "slow.md").open("wb") as writer:
         for chunk in chunks:
             writer.write(chunk)
             writer.flush()
-            time.sleep(0.2)  # the writer's pace, well inside --settle
+            time.sleep(0.4)
     wait_until(lambda: "slow.md" in held(dev_api), "slow.md to be uploaded")
     assert watch.stop() == ExitCode.OK, watch.log()
     assert held(dev_api) == {"slow.md": [b"".join(chunks)]}
