@@ -25,12 +25,14 @@ from harvester.run import Output, fail, run_cleanup, stop_on_signals
 from harvester.settings import (
     TOKEN_ENV,
     TOKEN_FILE,
+    WATCH_SHARED,
     ClusterAccess,
     ControllerSettings,
     Flag,
     LogFormat,
     Reporting,
     Settings,
+    WatchSettings,
     flags_of,
     read_token,
 )
@@ -124,8 +126,47 @@ def cleanup(**typed: Any) -> None:
 
 
 def _values(cls: type, typed: dict[str, Any]) -> dict[str, Any]:
-    """The fields of `cls` from what was typed, each parsed by its flag (ConfigError if bad)."""
-    return {name: flag.value(typed[name]) for name, flag in flags_of(cls)}
+    """The fields of `cls` that were given flags, from what was typed, each parsed by its flag
+    (ConfigError if bad)."""
+    return {name: flag.value(typed[name]) for name, flag in flags_of(cls) if name in typed}
+
+
+@app.command()
+@_with_flags(
+    *((name, flag) for name, flag in flags_of(Settings) if name in WATCH_SHARED),
+    *flags_of(WatchSettings),
+    ("token_file", TOKEN_FILE),
+    *flags_of(Reporting),
+)
+def watch(**typed: Any) -> None:
+    """Upload documents as they are written, beside the main container (a native sidecar).
+
+    At start, uploads what is there and not yet held; then each file once its size and mtime
+    held still for --settle (at once when renamed into place); on SIGTERM, a final pass and the
+    summary. Never sets the task status, never touches the PVC. Exit codes: 0 every document
+    seen was uploaded, 2 bad usage or configuration, 3 some were not, 6 authentication rejected,
+    1 anything unexpected.
+    """
+    output = Output(reporting=Reporting(**_values(Reporting, typed)))
+    try:
+        harvest = Settings(
+            **_values(Settings, typed),
+            token=read_token(TOKEN_FILE.value(typed["token_file"]), os.environ.get(TOKEN_ENV)),
+            deadline=None,  # a sidecar runs as long as its task; each request has --timeout
+            keep_pvc=True,
+            cluster=ClusterAccess.from_environment(os.environ),
+        )
+        settings = WatchSettings(harvest=harvest, **_values(WatchSettings, typed))
+    except ConfigError as exc:
+        fail(output, str(exc))
+        raise typer.Exit(ExitCode.USAGE) from None
+    from harvester.watching import run_watch
+
+    with stop_on_signals() as end:
+        # The ledger of accepted uploads (issue 12) plugs in here: a store found from
+        # settings.harvest.cluster, .pvc and .namespace. Without it the listing stands in.
+        code = run_watch(settings, output, end=end, ledger_store=None)
+    raise typer.Exit(code)
 
 
 @app.command()

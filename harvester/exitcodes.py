@@ -29,3 +29,13 @@ def exit_code_for(report: HarvestReport) -> ExitCode:
     if report.pvc.state in (StepState.FAILED, StepState.REFUSED):
         return ExitCode.PVC_FAILED
     return ExitCode.OK
+
+
+def watch_exit_code(report: HarvestReport) -> ExitCode:
+    """The exit code of a finished `watch`: it sets no status and keeps the PVC, so only the
+    token and the documents count."""
+    if report.auth_rejected:
+        return ExitCode.AUTH_REJECTED
+    if report.failures or report.interrupted:
+        return ExitCode.UPLOADS_FAILED
+    return ExitCode.OK

@@ -132,15 +132,15 @@ def run_cleanup(
         try:
             write_summary_json(report, settings.summary_json)
         except OSError as exc:
-            warn(output, f"--summary-json {settings.summary_json}: {_not_written(exc)}")
+            warn(output, f"--summary-json {settings.summary_json}: {not_written(exc)}")
     if not settings.dry_run:
         error = write_termination_log(report, output.termination_log)
         if error is not None:
-            warn(output, f"{output.termination_log}: the termination message {_not_written(error)}")
+            warn(output, f"{output.termination_log}: the termination message {not_written(error)}")
     return exit_code_for(report), harvest
 
 
-def _not_written(exc: OSError) -> str:
+def not_written(exc: OSError) -> str:
     reason = exc.strerror or type(exc).__name__
     return f"cannot be written ({reason}); the harvest's result above stands"
 

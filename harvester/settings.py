@@ -367,6 +367,79 @@ class Settings:
             check_output_path(self.summary_json, "--summary-json")
 
 
+# The options of `harvester watch` that mean what they mean for `cleanup`: their flags are
+# `Settings`' own (a watch carries a `Settings`), so each is said once.
+WATCH_SHARED = (
+    "task_id",
+    "api_url",
+    "pvc",
+    "namespace",
+    "root",
+    "concurrency",
+    "include",
+    "exclude",
+    "include_hidden",
+    "keep_duplicates",
+    "max_file_size",
+    "timeout",
+    "retries",
+    "summary_json",
+    "documents_path",
+)
+# Editors' and writers' temporary files: never documents, but watched so that one renamed into
+# place is sent at once.
+DEFAULT_IGNORE = ("*.swp", "*~", ".#*", "*.tmp")
+
+
+def _ignore_patterns(values: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """None (the flag not given) keeps the defaults; given patterns replace them; '' is none."""
+    if values is None:
+        return DEFAULT_IGNORE
+    return tuple(value for value in values if value)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """What `harvester watch` adds to a harvest's `Settings` (in `harvest`): when a file counts
+    as written, how the tree is followed, and which names are never documents."""
+
+    harvest: Settings
+    settle: float = option(
+        "--settle",
+        env="KERUTA_SETTLE",
+        typed="2s",
+        parse=_durations("--settle"),
+        help="Send a file once its size and mtime held still this long (a file renamed into "
+        "place is sent at once).",
+    )
+    poll: bool = option(
+        "--poll",
+        env="KERUTA_POLL",
+        typed=False,
+        help="Follow the tree by polling instead of inotify (NFS and RWX volumes, where "
+        "another node's writes raise no events).",
+    )
+    poll_interval: float = option(
+        "--poll-interval",
+        typed="1s",
+        parse=_durations("--poll-interval"),
+        help="Time between two polls of the tree (with --poll, or after inotify was refused).",
+    )
+    ignore: tuple[str, ...] = option(
+        "--ignore",
+        typed=DEFAULT_IGNORE,
+        parse=_ignore_patterns,
+        help="Never send files matching this glob (repeatable; replaces the defaults "
+        f"{' '.join(DEFAULT_IGNORE)}; --ignore '' for none).",
+    )
+
+    def __post_init__(self) -> None:
+        if self.settle < 0:
+            raise ConfigError(f"--settle {self.settle:g}s: cannot be negative")
+        if self.poll_interval < 0.05:
+            raise ConfigError(f"--poll-interval {self.poll_interval:g}s: at least 50ms")
+
+
 TEMPLATE_CONFIG_MAP = "keruta-harvester-cleanup-job"
 
 

@@ -900,3 +900,42 @@ def test_kustomize_builds_the_base_namespaced_and_the_overlay_cluster_wide(
     assert subjects == [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": "keruta-tests"}]
     (c,) = pod_spec(built[("Deployment", CONTROLLER)])["containers"]
     assert c["command"] == ["harvester", "controller", "--all-namespaces"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The watch sidecar example
+
+WATCH_EXAMPLE = DEPLOY / "examples" / "main-job-with-watch.yaml"
+
+
+def test_the_watch_example_runs_harvester_watch_as_a_native_sidecar() -> None:
+    docs = {doc["kind"]: doc for doc in load(WATCH_EXAMPLE)}
+    pod = docs["Job"]["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["command"] == ["harvester", "watch"]
+    env = {item["name"] for item in sidecar["env"]}
+    assert {"KERUTA_TASK_ID", "KERUTA_API_URL", "KERUTA_API_TOKEN", "KERUTA_PVC"} <= env
+    # The same volume, at the same place as the task's, read-only for the sidecar.
+    (task,) = pod["containers"]
+    document_mount = {"name": "task-volume", "mountPath": "/.keruta", "subPath": ".keruta"}
+    assert document_mount in task["volumeMounts"]
+    assert {**document_mount, "readOnly": True} in sidecar["volumeMounts"]
+    # Only the sidecar holds a token, for its own minimal ServiceAccount.
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
+    assert not any("token" in mount["name"] for mount in task["volumeMounts"])
+    binding = docs["RoleBinding"]
+    assert binding["roleRef"]["name"] == docs["Role"]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"]}]
+
+
+def test_the_watch_role_reads_its_claim_and_writes_the_ledger_only() -> None:
+    role = next(doc for doc in load(WATCH_EXAMPLE) if doc["kind"] == "Role")
+    wanted = (
+        Permission("", "persistentvolumeclaims", "get"),
+        Permission("", "configmaps", "list"),
+        Permission("", "configmaps", "create"),
+        Permission("", "configmaps", "patch"),
+    )
+    assert_grants_exactly(role, wanted, "harvester watch's ledger (issue 12)")

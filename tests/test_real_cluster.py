@@ -71,6 +71,11 @@ def test_every_manifest_applies_with_a_server_side_dry_run(real_api: RealNamespa
     assert job.spec.completionMode == "NonIndexed"
     assert job.spec.template.spec.dnsPolicy == "ClusterFirst"
     answered = {(obj.kind, obj.metadata.name) for obj in applied}
+    # The main Job with `harvester watch` as a native sidecar, and the sidecar's own RBAC.
+    (watched,) = (obj for obj in applied if obj.metadata.name == "keruta-job-123-with-watch")
+    assert watched.spec.template.spec.initContainers[0].restartPolicy == "Always"
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        assert (kind, "keruta-harvester-watch") in answered
     controller = "keruta-harvester-controller"
     kinds = ("ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Deployment")
     assert {(kind, controller) for kind in (*kinds, "ClusterRole", "ClusterRoleBinding")} <= (
