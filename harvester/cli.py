@@ -163,9 +163,7 @@ def watch(**typed: Any) -> None:
     from harvester.watching import run_watch
 
     with stop_on_signals() as end:
-        # The ledger of accepted uploads (issue 12) plugs in here: a store found from
-        # settings.harvest.cluster, .pvc and .namespace. Without it the listing stands in.
-        code = run_watch(settings, output, end=end, ledger_store=None)
+        code = run_watch(settings, output, end=end)
     raise typer.Exit(code)
 
 

@@ -88,12 +88,12 @@ def run_cleanup(
     try:
         with reporter, ExitStack() as resources:
             off = "off (--no-ledger)" if settings.no_ledger else f"off ({NO_CLUSTER})"
-            steps = _ClusterSteps(None, None, None, off)
+            steps = ClusterSteps(None, None, None, off)
             # A dry run acts on nothing, so it needs a cluster only to read the ledger (its gate
             # would refuse the volume's every act); skipping it spares the client's import and
             # a connection.
             if kubernetes and not (settings.dry_run and settings.no_ledger):
-                steps = _cluster_steps(settings, tally, resources)
+                steps = cluster_steps(settings, tally, resources)
             harvest = run_harvest(
                 settings,
                 tally,
@@ -146,7 +146,7 @@ def not_written(exc: OSError) -> str:
 
 
 @dataclass(frozen=True)
-class _ClusterSteps:
+class ClusterSteps:
     """What a run does with the cluster: the located volume, its PVC step and the ledger's
     store (None, and why not)."""
 
@@ -156,13 +156,13 @@ class _ClusterSteps:
     no_ledger_because: str
 
 
-def _cluster_steps(settings: Settings, listener: Listener, resources: ExitStack) -> _ClusterSteps:
+def cluster_steps(settings: Settings, listener: Listener, resources: ExitStack) -> ClusterSteps:
     """Connect to the cluster and locate the PVC now, so its UID is known before the harvest,
     and open the ledger it owns. Without a cluster there is no PVC step and no ledger."""
     if not settings.cluster.available:
         listener.notice(Level.INFO, f"PVC: {NO_PVC_STEP}")
         listener.notice(Level.DEBUG, f"ledger: off ({NO_CLUSTER})")
-        return _ClusterSteps(None, None, None, f"off ({NO_CLUSTER})")
+        return ClusterSteps(None, None, None, f"off ({NO_CLUSTER})")
     # Imported only with a cluster to talk to: the official client costs a quarter of a second
     # and some 30 MB, for nothing on a laptop or in a dry run.
     from harvester.kube.cluster import connect
@@ -175,7 +175,7 @@ def _cluster_steps(settings: Settings, listener: Listener, resources: ExitStack)
             raise
         # A rehearsal does not need the cluster: say why the ledger is not read, and go on.
         listener.notice(Level.WARNING, f"ledger: not read: {exc}")
-        return _ClusterSteps(None, None, None, f"not read: {exc}")
+        return ClusterSteps(None, None, None, f"not read: {exc}")
     volume = Volume(
         cluster,
         VolumeOptions(
@@ -206,9 +206,9 @@ def _cluster_steps(settings: Settings, listener: Listener, resources: ExitStack)
             settings.task_id,
             listener=listener,
         )
-        return _ClusterSteps(volume, volume.release, store, "")
+        return ClusterSteps(volume, volume.release, store, "")
     listener.notice(Level.INFO, f"ledger: {because}")
-    return _ClusterSteps(volume, volume.release, None, because)
+    return ClusterSteps(volume, volume.release, None, because)
 
 
 def fail(output: Output, message: str) -> None:

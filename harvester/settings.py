@@ -385,6 +385,7 @@ WATCH_SHARED = (
     "retries",
     "summary_json",
     "documents_path",
+    "no_ledger",
 )
 # Editors' and writers' temporary files: never documents, but watched so that one renamed into
 # place is sent at once.

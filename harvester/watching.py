@@ -1,14 +1,17 @@
 """Running `harvester watch` for a sidecar: reporters, the ledger, the summary, the exit code.
 
-Takes `WatchSettings`, how to talk (`run.Output`), the event the first SIGTERM sets and the
-ledger's store (None: without a ledger, keruta-api's listing and Idempotency-Key stand in);
-gives the process's `ExitCode`: 0 when every document seen was uploaded, 3 otherwise, 6 when
+Takes `WatchSettings`, how to talk (`run.Output`), the event the first SIGTERM sets and, for
+tests, a ledger's store; otherwise the ledger is the one `cleanup` uses (`run.cluster_steps`:
+ConfigMaps owned by the located PVC), so the cleanup afterwards finds what the watch sent;
+without a cluster, or with --no-ledger, keruta-api's listing and Idempotency-Key stand in.
+Gives the process's `ExitCode`: 0 when every document seen was uploaded, 3 otherwise, 6 when
 keruta-api rejected the token, 2 for a configuration it cannot use.
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import ExitStack
 
 from harvester.errors import ConfigError
 from harvester.exitcodes import ExitCode, watch_exit_code
@@ -21,7 +24,7 @@ from harvester.report import (
     write_summary_json,
     write_termination_log,
 )
-from harvester.run import Output, fail, make_reporter, not_written, warn
+from harvester.run import Output, cluster_steps, fail, make_reporter, not_written, warn
 from harvester.settings import LogFormat, WatchSettings
 from harvester.stats import Tally
 from harvester.watch.events import WatchFn
@@ -40,7 +43,10 @@ def run_watch(
     tally = Tally()
     reporter = make_reporter(output, tally)
     try:
-        with reporter:
+        with reporter, ExitStack() as resources:
+            if ledger_store is None and not settings.harvest.no_ledger:
+                # The PVC is only located (a read): the watch never acts on it (keep_pvc).
+                ledger_store = cluster_steps(settings.harvest, tally, resources).ledger_store
             ledger = None if ledger_store is None else Ledger(ledger_store, tally)
             try:
                 sidecar = Sidecar(

@@ -28,6 +28,7 @@ from harvester.settings import Reporting, Settings, WatchSettings
 from harvester.stats import Level
 from harvester.watching import run_watch
 from tests.devapi_fixture import DevApiFactory
+from tests.fstree import write_bytes_name
 from tests.kube_backends import wait_until
 from tests.process import BIN, isolated_env
 from tests.test_ledger_commit import MemoryStore
@@ -41,7 +42,15 @@ class Watch:
     count = 0
     running: ClassVar[list[Watch]] = []
 
-    def __init__(self, tmp_path: Path, server: DevApiServer, root: Path, *args: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        server: DevApiServer,
+        root: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`env`: more environment (a KUBECONFIG, for the ledger)."""
         Watch.count += 1
         self.err = tmp_path / f"watch-{Watch.count}.log"
         self.summary = tmp_path / f"watch-{Watch.count}.json"
@@ -60,7 +69,7 @@ class Watch:
             stdout=subprocess.DEVNULL,
             stderr=self._err,
             stdin=subprocess.DEVNULL,
-            env=isolated_env(),
+            env=isolated_env(env),
         )
         Watch.running.append(self)
         wait_until(lambda: "following changes" in self.log(), "the watch to be in place")
@@ -316,3 +325,18 @@ def test_with_a_ledger_a_restart_trusts_it_rather_than_the_listing(
     assert second.stop() == ExitCode.OK
     assert held(second_server) == {"b.md": [b"two, changed"]}
     assert len(store.entries) == 3
+
+
+def test_a_name_that_is_not_utf8_is_still_followed(tmp_path: Path, dev_api: DevApiServer) -> None:
+    """watchfiles cannot report such a name (it ends its watch): the watch starts again and
+    rescans, so the file is sent as it settles, and so is a file written after it."""
+    root = tmp_path / "doc"
+    root.mkdir()
+    watch = Watch(tmp_path, dev_api, root, "--settle=0.3s")
+    write_bytes_name(root, b"odd\xffname.md", b"odd content")
+    wait_until(lambda: "odd%FFname.md" in held(dev_api), "the odd name to be sent")
+    (root / "after.md").write_text("after")
+    wait_until(lambda: "after.md" in held(dev_api), "a later file to be sent")
+    assert watch.stop() == 0, watch.log()
+    assert held(dev_api)["odd%FFname.md"] == [b"odd content"]
+    assert watch.log().count("cannot report a file name that is not UTF-8") == 1, watch.log()

@@ -77,10 +77,16 @@ class Volume:
             self.problem = str(exc)
             self._listener.notice(Level.ERROR, f"PVC: {exc}")
             return None
+        kept = self._gate.why_closed(Act.DELETE_PVC)
+        fate = (
+            "it is released only after a complete harvest"
+            if kept is None
+            else f"not released: {kept}"
+        )
         self._listener.notice(
             Level.INFO,
             f"PVC {self.target.name} (uid {self.target.uid}) found by {self.target.found_by}; "
-            "it is released only after a complete harvest",
+            + fate,
         )
         return self.target
 

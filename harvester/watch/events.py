@@ -12,8 +12,9 @@ inotify is refused, as in pods where the per-user instance or watch limit is rea
 goes on by polling, with one warning: watchfiles raises `WatchfilesRustInternalError` "Error
 creating recommended watcher: Too many open files (os error 24)" when no inotify instance can be
 had, and `OSError` "OS file watch limit reached" when a folder cannot be added (or the same as
-"error in underlying watcher: ..." once it runs). `watch_fn` is watchfiles' `watch` unless a
-test hands in another.
+"error in underlying watcher: ..." once it runs). A name that is not UTF-8 ends watchfiles'
+watch (it cannot make it a string): the watch starts again and the tree is rescanned, with one
+warning. `watch_fn` is watchfiles' `watch` unless a test hands in another.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DEBOUNCE_MS = 300  # the longest a batch gathers changes once one came
 STEP_MS = 50  # a batch is handed on once no change came for this long
 ROOT_CHECK_SECONDS = 1.0  # how often a root that does not exist yet is looked for
 ESTABLISHED_TIMEOUT_MS = 1000  # the longest wait for watchfiles' first answer
+RESTART_PAUSE = 1.0  # seconds between two restarts after a name watchfiles cannot decode
 
 WatchFn = Callable[..., Iterator[set[tuple[watchfiles.Change, str]]]]
 
@@ -58,6 +60,12 @@ Batch = list[tuple[Change, str]]
 
 class WatchFailed(Exception):
     """The tree cannot be followed at all (polling refused too); the message is a sentence."""
+
+
+def undecodable_name(error: BaseException) -> bool:
+    """Whether `error`, raised by watchfiles, is its refusal of a name that is not UTF-8
+    ("Unable to decode path ... to string")."""
+    return isinstance(error, RuntimeError) and "unable to decode path" in str(error).lower()
 
 
 def inotify_refused(error: BaseException) -> bool:
@@ -89,6 +97,7 @@ class Events:
         self._watch_fn = watch_fn
         self._queue: queue.SimpleQueue[Batch | Signal | WatchFailed] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
+        self._said_undecodable = False
 
     def start(self) -> None:
         self._thread.start()
@@ -146,6 +155,9 @@ class Events:
                         self._queue.put(self._batch(changes))
                 return  # the end event was set
             except (RuntimeError, OSError) as exc:
+                if undecodable_name(exc):
+                    self._restart_after_undecodable(exc)
+                    continue
                 if self.polling or not inotify_refused(exc):
                     how = "polling" if self.polling else "inotify"
                     self._queue.put(WatchFailed(f"{self._root}: cannot be followed ({how}: {exc})"))
@@ -157,6 +169,21 @@ class Events:
                     "fs.inotify.max_user_instances and max_user_watches to avoid this",
                 )
                 self.polling = True  # and, once in place, a rescan: changes meanwhile raised none
+
+    def _restart_after_undecodable(self, error: BaseException) -> None:
+        """watchfiles ends its watch on a name that is not UTF-8 (by inotify and by polling
+        alike), dropping that batch: the watch starts again, and once in place the tree is
+        rescanned (RESCAN), which finds such files and whatever else the batch held. Said once;
+        a name written again and again costs at most one rescan every `RESTART_PAUSE`."""
+        if not self._said_undecodable:
+            self._said_undecodable = True
+            self._listener.notice(
+                Level.WARNING,
+                f"{self._root}: watchfiles cannot report a file name that is not UTF-8 "
+                f"({error}); the tree is rescanned instead each time (such files are sent as "
+                "they settle, and by the final pass)",
+            )
+        self._end.wait(RESTART_PAUSE)
 
     def _arguments(self) -> dict[str, Any]:
         return {

@@ -103,11 +103,12 @@ class _Quiet:
 
 class _Accepting:
     """keruta-api's client as the uploader's sink, noting each document the server accepted
-    (the content actually sent: a file re-hashed after a change is noted with its new hash),
-    holding a ledger slot around each request when there is a ledger."""
+    (the content actually sent: a file re-hashed after a change is noted with its new hash).
+    The ledger is the Uploader's to write: it records the path as read (`os_path`), as
+    `cleanup` does, so a cleanup after the watch finds every entry."""
 
-    def __init__(self, api: DocumentSink, ledger: Ledger | None, listener: Listener) -> None:
-        self._api, self._ledger, self._listener = api, ledger, listener
+    def __init__(self, api: DocumentSink, listener: Listener) -> None:
+        self._api, self._listener = api, listener
         self._lock = threading.Lock()
         self._accepted: list[LedgerEntry] = []
 
@@ -119,15 +120,8 @@ class _Accepting:
         size: int,
         content: bytes | Iterable[bytes],
     ) -> str | None:
-        if self._ledger is None:
-            document_id = self._api.upload_document(task_id, rel_path, sha256, size, content)
-            self._accept(LedgerEntry(rel_path, sha256, size, document_id))
-            return document_id
-        with self._ledger.slot() as slot:
-            document_id = self._api.upload_document(task_id, rel_path, sha256, size, content)
-            entry = LedgerEntry(rel_path, sha256, size, document_id)
-            slot.record(entry)
-        self._accept(entry)
+        document_id = self._api.upload_document(task_id, rel_path, sha256, size, content)
+        self._accept(LedgerEntry(rel_path, sha256, size, document_id))
         return document_id
 
     def _accept(self, entry: LedgerEntry) -> None:
@@ -245,7 +239,7 @@ class Sidecar:
             clock=self.clock,
             documents_path=self.harvest.documents_path,
         ) as api:
-            self.sink = _Accepting(api, self.ledger, self.listener)
+            self.sink = _Accepting(api, self.listener)
             self.hold_known(api)
             if self.auth_error is None:
                 # Watched before the first pass, so nothing written during it goes unseen.
@@ -268,7 +262,8 @@ class Sidecar:
         if self.ledger is not None:
             known = self.ledger.known()
             for entry in known:
-                self.hold(entry.path, entry.sha256)
+                # The ledger keeps the path as read; this run keys by the path as sent.
+                self.hold(display_path(entry.path), entry.sha256)
             where = self.ledger.store.where
             self.listener.notice(Level.INFO, f"ledger ({where}): {len(known)} documents held")
             return
@@ -463,6 +458,7 @@ class Sidecar:
                 listener=listener,
                 stop=self.abort,
                 clock=self.clock,
+                ledger=self.ledger,
             )
             receipts = uploader.upload_all(plan.uploads)
             if uploader.auth_error is not None:
