@@ -37,7 +37,12 @@ from kubernetes_validate import utils as kv_utils
 
 from harvester import cli
 from harvester.exitcodes import ExitCode
-from harvester.kube.cluster import CONTROLLER_PERMISSIONS, PERMISSIONS, Permission
+from harvester.kube.cluster import (
+    CONTROLLER_PERMISSIONS,
+    PERMISSIONS,
+    WATCH_PERMISSIONS,
+    Permission,
+)
 from harvester.report import TERMINATION_LOG
 from harvester.settings import (
     DEFAULT_ROOT,
@@ -932,10 +937,4 @@ def test_the_watch_example_runs_harvester_watch_as_a_native_sidecar() -> None:
 
 def test_the_watch_role_reads_its_claim_and_writes_the_ledger_only() -> None:
     role = next(doc for doc in load(WATCH_EXAMPLE) if doc["kind"] == "Role")
-    wanted = (
-        Permission("", "persistentvolumeclaims", "get"),
-        Permission("", "configmaps", "list"),
-        Permission("", "configmaps", "create"),
-        Permission("", "configmaps", "patch"),
-    )
-    assert_grants_exactly(role, wanted, "harvester watch's ledger (issue 12)")
+    assert_grants_exactly(role, WATCH_PERMISSIONS, "WATCH_PERMISSIONS")

@@ -49,6 +49,13 @@ LEDGER_PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "configmaps", "patch"),  # append a batch (merge patch with resourceVersion)
 )
 
+# Every call `harvester watch` makes, as RBAC sees it: its PVC by --pvc (the ledger's owner),
+# then the ledger. deploy/examples/main-job-with-watch.yaml's Role grants exactly these.
+WATCH_PERMISSIONS: tuple[Permission, ...] = (
+    Permission("", "persistentvolumeclaims", "get"),
+    *LEDGER_PERMISSIONS,
+)
+
 # Every call a cleanup makes (this module and the ledger's), as RBAC sees it. deploy/'s Role
 # must grant exactly these, and tests/test_deploy.py checks that it does: a new call here needs
 # a new rule there.
