@@ -1,6 +1,6 @@
 """The five scenarios of issue 4, each running its contenders interleaved (A B C A B C ...),
 issue 11's `controller` (bench/controller.py) and issue 12's `rerun-ledger`
-(bench/rerun_ledger.py).
+(bench/rerun_ledger.py) and `watch` (bench/watch.py).
 
 Takes a `Context` (work folder, number of runs, quick or full sizes, the tools found); gives a
 `ScenarioResult` per scenario. Every measured run gets a fresh dev-api process and a new task id,
@@ -32,6 +32,7 @@ from bench.rerun_ledger import unavailable as rerun_ledger_unavailable
 from bench.results import MB, ContenderResult, Ratio, ScenarioResult, Target
 from bench.server import DevApiProcess
 from bench.tools import BenchError
+from bench.watch import watch_scenario
 
 __all__ = ["SCENARIOS", "Context", "run_scenario", "unavailable"]
 
@@ -441,6 +442,11 @@ def rerun_ledger(ctx: Context) -> ScenarioResult:
     )
 
 
+def watch(ctx: Context) -> ScenarioResult:
+    """`harvester watch`: start pass, idle CPU, delay from a write to its upload (issue 12)."""
+    return watch_scenario(ctx.scratch, quick=ctx.quick, runs=ctx.runs, log=ctx.log)
+
+
 def controller(ctx: Context) -> ScenarioResult:
     """`harvester controller` against a bare create loop on the real control plane (issue 11)."""
     return controller_scenario(ctx.scratch, quick=ctx.quick, runs=ctx.runs, log=ctx.log)
@@ -452,6 +458,7 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "large": large,
     "rerun": rerun,
     "rerun-ledger": rerun_ledger,
+    "watch": watch,
     "plan-100k": plan_100k,
     "controller": controller,
 }
