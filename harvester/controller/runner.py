@@ -123,7 +123,7 @@ def _run(
         tally.notice(Level.INFO, f"controller: {identity} leads (Lease {home}/{LEASE_NAME})")
 
     lost = elector.lost if elector is not None else threading.Event()
-    broken = threading.Event()  # the template's watch was refused: the controller stops
+    broken = threading.Event()  # the template's or the pods' watch was refused: it stops
     acting = _either(stop, lost, broken)
     events = resources.enter_context(EventWriter(tally))
     templates = _follow_templates(settings, api, namespaces, events, tally, acting, broken)
