@@ -49,13 +49,15 @@ from harvester.model import LedgerEntry
 from harvester.stats import Level, Listener, NullListener
 from harvester.text import plural
 
-# A ConfigMap holds at most 1 MiB of data (keys and values); a shard stops short of it, leaving
-# room for its metadata. At some 170 bytes an entry (a 30-character path, a 36-character id) that
-# is about 4,600 entries a shard and 290,000 in all (MAX_SHARDS).
-SHARD_LIMIT = 768 * 1024
-MAX_SHARDS = 64
+# A ConfigMap holds at most 1 MiB of data (keys and values), but every append rewrites the whole
+# shard in etcd and sends it back whole: with 768 KiB shards the ledger doubled the upload time
+# of 10,000 small files (python -m bench --scenario rerun-ledger); with 64 KiB it adds a tenth.
+# At some 170 bytes an entry (a 30-character path, a 36-character id) that is about 385 entries
+# a shard and 390,000 in all (MAX_SHARDS).
+SHARD_LIMIT = 64 * 1024
+MAX_SHARDS = 1024
 CONFLICT_ATTEMPTS = 16  # stale resourceVersions in a row before an append gives up
-PAGE = 16  # ConfigMaps per list request: up to 12 MiB an answer
+PAGE = 64  # ConfigMaps per list request: up to 4 MiB an answer
 
 NAME_PREFIX = "keruta-ledger-"
 KEY_PREFIX = "b-"

@@ -32,7 +32,7 @@ from harvester.model import LedgerEntry
 from harvester.stats import Level, Listener
 
 WINDOW = 64  # documents in flight or acknowledged but unrecorded, at most
-BATCH = 16  # entries that start a write without waiting for the linger
+BATCH = 32  # entries that start a write without waiting for the linger
 LINGER = 0.5  # seconds an entry waits for others before it is written anyway
 ATTEMPTS = 4  # writes of one batch before the ledger turns off
 BACKOFF = 0.5  # seconds before the second attempt; doubled each time
