@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from kubernetes import client
@@ -23,7 +24,6 @@ from urllib3.exceptions import HTTPError
 
 from harvester.kube.cluster import (
     CONTROLLER_ROLE,
-    KubeError,
     ObjectRef,
     api_client_for,
     claims_of,
@@ -34,6 +34,7 @@ from harvester.kube.cluster import (
 from harvester.kube.rest import MERGE_PATCH, JsonApi
 from harvester.kube.watch import (
     ADDED,
+    CLAIMS,
     CONFIG_MAPS,
     JOBS,
     MODIFIED,
@@ -171,15 +172,15 @@ class JobsApi:
         """Create the Job: True when created, False when one of that name already exists (a
         409 AlreadyExists: someone, maybe this controller before a restart, made it)."""
         name = str(manifest.get("metadata", {}).get("name", ""))
-        try:
-            self._api.request("POST", JOBS.path(namespace), body=manifest)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise self._refused(exc, "create", "jobs", name, namespace) from exc
-        except HTTPError as exc:
-            raise unreachable_error(self._api_client, exc) from exc
-        return True
+        created = self._send(
+            "create",
+            "jobs",
+            name,
+            namespace,
+            lambda: self._api.request("POST", JOBS.path(namespace), body=manifest),
+            absent=lambda exc: exc.status == 409,
+        )
+        return created is not None
 
     def record_on_job(
         self, namespace: str, name: str, uid: str, annotations: Mapping[str, str | None]
@@ -216,16 +217,16 @@ class JobsApi:
     ) -> bool:
         """A JSON merge patch of the Job: True when applied; False when the Job is not there
         (404), or not the one meant (`gone`)."""
-        try:
-            path = f"{JOBS.path(namespace)}/{name}"
-            self._api.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
-        except ApiException as exc:
-            if exc.status == 404 or gone(exc):
-                return False
-            raise self._refused(exc, "patch", "jobs", name, namespace) from exc
-        except HTTPError as exc:
-            raise unreachable_error(self._api_client, exc) from exc
-        return True
+        path = f"{JOBS.path(namespace)}/{name}"
+        patched = self._send(
+            "patch",
+            "jobs",
+            name,
+            namespace,
+            lambda: self._api.request("PATCH", path, body=patch, content_type=MERGE_PATCH),
+            absent=lambda exc: exc.status == 404 or gone(exc),
+        )
+        return patched is not None
 
     def job_event(
         self, job: MainJob, reason: str, message: str, *, warning: bool = False
@@ -242,21 +243,11 @@ class JobsApi:
         requested: pvc-protection keeps them while a pod object that used them exists."""
         scopes: list[str | None] = list(namespaces) if namespaces is not None else [None]
         found: list[TerminatingClaim] = []
+        query = [("labelSelector", selector)]
         for namespace in scopes:
-            path = (
-                f"/api/v1/namespaces/{namespace}/persistentvolumeclaims"
-                if namespace is not None
-                else "/api/v1/persistentvolumeclaims"
-            )
-            try:
-                answer = self._api.request("GET", path, query=[("labelSelector", selector)])
-            except ApiException as exc:
-                raise self._refused(
-                    exc, "list", "persistentvolumeclaims", selector, namespace
-                ) from exc
-            except HTTPError as exc:
-                raise unreachable_error(self._api_client, exc) from exc
-            for claim in answer.get("items") or []:
+            listing = partial(self._api.request, "GET", CLAIMS.path(namespace), query=query)
+            answer = self._send("list", CLAIMS.plural, selector, namespace, listing)
+            for claim in (answer or {}).get("items") or []:
                 meta = claim.get("metadata") or {}
                 deleted = parse_time(meta.get("deletionTimestamp"))
                 if deleted is not None:
@@ -289,11 +280,29 @@ class JobsApi:
             self._api, involved, reason, message, warning=warning, role=CONTROLLER_ROLE
         )
 
-    @staticmethod
-    def _refused(
-        exc: ApiException, verb: str, resource: str, name: str, namespace: str | None
-    ) -> KubeError:
-        return translate_error(exc, verb, resource, name, namespace, role=CONTROLLER_ROLE)
+    def _send(
+        self,
+        verb: str,
+        resource: str,
+        name: str,
+        namespace: str | None,
+        request: Callable[[], dict[str, Any]],
+        *,
+        absent: Callable[[ApiException], bool] = lambda _exc: False,
+    ) -> dict[str, Any] | None:
+        """One request's answer; None when the API refused it in a way `absent` accepts (the
+        object exists already, is gone...). Any other refusal is a `KubeError` naming the verb
+        and resource; an unreachable API server, one saying so."""
+        try:
+            return request()
+        except ApiException as exc:
+            if absent(exc):
+                return None
+            raise translate_error(
+                exc, verb, resource, name, namespace, role=CONTROLLER_ROLE
+            ) from exc
+        except HTTPError as exc:
+            raise unreachable_error(self._api_client, exc) from exc
 
 
 class JobWatch:

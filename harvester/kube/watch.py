@@ -61,6 +61,7 @@ class Resource(NamedTuple):
 JOBS = Resource("/apis/batch/v1", "jobs")
 CONFIG_MAPS = Resource("/api/v1", "configmaps")
 PODS = Resource("/api/v1", "pods")
+CLAIMS = Resource("/api/v1", "persistentvolumeclaims")
 
 
 @dataclass(frozen=True)
