@@ -6,7 +6,8 @@ covers; gives `WatchedObjects`: `get(namespace, name)`, `group(namespace, key)` 
 sharing a key the `group` function gives, such as the Job a pod belongs to), and `synced`, set
 once every scope was listed. A relist replaces what a scope held: an object deleted while the
 watch was away is dropped at the list's end. `on_change(namespace, name, value)` is told every
-change (value None: gone), on the watch's thread.
+change of an object's value (None: gone), on the watch's thread; the same value again, as a
+relist or a resync gives it, is not a change.
 """
 
 from __future__ import annotations
@@ -94,5 +95,5 @@ class WatchedObjects(Generic[V]):
             if value is not None:
                 self._objects[key] = value
                 self._groups.setdefault((namespace, self._group(value)), set()).add(name)
-        if self._on_change is not None and (old is not None or value is not None):
+        if self._on_change is not None and old != value:
             self._on_change(namespace, name, value)

@@ -31,12 +31,6 @@ class _Text:
     value: str | None
 
 
-@dataclass
-class _Namespace:
-    text: str | None = None  # the key's text now; None: no ConfigMap or no key
-    good: dict[str, Any] | None = None  # the template in force: the last text that parsed
-
-
 class Templates:
     """The template of each namespace; fed by `follow`, read by `lookup` (from any thread)."""
 
@@ -47,7 +41,7 @@ class Templates:
         self._listener = listener
         self._write_event = write_event
         self._lock = threading.Lock()
-        self._namespaces: dict[str, _Namespace] = {}
+        self._in_force: dict[str, dict[str, Any]] = {}  # namespace -> the last text that parsed
         self._config_maps = WatchedObjects(_text_of, scopes, on_change=self._changed)
 
     @property
@@ -65,11 +59,11 @@ class Templates:
     def lookup(self, namespace: str) -> tuple[dict[str, Any] | None, str]:
         """The template in force in `namespace`, or None with why there is none."""
         with self._lock:
-            known = self._namespaces.get(namespace)
-            good = known.good if known is not None else None
-            text = known.text if known is not None else None
+            good = self._in_force.get(namespace)
         if good is not None:
             return good, ""
+        found = self._config_maps.get(namespace, self.config_map)
+        text = found.value if found is not None else None
         source = self.source(namespace)
         if text is None:
             return None, (
@@ -83,24 +77,23 @@ class Templates:
         return f"ConfigMap {namespace}/{self.config_map}"
 
     def _changed(self, namespace: str, name: str, found: _Text | None) -> None:
+        """The template's text changed (the cache tells real changes only): parsed once now."""
         if name != self.config_map:
             return
         text = found.value if found is not None else None
-        with self._lock:
-            known = self._namespaces.setdefault(namespace, _Namespace())
-            unchanged = known.text == text
-            known.text = text
-            if text is None:
-                known.good = None
-        if unchanged or text is None:
+        if text is None:
+            with self._lock:
+                self._in_force.pop(namespace, None)
             return
         try:
             template = parse_template(text, source=f"{self.source(namespace)} key {TEMPLATE_KEY}")
         except TemplateError as exc:
-            self._broken(namespace, exc, keeps=known.good is not None)
+            with self._lock:
+                keeps = namespace in self._in_force
+            self._broken(namespace, exc, keeps=keeps)
             return
         with self._lock:
-            known.good = template
+            self._in_force[namespace] = template
         self._listener.notice(
             Level.INFO,
             f"controller: the cleanup Job template of {self.source(namespace)} is in force",
