@@ -1,9 +1,14 @@
-"""Everything the harvester asks of Kubernetes (the only module that imports `kubernetes`).
+"""What a cleanup asks of Kubernetes, and what the whole `kube` package shares.
 
 Takes cluster access (in-cluster config in a pod, else a kubeconfig) and a namespace; gives a
 `Cluster` whose methods answer in plain dataclasses (`PodInfo`, `JobInfo`, `PvcInfo`) and whose
 failures are `KubeError`s with a sentence naming the object, the API's answer and what to do.
 No bytes of any document ever go through this module: it only finds, deletes and annotates.
+
+Near 500 lines because the package's shared parts live here beside the cleanup's calls: the
+connection (`api_client_for`), every RBAC permission table (`PERMISSIONS`, `LEDGER_`,
+`WATCH_`, `CONTROLLER_PERMISSIONS`), the one translation of a refusal into a sentence, and the
+Events every command writes.
 """
 
 from __future__ import annotations

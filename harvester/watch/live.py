@@ -21,6 +21,9 @@ touches the PVC.
 
 Each upload holds a slot of the ledger when there is one (`Ledger.slot`), recorded once the
 server acknowledged that very document.
+
+Over 500 lines because the three phases share one state (what is held, sent and dealt with)
+and read best together; the settle rule (`settle`) and the events (`events`) are apart.
 """
 
 from __future__ import annotations
