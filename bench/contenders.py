@@ -1,4 +1,4 @@
-"""The contenders: each moves a tree (or replays requests) against a dev-api and is measured.
+"""The contenders: each moves a tree (or replays requests) against a server and is measured.
 
 Takes a server URL, a task id, a tree and a scratch folder; gives a `Measurement` (wall seconds,
 files and bytes moved, peak RSS when it is a Python child of ours, details to keep in the JSON).
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bench.tools import HARVESTER, BenchError, Timed, isolated_env, run_timed
+from bench.tools import HARVESTER, BenchError, Timed, isolated_env, repo_env, run_timed
 from harvester.wire.multipart import document_body
 
 __all__ = [
@@ -151,9 +151,7 @@ def sequential(url: str, task_id: str, root: Path, scratch: Path) -> Measurement
     out, err = scratch / "sequential.out", scratch / "sequential.err"
     argv = [sys.executable, "-m", "bench.sequential", "--api-url", url, "--task-id", task_id]
     argv += ["--root", str(root)]
-    repo = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
-    timed = run_timed(argv, stdout=out, stderr=err, env=isolated_env({"PYTHONPATH": path}))
+    timed = run_timed(argv, stdout=out, stderr=err, env=repo_env())
     if timed.returncode != 0:
         raise BenchError(f"the sequential uploader exited {timed.returncode}:\n{_tail(err)}")
     result = json.loads(out.read_text())
@@ -163,9 +161,10 @@ def sequential(url: str, task_id: str, root: Path, scratch: Path) -> Measurement
 
 # wrk runs this in each of its threads. `request()` builds a new body per request: a 4 KiB
 # file part whose content and name carry the thread and a counter, so every request makes the
-# server hash, check and store a new blob, exactly as each of the harvester's uploads does.
-# There is no `sha256` part (Lua cannot hash; the server's check is a string compare) and no
-# Idempotency-Key (a repeated key is answered from memory, far cheaper than a store).
+# server parse and hash (dev-api: and store) a new document, as each of the harvester's uploads
+# does. There is no `sha256` part (Lua cannot hash; both servers accept a document without one,
+# and checking it is a string compare) and no Idempotency-Key (dev-api answers a repeated key
+# from memory, far cheaper than a store).
 _WRK_DISTINCT = r"""
 local counter = 0
 local threads = 0

@@ -1,9 +1,10 @@
 """The benchmark's documents trees, written once into a work folder.
 
 Takes a `TreeSpec` (how many files, how big, in how many folders) and a folder; gives the tree's
-root. Content is real (never sparse, so the disk and the page cache see every byte) and distinct
-per file and per MiB block (so content-hash dedupe never shortens a run), yet cheap to write: one
-random block per tree, each copy stamped with its file and block number.
+root, after checking that the file system has room for it. Content is real (never sparse, so the
+disk and the page cache see every byte) and distinct per file and per MiB block (so content-hash
+dedupe never shortens a run), yet cheap to write: one random block per tree, each copy stamped
+with its file and block number.
 
 A finished tree is marked by `<name>.complete` beside it (not inside: the harvester would skip a
 hidden marker, the sequential contender would not), so `--workdir` can keep trees between runs.
@@ -15,14 +16,17 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["KIB", "MIB", "TreeSpec", "iter_files", "make_tree"]
+from bench.tools import BenchError
+
+__all__ = ["KIB", "MIB", "PROGRESS_EVERY", "TreeSpec", "check_room", "iter_files", "make_tree"]
 
 KIB = 1024
 MIB = 1024 * KIB
+PROGRESS_EVERY = 100_000  # files between two progress calls while a tree is written
 _BLOCK = MIB
 _STAMP = struct.Struct("<QQ")  # file number, block number: 16 bytes
 
@@ -66,8 +70,9 @@ def _write_file(path: Path, number: int, size: int, block: bytes) -> None:
     # O_EXCL on a fresh tree: a stale file is an error, never silently reused.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        if size < _STAMP.size:
-            os.write(fd, _STAMP.pack(number, 0)[:size])
+        if size <= _BLOCK:
+            # One write for a small file: a million-file tree is mostly system calls.
+            os.write(fd, (_STAMP.pack(number, 0) + block[_STAMP.size : size])[:size])
             return
         offset, index = 0, 0
         while offset < size:
@@ -81,8 +86,12 @@ def _write_file(path: Path, number: int, size: int, block: bytes) -> None:
         os.close(fd)
 
 
-def make_tree(spec: TreeSpec, base: Path) -> Path:
-    """Write the tree `spec` under `base/<name>` unless a complete one is already there."""
+def make_tree(spec: TreeSpec, base: Path, *, progress: Callable[[int], None] | None = None) -> Path:
+    """Write the tree `spec` under `base/<name>` unless a complete one is already there.
+
+    `progress(files_written)` is called every `PROGRESS_EVERY` files of a tree being written.
+    Raises `BenchError` when the file system has too little room for it (checked first).
+    """
     root = base / spec.name
     marker = base / f"{spec.name}.complete"
     wanted = json.dumps(asdict(spec), sort_keys=True)
@@ -91,6 +100,7 @@ def make_tree(spec: TreeSpec, base: Path) -> Path:
     marker.unlink(missing_ok=True)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
+    check_room(spec, root)
     block = os.urandom(min(_BLOCK, max(spec.file_size, _STAMP.size)))
     made: set[str] = set()
     for number, rel in _relative_paths(spec):
@@ -99,8 +109,32 @@ def make_tree(spec: TreeSpec, base: Path) -> Path:
             (root / folder).mkdir()
             made.add(folder)
         _write_file(root / rel, number, spec.file_size, block)
+        if progress is not None and (number + 1) % PROGRESS_EVERY == 0:
+            progress(number + 1)
     marker.write_text(wanted)
     return root
+
+
+def check_room(spec: TreeSpec, where: Path) -> None:
+    """Raise `BenchError` unless the file system of `where` has the blocks and inodes for the
+    tree, with a tenth to spare (a million small files take a few GB: one block each)."""
+    fs = os.statvfs(where)
+    unit = fs.f_frsize or 4096
+    blocks_per_file = max(1, -(-spec.file_size // unit))
+    need_bytes = (spec.files * blocks_per_file + spec.folders) * unit * 11 // 10
+    free_bytes = fs.f_bavail * unit
+    if free_bytes < need_bytes:
+        raise BenchError(
+            f"{where}: {human_bytes(free_bytes)} free, the {spec.name} tree ({spec.describe()}) "
+            f"needs about {human_bytes(need_bytes)}; free some room or pass --workdir elsewhere"
+        )
+    need_inodes = (spec.files + spec.folders) * 11 // 10
+    # f_files is 0 where the file system has no fixed inode table (btrfs): nothing to check.
+    if fs.f_files and fs.f_favail < need_inodes:
+        raise BenchError(
+            f"{where}: {fs.f_favail:,} free inodes, the {spec.name} tree ({spec.describe()}) "
+            f"needs about {need_inodes:,}; pass --workdir on a file system with more"
+        )
 
 
 def iter_files(root: Path) -> Iterator[tuple[str, Path]]:

@@ -1,22 +1,26 @@
 """A minimal independent keruta-api: the second ceiling, which does no more per upload than a
 fast real server must.
 
-Takes a host and port; serves `POST /api/tasks/{taskId}/documents` (parses the multipart body
-with python-multipart, hashes the file part with SHA-256, checks it against the `sha256` part,
-answers 201 with an id), `GET` of the same path (what it received, for the benchmark's checks)
-and `PUT /api/v1/tasks/{taskId}/status`. One uvicorn worker, no access log, nothing written to disk.
+Takes a host, a port and a latency; serves `POST /api/tasks/{taskId}/documents` (parses the
+multipart body with python-multipart, hashes the file part with SHA-256, checks it against the
+`sha256` part when there is one, answers 201 with an id), `GET` of the same path (what it
+received, for the benchmark's checks) and `PUT /api/v1/tasks/{taskId}/status`. One uvicorn
+worker, no access log, nothing written to disk. `--latency S` makes every answer wait S seconds
+first, as dev-api's does, to play a remote keruta-api.
 
 Why a second server: dev-api stores every blob on disk and checks idempotency keys, so it spends
 more per request than a fast keruta-api would; measured only against it, the client's own cost
 hides behind the server's (issue 13). This one is not the project's code (no import from
 `harvester`), so a ceiling measured on it is independent of what it measures.
 
-    python -m bench.fast_server --port 0     # prints "listening on http://127.0.0.1:PORT (...)"
+    python -m bench.fast_server --port 0 [--latency 0.02]
+    # on stderr: "listening on http://127.0.0.1:PORT (bench.fast_server)"
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import itertools
 import socket
@@ -32,6 +36,13 @@ from starlette.routing import Route
 
 _received: defaultdict[str, list[dict[str, str]]] = defaultdict(list)
 _ids = itertools.count(1)
+_latency = 0.0  # seconds every answer waits; set once from --latency before serving
+
+
+async def _answer(response: Response) -> Response:
+    if _latency > 0:
+        await asyncio.sleep(_latency)
+    return response
 
 
 async def upload(request: Request) -> Response:
@@ -40,26 +51,27 @@ async def upload(request: Request) -> Response:
     try:
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            return JSONResponse({"message": "no file part"}, status_code=400)
+            return await _answer(JSONResponse({"message": "no file part"}, status_code=400))
         content = await file.read()
         sha256 = hashlib.sha256(content).hexdigest()
         if form.get("sha256") not in (None, sha256):
-            return JSONResponse({"message": "sha256 does not match the content"}, status_code=400)
+            message = {"message": "sha256 does not match the content"}
+            return await _answer(JSONResponse(message, status_code=400))
         document_id = f"doc-{next(_ids)}"
         path = str(form.get("path") or file.filename or "")
         _received[task_id].append({"id": document_id, "path": path, "sha256": sha256})
     finally:
         await form.close()
-    return JSONResponse({"id": document_id}, status_code=201)
+    return await _answer(JSONResponse({"id": document_id}, status_code=201))
 
 
 async def listing(request: Request) -> Response:
-    return JSONResponse(_received.get(request.path_params["task_id"], []))
+    return await _answer(JSONResponse(_received.get(request.path_params["task_id"], [])))
 
 
 async def status(request: Request) -> Response:
     await request.body()
-    return JSONResponse({"ok": True})
+    return await _answer(JSONResponse({"ok": True}))
 
 
 app = Starlette(
@@ -75,10 +87,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds every answer waits (default 0)"
+    )
     args = parser.parse_args()
+    global _latency  # one setting of this one-purpose script, read by every handler
+    _latency = max(0.0, args.latency)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
+    # Listening before saying so: uvicorn would only listen once it runs, and a client that
+    # believed the line at once would be refused.
+    sock.listen(2048)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     print(f"listening on http://{host}:{port} (bench.fast_server)", flush=True, file=sys.stderr)

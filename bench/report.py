@@ -2,8 +2,9 @@
 
 Takes `ScenarioResult`s and a few facts about the machine; gives `format_scenario` (lines of about
 100 columns: contenders with their medians, then ratios with the absolute figures beside them,
-then the issue's targets with PASS/MISS) and `as_json` (everything, including every run's raw
-figures). PASS/MISS is information, not an assertion: absolute speed drifts with the machine.
+figures per file, then the issue's targets with PASS/MISS) and `as_json` (everything, including
+every run's raw figures). PASS/MISS is information, not an assertion: absolute speed drifts
+with the machine.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.results import MB, ContenderResult, Ratio, ScenarioResult, Target
+from bench.results import MB, ContenderResult, Figure, Ratio, ScenarioResult, Target
 
 __all__ = ["as_json", "format_scenario", "format_summary", "write_json"]
 
@@ -51,31 +52,45 @@ def _target_value(target: Target) -> str:
         return f"{target.value:.2f} s"
     if target.unit == "x":
         return f"{target.value:.2f}x"
+    if target.unit == "ms":
+        return f"{target.value:.2f} ms"
     return f"{target.value:.2f}" if target.value != int(target.value) else f"{target.value:.0f}"
 
 
 def _limit(target: Target) -> str:
     limit = f"{target.limit:g}"
-    unit = {"MB": " MB", "s": " s", "x": "x"}.get(target.unit, "")
+    unit = {"MB": " MB", "s": " s", "x": "x", "ms": " ms"}.get(target.unit, "")
     return f"{_OPS[target.op]} {limit}{unit}"
+
+
+def _figure_value(figure: Figure) -> str:
+    if figure.value is None:
+        return "-"
+    digits = 0 if figure.value >= 100 else 1
+    return f"{figure.value:,.{digits}f} {figure.unit}"
+
+
+_LABEL = 26  # the contender column
 
 
 def _header(item: str) -> str:
     return (
-        f"  {'contender':<24} {'wall s':>7} {'min-max s':>11} {item + 's/s':>8} {'MB/s':>7} "
+        f"  {'contender':<{_LABEL}} {'wall s':>7} {'min-max s':>11} {item + 's/s':>8} {'MB/s':>7} "
         f"{'peak RSS':>8} {f'CPU ms/{item}: client':>19} {'server':>7}"
     )
 
 
 def _contender_row(result: ScenarioResult, contender: ContenderResult) -> str:
-    label = contender.label[:24]
+    label = contender.label[:_LABEL]
     if contender.skipped is not None:
-        return f"  {label:<24} {'-':>7} {'-':>11} {'-':>8} {'-':>7} {'-':>8} {'-':>19} {'-':>7}"
+        return (
+            f"  {label:<{_LABEL}} {'-':>7} {'-':>11} {'-':>8} {'-':>7} {'-':>8} {'-':>19} {'-':>7}"
+        )
     rss = contender.peak_rss_mb()
     span = contender.wall_range()
     spread = "" if span is None else f"{span[0]:.2f}-{span[1]:.2f}"
     return (
-        f"  {label:<24} {_num(contender.wall_s(result.files)):>7} {spread or '-':>11} "
+        f"  {label:<{_LABEL}} {_num(contender.wall_s(result.files)):>7} {spread or '-':>11} "
         f"{_num(contender.files_per_s(result.files), 0, grouped=True):>8} "
         f"{_num(contender.mb_per_s(result.bytes) if result.bytes else None, 1, grouped=True):>7} "
         f"{'-' if rss is None else f'{rss:.0f} MB':>8} "
@@ -109,6 +124,10 @@ def format_scenario(result: ScenarioResult) -> list[str]:
                 f"{_figure(ratio.denominator, ratio.measure)}"
             )
             lines.append(f"  {ratio.label:<38} {_ratio_value(ratio):>7}  {source}")
+    if result.figures:
+        lines.append(f"  {'per ' + result.item:<38} {'value':>9}  from")
+        for figure in result.figures:
+            lines.append(f"  {figure.label:<38} {_figure_value(figure):>9}  {figure.source}")
     if result.targets:
         lines.append(f"  {f'target ({result.issue})':<38} {'value':>7}  {'wanted':<9} verdict")
         for target in result.targets:
@@ -194,6 +213,10 @@ def as_json(results: list[ScenarioResult], meta: dict[str, Any]) -> dict[str, An
                     }
                     for t in result.targets
                 ],
+                "figures": {
+                    f.label: {"value": f.value, "unit": f.unit, "source": f.source}
+                    for f in result.figures
+                },
                 "item": result.item,
                 "issue": result.issue,
                 "checks": result.checks,

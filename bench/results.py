@@ -1,7 +1,8 @@
 """What a scenario found, as plain data: contenders' runs, ratios, targets and checks.
 
-Takes `Measurement`s from the contenders; gives medians (wall seconds, files/s, MB/s), the peak
-RSS over all runs, ratios between contenders and PASS/MISS verdicts against the issue's targets.
+Takes `Measurement`s from the contenders; gives medians (wall seconds, files/s, MB/s, CPU), the
+peak RSS over all runs, ratios between contenders, figures per file and PASS/MISS verdicts
+against the issues' targets.
 `report.py` turns these into the table and the JSON; nothing here prints.
 """
 
@@ -13,7 +14,7 @@ from typing import Literal
 
 from bench.contenders import Measurement
 
-__all__ = ["MB", "ContenderResult", "Ratio", "ScenarioResult", "Target"]
+__all__ = ["MB", "ContenderResult", "Figure", "Ratio", "ScenarioResult", "Target"]
 
 MB = 1_000_000  # throughput and memory are shown in decimal MB, as the issue's targets are
 
@@ -111,6 +112,11 @@ class ContenderResult:
         peaks = [m.peak_rss for m in self.runs if m.peak_rss is not None]
         return max(peaks) / MB if peaks else None
 
+    def client_cpu_s(self) -> float | None:
+        """Median CPU seconds (user + system) of the contender's runs."""
+        values = [m.client_cpu_s for m in self.runs if m.client_cpu_s is not None]
+        return statistics.median(values) if values else None
+
 
 @dataclass(frozen=True, slots=True)
 class Ratio:
@@ -131,6 +137,17 @@ class Ratio:
         if self.numerator is None or not self.denominator:
             return None
         return self.numerator / self.denominator
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A figure derived from one contender's runs (memory or CPU per file), with the two
+    figures it comes from said in `source`; the value is None when they are missing."""
+
+    label: str
+    value: float | None
+    unit: str
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +184,7 @@ class ScenarioResult:
     contenders: list[ContenderResult] = field(default_factory=list)
     ratios: list[Ratio] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     limits: str = ""
     # What the scenario counts ("file"; "Job" for the controller's), and whose targets it checks.

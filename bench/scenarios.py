@@ -1,11 +1,13 @@
-"""The five scenarios of issue 4, each running its contenders interleaved (A B C A B C ...),
-issue 11's `controller` (bench/controller.py) and issue 12's `rerun-ledger`
-(bench/rerun_ledger.py) and `watch` (bench/watch.py).
+"""The five scenarios of issue 4 with issue 13's servers and targets, and its `plan-1m`, each
+running its contenders interleaved (A B C A B C ...); issue 11's `controller`
+(bench/controller.py) and issue 12's `rerun-ledger` (bench/rerun_ledger.py) and `watch`
+(bench/watch.py).
 
 Takes a `Context` (work folder, number of runs, quick or full sizes, the tools found); gives a
-`ScenarioResult` per scenario. Every measured run gets a fresh dev-api process and a new task id,
-so no run sees another's documents; interleaving spreads slow drifts of the machine (page cache,
-thermal, a neighbour) over every contender alike instead of charging them to one.
+`ScenarioResult` per scenario. Every measured run gets a fresh server process (dev-api or the
+fast server, as the contender says) and a new task id, so no run sees another's documents;
+interleaving spreads slow drifts of the machine (page cache, thermal, a neighbour) over every
+contender alike instead of charging them to one.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from bench.controller import unavailable as controller_unavailable
 from bench.data import KIB, MIB, TreeSpec, make_tree
 from bench.rerun_ledger import rerun_ledger_scenario
 from bench.rerun_ledger import unavailable as rerun_ledger_unavailable
-from bench.results import MB, ContenderResult, Ratio, ScenarioResult, Target
-from bench.server import DevApiProcess
+from bench.results import MB, ContenderResult, Figure, Ratio, ScenarioResult, Target
+from bench.server import DevApiProcess, FastServerProcess, ServerProcess
 from bench.tools import BenchError
 from bench.watch import watch_scenario
 
-__all__ = ["SCENARIOS", "Context", "run_scenario", "unavailable"]
+__all__ = ["SCENARIOS", "Context", "check_all_uploaded", "run_scenario", "unavailable"]
 
 CONCURRENCY = 8
 REMOTE_LATENCY = 0.020
@@ -70,31 +72,41 @@ def _spec(ctx: Context, name: str) -> TreeSpec:
         "remote-api": TreeSpec("remote-api", 2_000, 4 * KIB, 20),
         "large": TreeSpec("large", 4, 512 * MIB, 1, suffix=".bin"),
         "plan-100k": TreeSpec("plan-100k", 100_000, 128, 1_000),
+        "plan-1m": TreeSpec("plan-1m", 1_000_000, 128, 1_000),
     }
     quick = {
         "many-small": TreeSpec("quick-many-small", 400, 4 * KIB, 4),
         "remote-api": TreeSpec("quick-remote-api", 160, 4 * KIB, 4),
         "large": TreeSpec("quick-large", 2, 16 * MIB, 1, suffix=".bin"),
         "plan-100k": TreeSpec("quick-plan", 2_000, 128, 20),
+        "plan-1m": TreeSpec("quick-plan-1m", 20_000, 128, 200),
     }
     return (quick if ctx.quick else full)[name]
 
 
 def _tree(ctx: Context, spec: TreeSpec) -> Path:
     ctx.log(f"  data: {spec.name}: {spec.describe()}")
-    return make_tree(spec, ctx.trees)
+
+    def progress(written: int) -> None:
+        ctx.log(f"  data: {spec.name}: {written:,} of {spec.files:,} files written")
+
+    return make_tree(spec, ctx.trees, progress=progress)
 
 
 Run = Callable[[str, str], Measurement]  # (server URL, task id) -> one measurement
+Server = type[ServerProcess]  # DevApiProcess or FastServerProcess
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     result: ContenderResult
     run: Run | None
+    server: Server = DevApiProcess
+    # A harvest of this many files: after each run the server must hold each file once.
+    files: int | None = None
 
 
-def _with_server_cpu(server: DevApiProcess, run: Run, task_id: str) -> Measurement:
+def _with_server_cpu(server: ServerProcess, run: Run, task_id: str) -> Measurement:
     """`run` against `server`, with the CPU time the server spent meanwhile."""
     before = server.cpu_seconds()
     measured = run(server.url, task_id)
@@ -104,6 +116,15 @@ def _with_server_cpu(server: DevApiProcess, run: Run, task_id: str) -> Measureme
     return dataclasses.replace(measured, server_cpu_s=after - before)
 
 
+def _with_server_documents(
+    server: ServerProcess, task_id: str, measured: Measurement
+) -> Measurement:
+    """`measured` with what the server holds for the task: documents and distinct paths."""
+    paths = [str(document.get("path")) for document in server.documents(task_id)]
+    held = {"server_documents": len(paths), "server_paths": len(set(paths))}
+    return dataclasses.replace(measured, detail={**measured.detail, **held})
+
+
 def _skipped(key: str, label: str, reason: str) -> _Entry:
     return _Entry(ContenderResult(key, label, skipped=reason), None)
 
@@ -111,29 +132,43 @@ def _skipped(key: str, label: str, reason: str) -> _Entry:
 def _interleave(
     ctx: Context, scenario: str, entries: list[_Entry], *, latency: float = 0.0
 ) -> None:
-    """Run every entry `ctx.runs` times, A B C A B C ..., each against a fresh dev-api."""
+    """Run every entry `ctx.runs` times, A B C A B C ..., each against a fresh server."""
     for number in range(1, ctx.runs + 1):
         for entry in entries:
             if entry.run is None:
                 continue
             task_id = f"bench-{scenario}-{entry.result.key}-{number}-{uuid.uuid4().hex[:8]}"
-            with DevApiProcess(ctx.scratch, latency=latency) as server:
+            with entry.server(ctx.scratch, latency=latency) as server:
                 measured = _with_server_cpu(server, entry.run, task_id)
+                if entry.files is not None:
+                    measured = _with_server_documents(server, task_id, measured)
             entry.result.runs.append(measured)
             rate = measured.files / measured.wall_s
+            cpu = ""
+            if measured.client_cpu_s is not None and measured.files:
+                cpu = f", client CPU {measured.client_cpu_s / measured.files * 1000:.2f} ms/file"
             ctx.log(
                 f"  {scenario} run {number}/{ctx.runs}: {entry.result.label}: "
                 f"{measured.wall_s:.2f} s, {rate:,.0f} files/s, "
-                f"{measured.bytes / measured.wall_s / MB:,.1f} MB/s"
+                f"{measured.bytes / measured.wall_s / MB:,.1f} MB/s{cpu}"
             )
 
 
+# The two servers of issue 13, and the suffix of their contenders' keys.
+_SERVERS: tuple[tuple[Server, str], ...] = ((DevApiProcess, ""), (FastServerProcess, "-fast"))
+
+
 def _wrk_entries(ctx: Context, *, with_same_body: bool, file_size: int) -> list[_Entry]:
+    """wrk against each server (keys `wrk`, `wrk-fast`), and with one body replayed against
+    dev-api (`wrk-same`) when `with_same_body`."""
     if ctx.wrk is None:
         reason = ctx.skip_reasons["wrk"]
-        entries = [_skipped("wrk", "ceiling: wrk", reason)]
+        entries = [
+            _skipped(f"wrk{key}", f"ceiling: wrk, {server.name}", reason)
+            for server, key in _SERVERS
+        ]
         if with_same_body:
-            entries.append(_skipped("wrk-same", "wrk, one body replayed", reason))
+            entries.append(_skipped("wrk-same", "wrk, dev-api, one body", reason))
         return entries
     wrk = ctx.wrk
 
@@ -157,18 +192,23 @@ def _wrk_entries(ctx: Context, *, with_same_body: bool, file_size: int) -> list[
     entries = [
         _Entry(
             ContenderResult(
-                "wrk", "ceiling: wrk", note=f"{note}, a new body each request", rate_only=True
+                f"wrk{key}",
+                f"ceiling: wrk, {server.name}",
+                note=f"{note}, a new body each request",
+                rate_only=True,
             ),
             distinct,
+            server,
         )
+        for server, key in _SERVERS
     ]
     if with_same_body:
         entries.append(
             _Entry(
                 ContenderResult(
                     "wrk-same",
-                    "wrk, one body replayed",
-                    note=f"{note}; server dedupes the blob: cheaper",
+                    "wrk, dev-api, one body",
+                    note=f"{note}, one body replayed; dev-api dedupes the blob: cheaper",
                     rate_only=True,
                 ),
                 same,
@@ -177,65 +217,112 @@ def _wrk_entries(ctx: Context, *, with_same_body: bool, file_size: int) -> list[
     return entries
 
 
-def _harvester_entry(ctx: Context, root: Path) -> _Entry:
+def _harvester_entries(ctx: Context, root: Path, files: int) -> list[_Entry]:
+    """The harvester against each server (keys `harvester`, `harvester-fast`)."""
+
     def run(url: str, task_id: str) -> Measurement:
-        measured = harvester_cleanup(url, task_id, root, ctx.scratch, concurrency=CONCURRENCY)
-        return measured
+        return harvester_cleanup(url, task_id, root, ctx.scratch, concurrency=CONCURRENCY)
 
     note = f"harvester cleanup --concurrency {CONCURRENCY}"
-    return _Entry(ContenderResult("harvester", "harvester", note=note), run)
+    return [
+        _Entry(
+            ContenderResult(f"harvester{key}", f"harvester, {server.name}", note=note),
+            run,
+            server,
+            files,
+        )
+        for server, key in _SERVERS
+    ]
 
 
 def _sequential_entry(ctx: Context, root: Path) -> _Entry:
     def run(url: str, task_id: str) -> Measurement:
         return sequential(url, task_id, root, ctx.scratch)
 
-    note = "one at a time, whole file in memory, new connection"
+    note = "one at a time, whole file in memory, new connection; dev-api"
     return _Entry(ContenderResult("sequential", "sequential (old agent)", note=note), run)
 
 
-def _check_all_uploaded(result: ContenderResult, files: int) -> None:
+def check_all_uploaded(result: ContenderResult, files: int) -> None:
+    """Every run uploaded all `files`, by the harvester's count and by the server's (each path
+    held once), whichever server it ran against."""
     for measured in result.runs:
         uploaded = int(measured.detail.get("counts", {}).get("uploaded", 0))
         if uploaded != files:
             raise BenchError(f"{result.label} uploaded {uploaded} of {files} files")
+        held = measured.detail.get("server_documents")
+        paths = measured.detail.get("server_paths")
+        if held is not None and not held == paths == files:
+            raise BenchError(
+                f"{result.label}: the server holds {held} documents with {paths} distinct paths "
+                f"for {files} files"
+            )
 
 
 def many_small(ctx: Context) -> ScenarioResult:
     spec = _spec(ctx, "many-small")
     root = _tree(ctx, spec)
-    harvester, seq = _harvester_entry(ctx, root), _sequential_entry(ctx, root)
-    wrk_entries = _wrk_entries(ctx, with_same_body=True, file_size=spec.file_size)
-    entries = [harvester, *wrk_entries, seq]
+    harvesters = _harvester_entries(ctx, root, spec.files)
+    wrks = _wrk_entries(ctx, with_same_body=True, file_size=spec.file_size)
+    entries = [*harvesters, *wrks, _sequential_entry(ctx, root)]
     _interleave(ctx, "many-small", entries)
-    _check_all_uploaded(harvester.result, spec.files)
+    for entry in harvesters:
+        check_all_uploaded(entry.result, spec.files)
     result = _result(ctx, "many-small", spec, entries)
-    h = harvester.result.files_per_s(spec.files)
-    ceiling = wrk_entries[0].result.files_per_s(spec.files)
-    same = wrk_entries[1].result.files_per_s(spec.files)
-    vs_ceiling = Ratio("harvester / ceiling (wrk)", h, ceiling, "files/s")
-    upload_only = harvester.result.stage_rate("upload", spec.files)
+    result.issue = "issue 13"
+    on_dev_api, on_fast = _against_wrk(result, spec.files)
+    fast = result.contender("harvester-fast")
     result.ratios = [
-        vs_ceiling,
-        Ratio("harvester / wrk, one body replayed", h, same, "files/s"),
-        Ratio("harvester upload stage only / ceiling", upload_only, ceiling, "files/s"),
+        on_dev_api,
+        on_fast,
+        Ratio(
+            "harvester / wrk, dev-api, one body",
+            result.contender("harvester").files_per_s(spec.files),
+            result.contender("wrk-same").files_per_s(spec.files),
+            "files/s",
+        ),
+        # The upload stage alone leaves out start-up, scan and hash: the transport's share.
+        Ratio(
+            "upload stage only / wrk, fast server",
+            fast.stage_rate("upload", spec.files),
+            result.contender("wrk-fast").files_per_s(spec.files),
+            "files/s",
+        ),
         _speedup(result, spec.files),
     ]
-    result.targets = [Target("harvester / ceiling (wrk) files/s", vs_ceiling.value, ">=", 0.40)]
+    result.targets = [
+        Target("harvester / wrk, fast server", on_fast.value, ">=", 0.6),
+        Target("client CPU per file, fast server", fast.client_cpu_ms(), "<=", 0.4, "ms"),
+    ]
     result.limits = (
         "per-request cost on both sides of the loopback, on 2 cores shared by client and server"
     )
     return result
 
 
+def _against_wrk(result: ScenarioResult, files: int) -> tuple[Ratio, Ratio]:
+    """harvester / wrk on dev-api, then on the fast server (the same server on both sides)."""
+    dev_api, fast = (
+        Ratio(
+            f"harvester / wrk, {server.name}",
+            result.contender(f"harvester{key}").files_per_s(files),
+            result.contender(f"wrk{key}").files_per_s(files),
+            "files/s",
+        )
+        for server, key in _SERVERS
+    )
+    return dev_api, fast
+
+
 def remote_api(ctx: Context) -> ScenarioResult:
     spec = _spec(ctx, "remote-api")
     root = _tree(ctx, spec)
-    harvester, seq = _harvester_entry(ctx, root), _sequential_entry(ctx, root)
-    wrk_entries = _wrk_entries(ctx, with_same_body=False, file_size=spec.file_size)
-    entries = [harvester, *wrk_entries, seq]
+    harvesters = _harvester_entries(ctx, root, spec.files)
+    wrks = _wrk_entries(ctx, with_same_body=False, file_size=spec.file_size)
+    entries = [*harvesters, *wrks, _sequential_entry(ctx, root)]
     _interleave(ctx, "remote-api", entries, latency=REMOTE_LATENCY)
-    _check_all_uploaded(harvester.result, spec.files)
+    for entry in harvesters:
+        check_all_uploaded(entry.result, spec.files)
     ideal_s = spec.files * REMOTE_LATENCY / CONCURRENCY
     ideal = ContenderResult(
         "ideal",
@@ -244,25 +331,24 @@ def remote_api(ctx: Context) -> ScenarioResult:
         ideal_wall_s=ideal_s,
     )
     result = _result(ctx, "remote-api", spec, entries)
-    result.description += f"; the server adds {REMOTE_LATENCY * 1000:.0f} ms to every answer"
+    result.issue = "issue 13"
+    result.description += f"; both servers add {REMOTE_LATENCY * 1000:.0f} ms to every answer"
     result.contenders.append(ideal)
     speedup = _speedup(result, spec.files)
-    over_ideal = Ratio(
-        "harvester / ideal", harvester.result.wall_s(spec.files), ideal_s, "s", unit="x"
-    )
-    result.ratios = [
+    over_ideal = [
         Ratio(
-            "harvester / ceiling (wrk)",
-            harvester.result.files_per_s(spec.files),
-            wrk_entries[0].result.files_per_s(spec.files),
-            "files/s",
-        ),
-        speedup,
-        over_ideal,
+            f"harvester, {server.name} / ideal",
+            result.contender(f"harvester{key}").wall_s(spec.files),
+            ideal_s,
+            "s",
+            unit="x",
+        )
+        for server, key in _SERVERS
     ]
+    result.ratios = [*_against_wrk(result, spec.files), speedup, *over_ideal]
     result.targets = [
-        Target("sequential / harvester wall", speedup.value, ">=", 6.0, "x"),
-        Target("harvester / ideal wall", over_ideal.value, "<=", 1.25, "x"),
+        Target("harvester, fast server / ideal wall", over_ideal[-1].value, "<=", 1.15, "x"),
+        Target("sequential / harvester (issue 4)", speedup.value, ">=", 6.0, "x"),
     ]
     result.limits = "the 20 ms per answer; 8 in flight at best (the ideal)"
     return result
@@ -272,7 +358,14 @@ def large(ctx: Context) -> ScenarioResult:
     spec = _spec(ctx, "large")
     root = _tree(ctx, spec)
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    harvester, seq = _harvester_entry(ctx, root), _sequential_entry(ctx, root)
+
+    def harvest(url: str, task_id: str) -> Measurement:
+        return harvester_cleanup(url, task_id, root, ctx.scratch, concurrency=CONCURRENCY)
+
+    note = f"harvester cleanup --concurrency {CONCURRENCY}"
+    harvester = _Entry(
+        ContenderResult("harvester", "harvester", note=note), harvest, files=spec.files
+    )
     entries = [harvester]
     if ctx.curl is None:
         entries += [
@@ -295,10 +388,12 @@ def large(ctx: Context) -> ScenarioResult:
                 ContenderResult("curl-par", f"curl, {len(files)} at once", note=note), all_at_once
             ),
         ]
-    entries.append(seq)
+    entries.append(_sequential_entry(ctx, root))
     _interleave(ctx, "large", entries)
-    _check_all_uploaded(harvester.result, spec.files)
+    check_all_uploaded(harvester.result, spec.files)
     result = _result(ctx, "large", spec, entries)
+    result.issue = "issue 13"
+    result.description += "; dev-api (the fast server would hold each file in memory)"
     curls = [e.result for e in entries if e.result.key.startswith("curl") and e.result.measured]
     best = max(curls, key=lambda c: c.mb_per_s(spec.total_bytes) or 0.0, default=None)
     h_mbps = harvester.result.mb_per_s(spec.total_bytes)
@@ -315,8 +410,8 @@ def large(ctx: Context) -> ScenarioResult:
         _speedup(result, spec.files),
     ]
     result.targets = [
-        Target("harvester / curl MB/s", vs_curl.value, ">=", 0.8),
-        Target("harvester peak RSS", harvester.result.peak_rss_mb(), "<", 150.0, "MB"),
+        Target("harvester / curl MB/s (with hashing)", vs_curl.value, ">=", 0.9),
+        Target("harvester peak RSS", harvester.result.peak_rss_mb(), "<", 100.0, "MB"),
     ]
     result.limits = (
         "hashing and the disk: the harvester reads every byte twice (hash, then send), the "
@@ -379,8 +474,10 @@ def rerun(ctx: Context) -> ScenarioResult:
     return result
 
 
-def plan_100k(ctx: Context) -> ScenarioResult:
-    spec = _spec(ctx, "plan-100k")
+def _plan(ctx: Context, name: str, *, seconds: float, megabytes: float) -> ScenarioResult:
+    """`harvester cleanup --dry-run` over the tree `name`, with its targets (issue 13) and
+    figures per file: memory (peak RSS / files) and CPU (user + system / files)."""
+    spec = _spec(ctx, name)
     root = _tree(ctx, spec)
     contender = ContenderResult("harvester", "harvester --dry-run", note="no server")
     for number in range(1, ctx.runs + 1):
@@ -389,24 +486,52 @@ def plan_100k(ctx: Context) -> ScenarioResult:
             raise BenchError(f"the plan lists {measured.files} of {spec.files} files")
         contender.runs.append(measured)
         ctx.log(
-            f"  plan-100k run {number}/{ctx.runs}: {measured.wall_s:.2f} s, "
+            f"  {name} run {number}/{ctx.runs}: {measured.wall_s:.2f} s, "
             f"peak RSS {(measured.peak_rss or 0) / MB:.0f} MB"
         )
     result = ScenarioResult(
-        "plan-100k",
+        name,
         f"harvester cleanup --dry-run over {spec.describe()}",
         spec.files,
         spec.total_bytes,
         ctx.runs,
         [contender],
+        issue="issue 13",
     )
-    # The targets are for 100,000 files; a --quick run's verdicts only show the plumbing works.
+    rss_mb, cpu_s = contender.peak_rss_mb(), contender.client_cpu_s()
+    result.figures = [
+        Figure(
+            "memory (peak RSS / files)",
+            None if rss_mb is None else rss_mb * MB / spec.files,
+            "B",
+            f"{_num(rss_mb, 0)} MB / {spec.files:,} files",
+        ),
+        Figure(
+            "CPU (user + system / files)",
+            None if cpu_s is None else cpu_s / spec.files * 1e6,
+            "µs",
+            f"{_num(cpu_s, 2)} s / {spec.files:,} files",
+        ),
+    ]
+    # The targets are for the full tree; a --quick run's verdicts only show the plumbing works.
     result.targets = [
-        Target("wall time", contender.wall_s(spec.files), "<", 10.0, "s"),
-        Target("peak RSS", contender.peak_rss_mb(), "<", 250.0, "MB"),
+        Target("wall time", contender.wall_s(spec.files), "<", seconds, "s"),
+        Target("peak RSS", rss_mb, "<", megabytes, "MB"),
     ]
     result.limits = "per-file system calls (open, fstat, read) and Python work per plan entry"
     return result
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def plan_100k(ctx: Context) -> ScenarioResult:
+    return _plan(ctx, "plan-100k", seconds=3.0, megabytes=120.0)
+
+
+def plan_1m(ctx: Context) -> ScenarioResult:
+    return _plan(ctx, "plan-1m", seconds=40.0, megabytes=700.0)
 
 
 def _speedup(result: ScenarioResult, files: int) -> Ratio:
@@ -460,6 +585,7 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "rerun-ledger": rerun_ledger,
     "watch": watch,
     "plan-100k": plan_100k,
+    "plan-1m": plan_1m,
     "controller": controller,
 }
 

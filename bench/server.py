@@ -1,7 +1,9 @@
-"""The dev-api as a separate process, one fresh instance per measured run.
+"""The servers the benchmark uploads to, each a separate process, one fresh instance per run.
 
-Takes a work folder and an optional latency; gives `DevApiProcess`, a context manager that runs
-`harvester dev-api` on a free loopback port with a fresh data folder, tells its URL, lists a
+Takes a work folder and an optional latency; gives `DevApiProcess` (`harvester dev-api`, which
+stores every blob on disk) and `FastServerProcess` (`python -m bench.fast_server`, the minimal
+independent keruta-api of issue 13), context managers over one `ServerProcess` base: it starts
+the server on a free loopback port with a fresh folder, tells its URL, its CPU time so far and a
 task's documents, and on exit stops the process and deletes what it stored. A separate process,
 so the server and the client under test never share a GIL; a fresh one per run, so runs never
 see each other's documents (nor the blob files an earlier run already wrote).
@@ -14,51 +16,61 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-from bench.tools import HARVESTER, BenchError, isolated_env, proc_cpu_seconds
+from bench.tools import HARVESTER, BenchError, isolated_env, proc_cpu_seconds, repo_env
 
-__all__ = ["DevApiProcess"]
+__all__ = ["DevApiProcess", "FastServerProcess", "ServerProcess"]
 
+# Both servers say this on stderr once they accept connections.
 _READY = re.compile(r"listening on (http://\S+?)[\s(]")
 
 
-class DevApiProcess:
-    """`harvester dev-api --port 0` with its own data folder under `workdir`."""
+class ServerProcess(ABC):
+    """A keruta-api stand-in as a child process on `--port 0`, with its own folder under
+    `workdir`; a subclass says how to start it (`_argv`)."""
 
-    def __init__(
-        self, workdir: Path, *, latency: float = 0.0, options: tuple[str, ...] = ()
-    ) -> None:
-        """`options`: more `harvester dev-api` flags (`--no-listing`, `--no-idempotency`)."""
+    name: str  # how the tables name it
+
+    def __init__(self, workdir: Path, *, latency: float = 0.0) -> None:
         self._workdir = workdir
         self._latency = latency
-        self._options = options
         self._process: subprocess.Popen[bytes] | None = None
         self._data_dir: Path | None = None
         self._url: str | None = None
 
+    @abstractmethod
+    def _argv(self, store: Path) -> list[str]:
+        """The command line; `store` is a fresh folder the server may write into."""
+
+    def _env(self) -> dict[str, str]:
+        return isolated_env()
+
     @property
     def url(self) -> str:
         if self._url is None:
-            raise RuntimeError("the dev-api process is not started")
+            raise RuntimeError(f"the {self.name} process is not started")
         return self._url
 
     def start(self, timeout: float = 30.0) -> Self:
         self._workdir.mkdir(parents=True, exist_ok=True)
-        self._data_dir = Path(tempfile.mkdtemp(prefix="dev-api-", dir=self._workdir))
+        self._data_dir = Path(tempfile.mkdtemp(prefix="server-", dir=self._workdir))
         log_path = self._data_dir / "server.log"
-        argv = [str(HARVESTER), "dev-api", "--host", "127.0.0.1", "--port", "0"]
-        argv += ["--data-dir", str(self._data_dir / "store"), "--latency", str(self._latency)]
-        argv += self._options
         with log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=isolated_env()
+                self._argv(self._data_dir / "store"),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self._env(),
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -69,7 +81,7 @@ class DevApiProcess:
             if self._process.poll() is not None or time.monotonic() > deadline:
                 text = log_path.read_text(errors="replace")[-2000:]
                 self.stop()
-                raise BenchError(f"harvester dev-api did not start:\n{text}")
+                raise BenchError(f"{self.name} did not start:\n{text}")
             time.sleep(0.02)
 
     def cpu_seconds(self) -> float | None:
@@ -108,3 +120,34 @@ class DevApiProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class DevApiProcess(ServerProcess):
+    """`harvester dev-api --port 0`, storing blobs in its fresh folder."""
+
+    name = "dev-api"
+
+    def __init__(
+        self, workdir: Path, *, latency: float = 0.0, options: tuple[str, ...] = ()
+    ) -> None:
+        """`options`: more `harvester dev-api` flags (`--no-listing`, `--no-idempotency`)."""
+        super().__init__(workdir, latency=latency)
+        self._options = options
+
+    def _argv(self, store: Path) -> list[str]:
+        argv = [str(HARVESTER), "dev-api", "--host", "127.0.0.1", "--port", "0"]
+        argv += ["--data-dir", str(store), "--latency", str(self._latency)]
+        return [*argv, *self._options]
+
+
+class FastServerProcess(ServerProcess):
+    """`python -m bench.fast_server --port 0`: parses and hashes, keeps no blob."""
+
+    name = "fast server"
+
+    def _argv(self, store: Path) -> list[str]:
+        argv = [sys.executable, "-m", "bench.fast_server", "--host", "127.0.0.1", "--port", "0"]
+        return [*argv, "--latency", str(self._latency)]
+
+    def _env(self) -> dict[str, str]:
+        return repo_env()

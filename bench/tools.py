@@ -2,7 +2,8 @@
 
 Takes argv lists; gives `run_timed` (wall time, exit code, CPU time and the child's peak RSS),
 the path of the `harvester` CLI next to this interpreter, a clean environment
-for children (no keruta settings, no way to a cluster), and `find_tool`, which says how to get
+for children (no keruta settings, no way to a cluster; `repo_env` adds this checkout to
+PYTHONPATH for `python -m bench.<module>` children), and `find_tool`, which says how to get
 `wrk` or `curl` when they are missing instead of failing.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "find_tool",
     "isolated_env",
     "proc_cpu_seconds",
+    "repo_env",
     "run_timed",
     "tool_version",
 ]
@@ -54,6 +56,13 @@ def isolated_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["KUBECONFIG"] = "/nonexistent"
     env.update(extra or {})
     return env
+
+
+def repo_env() -> dict[str, str]:
+    """`isolated_env()` in which `python -m bench.<module>` finds this checkout's `bench`."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    return isolated_env({"PYTHONPATH": path})
 
 
 def run_timed(

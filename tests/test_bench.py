@@ -1,10 +1,12 @@
 """The benchmark's arithmetic on figures made up here, and `python -m bench --quick` end to end.
 
 The verdicts and ratios are checked on constructed data (PASS at or above a `>=` target, MISS
-below, n/a without a figure). The quick run is a child process (the dev-api it starts is a
-separate process too), with or without wrk and curl: its figures must be positive and agree
-with each other and with the tree it made (files counted = files made, rates = amount / time,
-the verdict = the target's comparison of its own ratio). No speed is asserted: figures on a
+below, n/a without a figure), and so is the check that a harvest reached the server whole. The
+quick run is a child process (the dev-api and the fast server it starts are separate processes
+too), with or without wrk and curl: its figures must be positive and agree with each other and
+with the trees it made (files counted = files made = files each server lists, rates = amount /
+time, figures per file = figure / files, the verdict = the target's comparison of its own
+value). No speed is asserted: figures on a
 shared CI machine say nothing, so whether a target is met is information, not a test outcome.
 """
 
@@ -19,24 +21,32 @@ from typing import Any
 import pytest
 
 from bench.contenders import Measurement
+from bench.data import KIB, TreeSpec, make_tree
 from bench.report import as_json, format_summary
 from bench.results import MB, ContenderResult, Ratio, ScenarioResult, Target
-from bench.scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS, check_all_uploaded
+from bench.tools import BenchError
 from tests.process import isolated_env
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_bench(tmp_path: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
+# The trees `--quick` writes for the scenarios the tests run, by scenario.
+QUICK_TREES = {"many-small": "quick-many-small", "plan-1m": "quick-plan-1m"}
+
+
+def run_bench(
+    tmp_path: Path, env: dict[str, str], scenarios: tuple[str, ...] = ("many-small",)
+) -> tuple[str, dict[str, Any]]:
     out = tmp_path / "bench.json"
+    chosen = [arg for name in scenarios for arg in ("--scenario", name)]
     done = subprocess.run(
         [
             sys.executable,
             "-m",
             "bench",
             "--quick",
-            "--scenario",
-            "many-small",
+            *chosen,
             "--runs",
             "1",
             "--workdir",
@@ -48,25 +58,28 @@ def run_bench(tmp_path: Path, env: dict[str, str]) -> tuple[str, dict[str, Any]]
         env=env,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=150,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout, json.loads(out.read_text())
 
 
+HARVESTS = ("harvester", "harvester-fast")  # the harvester against dev-api, the fast server
+
+
 def check_shape(stdout: str, document: dict[str, Any]) -> dict[str, Any]:
     assert "many-small:" in stdout
     assert "contender" in stdout
-    assert "harvester / ceiling (wrk)" in stdout
+    assert "harvester / wrk, fast server" in stdout
     assert "targets:" in stdout
     assert set(document) == {"meta", "scenarios"}
     assert document["meta"]["runs"] == 1
     assert document["meta"]["quick"] is True
     scenario: dict[str, Any] = document["scenarios"]["many-small"]
     assert {"description", "files", "bytes", "contenders", "ratios", "targets"} <= set(scenario)
-    assert set(scenario["contenders"]) == {"harvester", "wrk", "wrk-same", "sequential"}
-    for key in ("harvester", "sequential"):
+    assert set(scenario["contenders"]) == {*HARVESTS, "wrk", "wrk-fast", "wrk-same", "sequential"}
+    for key in (*HARVESTS, "sequential"):
         contender = scenario["contenders"][key]
         assert contender["skipped"] is None
         assert len(contender["runs"]) == 1
@@ -74,9 +87,15 @@ def check_shape(stdout: str, document: dict[str, Any]) -> dict[str, Any]:
         assert contender["files_per_s"] > 0
         assert contender["mb_per_s"] > 0
         assert contender["peak_rss_mb"] > 0
-    harvester_run = scenario["contenders"]["harvester"]["runs"][0]
-    assert harvester_run["files"] == scenario["files"]
-    assert harvester_run["detail"]["counts"]["uploaded"] == scenario["files"]
+        assert contender["client_cpu_ms_per_file"] > 0
+    for key in HARVESTS:
+        # Uploaded by the harvester's count and by each server's own listing.
+        [run] = scenario["contenders"][key]["runs"]
+        assert run["files"] == scenario["files"]
+        assert run["detail"]["counts"]["uploaded"] == scenario["files"]
+        assert run["detail"]["server_documents"] == scenario["files"]
+        assert run["detail"]["server_paths"] == scenario["files"]
+        assert run["server_cpu_s"] > 0
     assert scenario["ratios"]["sequential / harvester"]["value"] > 0
     check_consistent(scenario)
     return scenario
@@ -85,13 +104,16 @@ def check_shape(stdout: str, document: dict[str, Any]) -> dict[str, Any]:
 def check_consistent(scenario: dict[str, Any]) -> None:
     """Every figure is derived from the runs, and the verdict from the target's own ratio."""
     files, size = scenario["files"], scenario["bytes"]
-    for key in ("harvester", "sequential"):
+    for key in (*HARVESTS, "sequential"):
         contender = scenario["contenders"][key]
         [run] = contender["runs"]
         assert (run["files"], run["bytes"]) == (files, size)
         assert contender["median_wall_s"] == run["wall_s"] > 0
         assert contender["files_per_s"] == pytest.approx(files / run["wall_s"])
         assert contender["mb_per_s"] == pytest.approx(size / run["wall_s"] / MB)
+        assert contender["client_cpu_ms_per_file"] == pytest.approx(
+            run["client_cpu_s"] / files * 1000
+        )
     for ratio in scenario["ratios"].values():
         if ratio["numerator"] is None or ratio["denominator"] is None:
             assert ratio["value"] is None
@@ -99,22 +121,60 @@ def check_consistent(scenario: dict[str, Any]) -> None:
             assert ratio["value"] == pytest.approx(ratio["numerator"] / ratio["denominator"])
     speedup = scenario["ratios"]["sequential / harvester"]
     assert speedup["value"] > 0
-    vs_ceiling = scenario["ratios"]["harvester / ceiling (wrk)"]
-    assert vs_ceiling["numerator"] == scenario["contenders"]["harvester"]["files_per_s"]
-    [target] = scenario["targets"]
-    assert (target["op"], target["value"]) == (">=", vs_ceiling["value"])
-    if target["value"] is None:
-        assert target["verdict"] == "n/a"
-    else:
-        assert target["verdict"] == ("PASS" if target["value"] >= target["limit"] else "MISS")
+    # Each harvester against the wrk that ran against the same server.
+    for key, server in (("", "dev-api"), ("-fast", "fast server")):
+        ratio = scenario["ratios"][f"harvester / wrk, {server}"]
+        assert ratio["numerator"] == scenario["contenders"][f"harvester{key}"]["files_per_s"]
+        assert ratio["denominator"] == scenario["contenders"][f"wrk{key}"]["files_per_s"]
+    share, cpu = scenario["targets"]
+    assert (share["op"], share["limit"], share["value"]) == (
+        ">=",
+        0.6,
+        scenario["ratios"]["harvester / wrk, fast server"]["value"],
+    )
+    fast = scenario["contenders"]["harvester-fast"]
+    assert (cpu["op"], cpu["limit"], cpu["value"]) == ("<=", 0.4, fast["client_cpu_ms_per_file"])
+    check_verdicts(scenario)
 
 
-def check_tree(tmp_path: Path, scenario: dict[str, Any]) -> None:
+def check_verdicts(scenario: dict[str, Any]) -> None:
+    for target in scenario["targets"]:
+        if target["value"] is None:
+            assert target["verdict"] == "n/a"
+            continue
+        ok = {
+            ">=": target["value"] >= target["limit"],
+            "<=": target["value"] <= target["limit"],
+            "<": target["value"] < target["limit"],
+        }[target["op"]]
+        assert target["verdict"] == ("PASS" if ok else "MISS")
+
+
+def check_tree(tmp_path: Path, name: str, scenario: dict[str, Any]) -> None:
     """The files the benchmark counted are the files it made."""
-    [tree] = [path for path in (tmp_path / "work" / "trees").iterdir() if path.is_dir()]
+    tree = tmp_path / "work" / "trees" / QUICK_TREES[name]
     made = [path for path in tree.rglob("*") if path.is_file()]
     assert len(made) == scenario["files"] > 0
     assert sum(path.stat().st_size for path in made) == scenario["bytes"]
+
+
+def check_plan(scenario: dict[str, Any]) -> None:
+    """The plan lists every file; memory and CPU per file are the run's figures / files."""
+    files = scenario["files"]
+    contender = scenario["contenders"]["harvester"]
+    [run] = contender["runs"]
+    assert run["files"] == files == run["detail"]["counts"]["upload"]
+    figures = scenario["figures"]
+    memory = figures["memory (peak RSS / files)"]
+    assert memory["unit"] == "B"
+    assert memory["value"] == pytest.approx(contender["peak_rss_mb"] * MB / files)
+    cpu = figures["CPU (user + system / files)"]
+    assert cpu["unit"] == "µs"
+    assert cpu["value"] == pytest.approx(run["client_cpu_s"] / files * 1e6)
+    wall, rss = scenario["targets"]
+    assert (wall["op"], wall["limit"], wall["value"]) == ("<", 40.0, run["wall_s"])
+    assert (rss["op"], rss["limit"], rss["value"]) == ("<", 700.0, contender["peak_rss_mb"])
+    check_verdicts(scenario)
 
 
 @pytest.mark.parametrize(
@@ -178,21 +238,27 @@ def test_a_ratio_without_one_side_has_no_value() -> None:
     assert Ratio("r", 3.0, 0.0, "s").value is None
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_quick_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> None:
-    stdout, document = run_bench(tmp_path, isolated_env())
+    stdout, document = run_bench(tmp_path, isolated_env(), ("many-small", "plan-1m"))
     scenario = check_shape(stdout, document)
-    check_tree(tmp_path, scenario)
-    wrk = scenario["contenders"]["wrk"]
-    if "wrk" in document["meta"]["missing_tools"]:
-        assert wrk["skipped"] and "apt-get install -y wrk curl" in wrk["skipped"]
-    else:
-        assert wrk["skipped"] is None
-        assert wrk["files_per_s"] > 0
+    check_tree(tmp_path, "many-small", scenario)
+    for key in ("wrk", "wrk-fast"):
+        wrk = scenario["contenders"][key]
+        if "wrk" in document["meta"]["missing_tools"]:
+            assert wrk["skipped"] and "apt-get install -y wrk curl" in wrk["skipped"]
+        else:
+            assert wrk["skipped"] is None
+            assert wrk["files_per_s"] > 0
+    if "wrk" not in document["meta"]["missing_tools"]:
         assert scenario["targets"][0]["verdict"] in {"PASS", "MISS"}
+    plan = document["scenarios"]["plan-1m"]
+    assert "memory (peak RSS / files)" in stdout
+    check_tree(tmp_path, "plan-1m", plan)
+    check_plan(plan)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_without_wrk_the_ceiling_is_skipped_with_a_hint(tmp_path: Path) -> None:
     # An empty PATH hides wrk and curl; the interpreter and the harvester are called by path.
     empty = tmp_path / "empty-path"
@@ -203,11 +269,36 @@ def test_without_wrk_the_ceiling_is_skipped_with_a_hint(tmp_path: Path) -> None:
     scenario = check_shape(stdout, document)
     assert document["meta"]["missing_tools"] == ["wrk", "curl"]
     assert "apt-get install -y wrk curl" in stdout
-    wrk = scenario["contenders"]["wrk"]
-    assert "apt-get install -y wrk curl" in wrk["skipped"]
-    assert wrk["median_wall_s"] is None
-    assert scenario["ratios"]["harvester / ceiling (wrk)"]["value"] is None
+    for key, server in (("wrk", "dev-api"), ("wrk-fast", "fast server")):
+        wrk = scenario["contenders"][key]
+        assert "apt-get install -y wrk curl" in wrk["skipped"]
+        assert wrk["median_wall_s"] is None
+        assert scenario["ratios"][f"harvester / wrk, {server}"]["value"] is None
     assert scenario["targets"][0]["verdict"] == "n/a"
+
+
+def test_a_tree_the_file_system_has_no_room_for_is_refused_before_a_file_is_written(
+    tmp_path: Path,
+) -> None:
+    spec = TreeSpec("huge", 10**12, 4 * KIB, 1_000)
+    with pytest.raises(BenchError, match=r"free, the huge tree .* needs about"):
+        make_tree(spec, tmp_path)
+    assert list((tmp_path / "huge").iterdir()) == []
+    assert not (tmp_path / "huge.complete").exists()
+
+
+def test_a_harvest_the_server_did_not_receive_whole_is_an_error() -> None:
+    def harvested(held: int, paths: int) -> ContenderResult:
+        detail = {"counts": {"uploaded": 10}, "server_documents": held, "server_paths": paths}
+        contender = ContenderResult("harvester-fast", "harvester, fast server")
+        contender.runs = [Measurement(wall_s=1.0, files=10, bytes=40_960, detail=detail)]
+        return contender
+
+    check_all_uploaded(harvested(10, 10), 10)
+    with pytest.raises(BenchError, match="holds 9 documents with 9 distinct paths for 10 files"):
+        check_all_uploaded(harvested(9, 9), 10)
+    with pytest.raises(BenchError, match="holds 10 documents with 9 distinct paths"):
+        check_all_uploaded(harvested(10, 9), 10)
 
 
 def test_the_controller_scenario_without_the_control_plane_is_skipped_in_one_line(
