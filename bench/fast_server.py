@@ -4,7 +4,7 @@ fast real server must.
 Takes a host and port; serves `POST /api/tasks/{taskId}/documents` (parses the multipart body
 with python-multipart, hashes the file part with SHA-256, checks it against the `sha256` part,
 answers 201 with an id), `GET` of the same path (what it received, for the benchmark's checks)
-and `PUT /api/tasks/{taskId}/status`. One uvicorn worker, no access log, nothing written to disk.
+and `PUT /api/v1/tasks/{taskId}/status`. One uvicorn worker, no access log, nothing written to disk.
 
 Why a second server: dev-api stores every blob on disk and checks idempotency keys, so it spends
 more per request than a fast keruta-api would; measured only against it, the client's own cost
@@ -66,7 +66,7 @@ app = Starlette(
     routes=[
         Route("/api/tasks/{task_id}/documents", upload, methods=["POST"]),
         Route("/api/tasks/{task_id}/documents", listing, methods=["GET"]),
-        Route("/api/tasks/{task_id}/status", status, methods=["PUT"]),
+        Route("/api/v1/tasks/{task_id}/status", status, methods=["PUT"]),
     ]
 )
 
