@@ -1,9 +1,13 @@
-"""One harvest, end to end: survey (scan, hash) → plan → execute → status → release → report.
+"""One harvest, end to end: survey (scan) → what is held → hash, plan and upload → status →
+release → report.
 
 Takes validated `Settings`, a `Listener` for progress and the outside world's seams (the PVC
 step, the ledger's store, a stop event, the clock); gives a `Harvest`: the plan it followed and
-one `HarvestReport`. The ledger of accepted uploads is read before the plan (a dry run reads it
-too), written as the uploads are acknowledged, and closed (flushed) before the status is set.
+one `HarvestReport`. What is already held (the ledger of accepted uploads, keruta-api's listing)
+is read before hashing starts, so each document's plan is final as soon as its hash and those it
+could duplicate are known (`Planner`), and it is uploaded while the other files are still read.
+The ledger is written as the uploads are acknowledged and closed (flushed) before the status is
+set. A dry run reads the ledger too and plans with the same `Planner`.
 It reads like the design's diagram on purpose: every stage is a call into its own package, this
 module only decides what happens next, and every way out (a dry run, a signal, an unusable
 keruta-api, a finished run) ends in the same report builder. It never prints and never exits.
@@ -38,6 +42,7 @@ from harvester.model import (
     LedgerEntry,
     LedgerUse,
     Outcome,
+    PlanItem,
     Receipt,
     RemoteDocument,
     ScanResult,
@@ -49,7 +54,7 @@ from harvester.model import (
 from harvester.pipeline.digest import hash_entries
 from harvester.pipeline.ledger import Ledger, LedgerStore
 from harvester.pipeline.mounts import require_mounted_volume
-from harvester.pipeline.plan import build_plan
+from harvester.pipeline.plan import Planner
 from harvester.pipeline.rootfs import RootDir
 from harvester.pipeline.scan import ScanOptions, scan
 from harvester.pipeline.upload import Uploader
@@ -110,21 +115,18 @@ def run_harvest(
 
 @dataclass(frozen=True, slots=True)
 class _Survey:
-    """What is on the volume: the scan, the digests and what could not be read."""
+    """What is on the volume (the scan, the root opened to read it) and what the ledger
+    recorded of it."""
 
     scanned: ScanResult
-    digests: list[Digest]
-    failures: list[Failed]
     root: RootDir | None
     keep_duplicates: bool
     recorded: tuple[LedgerEntry, ...] = ()
     recorded_in: str | None = None
 
-    def plan(self, remote: list[RemoteDocument] | None = None) -> UploadPlan:
-        return build_plan(
-            self.scanned,
-            self.digests,
-            self.failures,
+    def planner(self, remote: list[RemoteDocument] | None = None) -> Planner:
+        return Planner(
+            self.scanned.entries,
             keep_duplicates=self.keep_duplicates,
             remote=remote,
             recorded=self.recorded,
@@ -163,23 +165,25 @@ class _Run:
         survey = self.read_ledger(self.survey(resources), resources)
         if self.settings.dry_run:
             dry = StepResult(StepState.SKIPPED, "dry run (--dry-run)")
-            plan = survey.plan()
+            plan = self.plan_only(survey)
             return self.report(survey, plan, _file_reports(plan, unsent=Outcome.PLANNED), dry, dry)
         if self.stop.is_set():
-            return self.unsent(survey, survey.plan(), INTERRUPTED, _INTERRUPTED_STATUS)
+            return self.unsent(survey, self.plan_only(survey), INTERRUPTED, _INTERRUPTED_STATUS)
 
         api = resources.enter_context(self.client())
         try:
             remote = self.retrier.call(lambda _attempt: self.already_uploaded(api))
         except Interrupted:
-            return self.unsent(survey, survey.plan(), INTERRUPTED, _INTERRUPTED_STATUS)
+            return self.unsent(survey, self.plan_only(survey), INTERRUPTED, _INTERRUPTED_STATUS)
         except ApiError as exc:
             # Nothing can be uploaded: say so once, rather than once for every file.
             self.listener.notice(Level.ERROR, str(exc))
-            return self.unsent(survey, survey.plan(), _unusable(exc), error=exc)
+            plan = self.plan_only(survey)
+            if self.stop.is_set():  # a signal while the files were hashed
+                return self.unsent(survey, plan, INTERRUPTED, _INTERRUPTED_STATUS)
+            return self.unsent(survey, plan, _unusable(exc), error=exc)
 
-        plan = survey.plan(remote)
-        receipts, auth_error = self.execute(api, survey.root, plan)
+        plan, receipts, auth_error = self.execute(api, survey, remote)
         self.close_ledger()
         interrupted = self.stop.is_set()
         files = _file_reports(
@@ -206,7 +210,7 @@ class _Run:
         )
 
     def survey(self, resources: ExitStack) -> _Survey:
-        """Scan the root and hash what it holds; a missing root is "no documents" only when
+        """Scan the root and open it for reading; a missing root is "no documents" only when
         that cannot lose any (see `require_mounted_volume`)."""
         settings, listener, stop = self.settings, self.listener, self.stop
         options = ScanOptions(
@@ -224,12 +228,37 @@ class _Run:
             listener.notice(
                 Level.WARNING, f"{settings.root}: does not exist; no documents to harvest"
             )
-            return _Survey(scanned, [], [], None, settings.keep_duplicates)
+            return _Survey(scanned, None, settings.keep_duplicates)
         root = resources.enter_context(RootDir(settings.root))
-        digests, failures = hash_entries(
-            root, scanned.entries, workers=settings.hash_workers, listener=listener, stop=stop
+        return _Survey(scanned, root, settings.keep_duplicates)
+
+    def hash_into(
+        self, survey: _Survey, planner: Planner, send: Callable[[PlanItem], None]
+    ) -> None:
+        """Hash every scanned file into `planner`, handing each upload to `send` the moment its
+        decision is final, while the other files are still read."""
+        if survey.root is None:
+            return
+
+        def decided(index: int, result: Digest | Failed) -> None:
+            for upload in planner.add(index, result):
+                send(upload)
+
+        hash_entries(
+            survey.root,
+            survey.scanned.entries,
+            workers=self.settings.hash_workers,
+            listener=self.listener,
+            stop=self.stop,
+            on_result=decided,
         )
-        return _Survey(scanned, digests, failures, root, settings.keep_duplicates)
+
+    def plan_only(self, survey: _Survey) -> UploadPlan:
+        """The plan without uploading (a dry run, or a run that cannot upload): every file
+        hashed into the same `Planner` the uploads follow, so the two cannot disagree."""
+        planner = survey.planner()
+        self.hash_into(survey, planner, lambda _upload: None)
+        return planner.plan(survey.scanned)
 
     def read_ledger(self, survey: _Survey, resources: ExitStack) -> _Survey:
         """The survey with what the ledger recorded; a run that acts opens it for writing too
@@ -301,14 +330,16 @@ class _Run:
         return remote
 
     def execute(
-        self, api: KerutaApi, root: RootDir | None, plan: UploadPlan
-    ) -> tuple[tuple[Receipt, ...], AuthRejected | None]:
-        """Upload the planned documents: one receipt per planned upload, in plan order."""
-        if root is None or not plan.uploads or self.stop.is_set():
-            return (), None
+        self, api: KerutaApi, survey: _Survey, remote: list[RemoteDocument] | None
+    ) -> tuple[UploadPlan, tuple[Receipt, ...], AuthRejected | None]:
+        """Hash, plan and upload together: each document is sent as soon as its plan is final.
+        Gives the plan and one receipt per planned upload, in plan order."""
+        planner = survey.planner(remote)
+        if survey.root is None:
+            return planner.plan(survey.scanned), (), None
         uploader = Uploader(
             api,
-            root,
+            survey.root,
             self.settings.task_id,
             self.retrier,
             concurrency=self.settings.concurrency,
@@ -318,8 +349,13 @@ class _Run:
             clock=self.clock,
             ledger=self.ledger,
         )
-        receipts = uploader.upload_all(plan.uploads)
-        return receipts, uploader.auth_error
+        with uploader.uploading() as feed:
+            self.hash_into(survey, planner, feed.put)
+        plan = planner.plan(survey.scanned)
+        # Paired by the very item the planner gave, never by name (see `_file_reports`).
+        answers = {id(item): receipt for item, receipt in feed.answered}
+        receipts = tuple(answers[id(item)] for item in plan.uploads)
+        return plan, receipts, uploader.auth_error
 
     def set_status(
         self, api: KerutaApi, files: tuple[FileReport, ...], root_exists: bool

@@ -48,11 +48,16 @@ class Listener(Protocol):
     def stage_started(self, stage: Stage, files: int, nbytes: int) -> None:
         """A stage begins with this much work ahead (0 when unknown, as for the scan)."""
 
+    def stage_grew(self, stage: Stage, files: int, nbytes: int) -> None:
+        """More work of a started stage became known (the uploads, decided while files are
+        still hashed)."""
+
     def advanced(self, stage: Stage, files: int = 0, nbytes: int = 0) -> None:
         """Some work of the stage is done: whole files and/or bytes."""
 
-    def file_failed(self, rel_path: str, message: str) -> None:
-        """A document could not be harvested; `message` is a full sentence."""
+    def file_failed(self, rel_path: str, message: str, stage: Stage | None = None) -> None:
+        """A document could not be harvested; `message` is a full sentence. `stage` is the
+        stage that failed it (None: the one started last that still runs)."""
 
     def notice(self, level: Level, message: str) -> None:
         """Anything else a person should read."""
@@ -67,10 +72,13 @@ class NullListener:
     def stage_started(self, stage: Stage, files: int, nbytes: int) -> None:
         pass
 
+    def stage_grew(self, stage: Stage, files: int, nbytes: int) -> None:
+        pass
+
     def advanced(self, stage: Stage, files: int = 0, nbytes: int = 0) -> None:
         pass
 
-    def file_failed(self, rel_path: str, message: str) -> None:
+    def file_failed(self, rel_path: str, message: str, stage: Stage | None = None) -> None:
         pass
 
     def notice(self, level: Level, message: str) -> None:
@@ -186,6 +194,14 @@ class Tally:
         for watcher in self._watchers:
             watcher.stage_started(snap)
 
+    def stage_grew(self, stage: Stage, files: int, nbytes: int) -> None:
+        # Like `advanced`, no watcher is told: the totals are read when a reporter draws.
+        with self._lock:
+            count = self._stages.get(stage)
+            if count is not None:
+                count.files_total += files
+                count.bytes_total += nbytes
+
     def advanced(self, stage: Stage, files: int = 0, nbytes: int = 0) -> None:
         # Only counters move here (this runs for every chunk); reporters read them when they draw.
         with self._lock:
@@ -195,12 +211,15 @@ class Tally:
             count.files_done += files
             count.bytes_done += nbytes
 
-    def file_failed(self, rel_path: str, message: str) -> None:
-        """Counted against the stage started last that still runs (the one failing)."""
+    def file_failed(self, rel_path: str, message: str, stage: Stage | None = None) -> None:
+        """Counted against `stage`, or else the stage started last that still runs."""
         with self._lock:
-            running = [c for c in self._stages.values() if c.finished_at is None]
-            if running:
-                running[-1].failed += 1
+            if stage is not None and stage in self._stages:
+                self._stages[stage].failed += 1
+            else:
+                running = [c for c in self._stages.values() if c.finished_at is None]
+                if running:
+                    running[-1].failed += 1
         for watcher in self._watchers:
             watcher.file_failed(rel_path, message)
 

@@ -54,13 +54,17 @@ class Recorder:
     def stage_started(self, stage: Stage, files: int, nbytes: int) -> None:
         self.started.append((stage, files, nbytes))
 
+    def stage_grew(self, stage: Stage, files: int, nbytes: int) -> None:
+        raise AssertionError(f"the hash stage's {stage} grew")
+
     def advanced(self, stage: Stage, files: int = 0, nbytes: int = 0) -> None:
         assert stage is Stage.HASH
         with self.lock:
             self.files += files
             self.nbytes += nbytes
 
-    def file_failed(self, rel_path: str, message: str) -> None:
+    def file_failed(self, rel_path: str, message: str, stage: Stage | None = None) -> None:
+        assert stage is Stage.HASH
         with self.lock:
             self.failures.append((rel_path, message))
 

@@ -328,14 +328,16 @@ def test_pvc_step_runs_only_after_a_complete_harvest(odd_tree: Path, dev_api: De
 
 
 class ChangeAfterHashing(NullListener):
-    """A listener that rewrites a document the moment hashing ends: a real change on disk."""
+    """A listener that rewrites a document the moment its upload is decided, after its hash
+    and before a worker opens it (the upload stage starts with the first upload handed over):
+    a real change on disk."""
 
     def __init__(self, path: Path, content: bytes) -> None:
         self.path = path
         self.content = content
 
-    def stage_finished(self, stage: Stage) -> None:
-        if stage is Stage.HASH:
+    def stage_started(self, stage: Stage, files: int, nbytes: int) -> None:
+        if stage is Stage.UPLOAD:
             self.path.write_bytes(self.content)
             os.utime(self.path, ns=(1, 10**18))  # a distinct mtime, whatever the clock's grain
 
@@ -396,7 +398,14 @@ def test_stop_event_leaves_the_rest_not_attempted(tmp_path: Path, dev_api: DevAp
     ).report
     assert report.interrupted
     assert report.count(Outcome.UPLOADED) == 1
-    assert report.count(Outcome.NOT_ATTEMPTED) == 9
+    # Uploads start while files are still hashed: a file the stop found unhashed is failed
+    # "not hashed", every other one not attempted.
+    rest = [f for f in report.files if f.outcome is not Outcome.UPLOADED]
+    assert len(rest) == 9
+    for f in rest:
+        assert f.outcome is Outcome.NOT_ATTEMPTED or (f.error or "").endswith(
+            "not hashed: the harvest was interrupted"
+        ), f
     task = dev_api.store.task(TASK)
     assert task is None or task.history == ()  # no status: a new run will finish the job
     assert exit_code_for(report) is ExitCode.UPLOADS_FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,12 +14,13 @@ from harvester.model import (
     Failed,
     FileEntry,
     LedgerEntry,
+    PlanItem,
     RemoteDocument,
     ScanResult,
     Skipped,
     SkipReason,
 )
-from harvester.pipeline.plan import build_plan
+from harvester.pipeline.plan import Planner, build_plan
 
 
 def digest(path: str, content: bytes) -> Digest:
@@ -130,3 +132,172 @@ def test_the_ledger_marks_a_path_with_the_same_content_already_uploaded() -> Non
         "c.md": (Action.ALREADY_UPLOADED, "on the server"),
         "bad%FF.md": (Action.ALREADY_UPLOADED, "recorded in the ledger (ConfigMaps x-*)"),
     }
+
+
+# -- deciding as the hashes come in --------------------------------------------------------------
+
+
+def plan_as_before(
+    scan: ScanResult,
+    digests: list[Digest],
+    failures: list[Failed],
+    *,
+    keep_duplicates: bool,
+    remote: list[RemoteDocument],
+    recorded: list[LedgerEntry],
+) -> list[tuple[str, Action, str | None, str | None]]:
+    """The batch plan's rules as they were before uploads overlapped the hashing (an oracle
+    written out, not the code under test): every digest in sorted order, deduplicated by sha256."""
+    in_ledger = {(entry.path, entry.sha256) for entry in recorded}
+    remote_by_sha: dict[str, str] = {}
+    for document in remote:
+        remote_by_sha.setdefault(document.sha256, document.path)
+    remote_pairs = {(document.path, document.sha256) for document in remote}
+    first_path_of: dict[str, str] = {}
+    rows: list[tuple[str, Action, str | None, str | None]] = []
+    for d in sorted(digests, key=lambda d: d.rel_path):
+        path, sha = d.rel_path, d.sha256
+        if (d.entry.os_path, sha) in in_ledger:
+            rows.append((path, Action.ALREADY_UPLOADED, None, "ledger"))
+            first_path_of.setdefault(sha, path)
+        elif keep_duplicates:
+            held = (path, sha) in remote_pairs
+            if held:
+                rows.append((path, Action.ALREADY_UPLOADED, None, path))
+            else:
+                rows.append((path, Action.UPLOAD, None, None))
+        elif first_path_of.setdefault(sha, path) != path:
+            rows.append((path, Action.DUPLICATE, first_path_of[sha], None))
+        elif sha in remote_by_sha:
+            rows.append((path, Action.ALREADY_UPLOADED, None, remote_by_sha[sha]))
+        else:
+            rows.append((path, Action.UPLOAD, None, None))
+    rows += [(s.rel_path, Action.SKIP, None, None) for s in scan.skipped]
+    rows += [(f.rel_path, Action.FAIL, None, None) for f in (*scan.failed, *failures)]
+    return sorted(rows)
+
+
+def rows_of(plan_items: tuple[PlanItem, ...]) -> list[tuple[str, Action, str | None, str | None]]:
+    rows = []
+    for item in plan_items:
+        note = item.reason
+        if note is not None and note.startswith("recorded in the ledger"):
+            note = "ledger"
+        elif note is not None and note.startswith("on the server as "):
+            note = note.removeprefix("on the server as ")
+        elif note == "on the server":
+            note = item.rel_path
+        if item.action in (Action.SKIP, Action.FAIL, Action.UPLOAD, Action.DUPLICATE):
+            note = None
+        rows.append((item.rel_path, item.action, item.duplicate_of, note))
+    return rows
+
+
+@st.composite
+def harvests(draw: st.DrawFn) -> dict[str, Any]:
+    tree = draw(files)
+    paths = sorted(tree)
+    contents = sorted(set(tree.values()))
+    failing = draw(st.sets(st.sampled_from(paths), max_size=len(paths) // 3))
+    recorded = [
+        LedgerEntry(
+            path, hashlib.sha256(tree[path] + draw(st.sampled_from([b"", b"old"]))).hexdigest(), 0
+        )
+        for path in draw(st.sets(st.sampled_from(paths), max_size=len(paths) // 2))
+    ]
+    remote = [
+        RemoteDocument(
+            draw(st.sampled_from([*paths, "elsewhere.md"])), hashlib.sha256(content).hexdigest()
+        )
+        for content in draw(st.sets(st.sampled_from(contents), max_size=len(contents)))
+    ]
+    return {
+        "tree": tree,
+        "failing": failing,
+        "recorded": recorded,
+        "remote": remote,
+        "keep_duplicates": draw(st.booleans()),
+        "order": draw(st.permutations(range(len(paths)))),
+    }
+
+
+@given(harvests())
+def test_the_plan_decided_as_hashes_come_in_is_the_batch_plan(case: dict[str, Any]) -> None:
+    tree: dict[str, bytes] = case["tree"]
+    entries = tuple(FileEntry(path, path, len(tree[path]), 1) for path in sorted(tree))
+    results: list[Digest | Failed] = [
+        Failed(e.rel_path, f"{e.rel_path}: cannot be read", e.size)
+        if e.rel_path in case["failing"]
+        else digest(e.rel_path, tree[e.rel_path])
+        for e in entries
+    ]
+    digests = [r for r in results if isinstance(r, Digest)]
+    failures = [r for r in results if isinstance(r, Failed)]
+    scan = ScanResult(entries, (Skipped(".env", SkipReason.HIDDEN),), ())
+    options: dict[str, Any] = {
+        "keep_duplicates": case["keep_duplicates"],
+        "remote": case["remote"],
+        "recorded": case["recorded"],
+    }
+
+    planner = Planner(entries, **options)
+    released: list[PlanItem] = []
+    arrived: set[int] = set()
+    for index in case["order"]:
+        released += planner.add(index, results[index])
+        arrived.add(index)
+    incremental = planner.plan(scan)
+    batch = build_plan(scan, digests, failures, **options)
+
+    assert incremental == batch  # same items, same order, same actions and reasons
+    assert rows_of(batch.items) == plan_as_before(scan, digests, failures, **options)
+    # Every upload handed over exactly once: the very items of the plan.
+    assert sorted(map(id, released)) == sorted(map(id, incremental.uploads))
+
+
+@given(harvests())
+def test_an_upload_is_handed_over_as_soon_as_no_earlier_path_of_its_size_waits(
+    case: dict[str, Any],
+) -> None:
+    tree: dict[str, bytes] = case["tree"]
+    entries = tuple(FileEntry(path, path, len(tree[path]), 1) for path in sorted(tree))
+    options: dict[str, Any] = {
+        "keep_duplicates": case["keep_duplicates"],
+        "remote": case["remote"],
+        "recorded": case["recorded"],
+    }
+    final = build_plan(
+        ScanResult(entries, (), ()), [digest(p, c) for p, c in tree.items()], **options
+    )
+    uploads = {item.rel_path for item in final.uploads}
+    planner = Planner(entries, **options)
+    released: set[str] = set()
+    arrived: set[int] = set()
+    for index in case["order"]:
+        released |= {
+            item.rel_path
+            for item in planner.add(
+                index, digest(entries[index].rel_path, tree[entries[index].rel_path])
+            )
+        }
+        arrived.add(index)
+        final_now = {
+            e.rel_path
+            for i, e in enumerate(entries)
+            if i in arrived
+            and (
+                case["keep_duplicates"]
+                or all(j in arrived for j in range(i) if entries[j].size == e.size)
+            )
+        }
+        assert released == final_now & uploads
+
+
+def test_a_file_of_a_size_nobody_else_has_is_decided_when_hashed() -> None:
+    entries = tuple(
+        FileEntry(path, path, size, 1) for path, size in [("a.md", 1), ("b.md", 2), ("c.md", 1)]
+    )
+    planner = Planner(entries)
+    assert [i.rel_path for i in planner.add(1, digest("b.md", b"bb"))] == ["b.md"]
+    assert planner.add(2, digest("c.md", b"c")) == []  # a.md, of its size, may hold the same
+    assert [i.rel_path for i in planner.add(0, digest("a.md", b"a"))] == ["a.md", "c.md"]

@@ -48,10 +48,13 @@ class Recorder:
     def stage_started(self, stage: Stage, files: int, nbytes: int) -> None:
         self.events.append(("started", stage, files, nbytes))
 
+    def stage_grew(self, stage: Stage, files: int, nbytes: int) -> None:
+        raise AssertionError(f"the scan's {stage} grew")
+
     def advanced(self, stage: Stage, files: int = 0, nbytes: int = 0) -> None:
         self.events.append(("advanced", stage, files, nbytes))
 
-    def file_failed(self, rel_path: str, message: str) -> None:
+    def file_failed(self, rel_path: str, message: str, stage: Stage | None = None) -> None:
         raise AssertionError(f"the scan reported a file failure: {message}")
 
     def notice(self, level: Level, message: str) -> None:

@@ -179,30 +179,38 @@ def hash_entries(
     workers: int,
     listener: Listener = _NULL_LISTENER,
     stop: threading.Event | None = None,
+    on_result: Callable[[int, Digest | Failed], None] | None = None,
 ) -> tuple[list[Digest], list[Failed]]:
     """Hash `entries` on `workers` threads; give the digests and the failures, each in input order.
 
     Every `FileProblem` becomes a `Failed` (and `listener.file_failed`). Once `stop` is set no
     further file is started; those left become `Failed` with "not hashed: the harvest was
     interrupted". Unexpected errors stop the other workers and are raised.
+
+    `on_result(index, result)` is told each entry's result as soon as it is known (so a planner
+    can decide, and an upload start, while other files are still read): exactly once per entry,
+    one call at a time, from whichever thread hashed it; the files left by a stop last, in order.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     total = len(entries)
     listener.stage_started(Stage.HASH, total, sum(entry.size for entry in entries))
     try:
-        results = _hash_all(root, entries, workers, listener, stop)
+        results = _hash_all(root, entries, workers, listener, stop, on_result)
         digests: list[Digest] = []
         failed: list[Failed] = []
         interrupted = 0
-        for entry, result in zip(entries, results, strict=True):
+        for index, (entry, result) in enumerate(zip(entries, results, strict=True)):
             if isinstance(result, Digest):
                 digests.append(result)
             elif isinstance(result, Failed):
                 failed.append(result)
             else:
                 interrupted += 1
-                failed.append(Failed(entry.rel_path, f"{entry.rel_path}: {NOT_HASHED}", entry.size))
+                left = Failed(entry.rel_path, f"{entry.rel_path}: {NOT_HASHED}", entry.size)
+                failed.append(left)
+                if on_result is not None:
+                    on_result(index, left)
         if interrupted:
             listener.notice(
                 Level.WARNING,
@@ -219,9 +227,18 @@ def _hash_all(
     workers: int,
     listener: Listener,
     stop: threading.Event | None,
+    on_result: Callable[[int, Digest | Failed], None] | None,
 ) -> list[Digest | Failed | None]:
     results: list[Digest | Failed | None] = [None] * len(entries)
     lock = threading.Lock()
+    told = threading.Lock()
+
+    def hash_one(index: int) -> None:
+        result = results[index] = _hash_one(root, entries[index], listener)
+        if on_result is not None:
+            with told:
+                on_result(index, result)
+
     large = [i for i, entry in enumerate(entries) if entry.size >= THREADED_HASH_MIN_SIZE]
     indexes = iter(large)
     abort = threading.Event()
@@ -237,7 +254,7 @@ def _hash_all(
                 index = next(indexes, None)
             if index is None:
                 return
-            results[index] = _hash_one(root, entries[index], listener)
+            hash_one(index)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvester-hash") as pool:
         futures = [pool.submit(work) for _ in range(min(workers, len(large)))]
@@ -249,7 +266,7 @@ def _hash_all(
                 if stopped():
                     break
                 if entry.size < THREADED_HASH_MIN_SIZE:
-                    results[index] = _hash_one(root, entry, listener)
+                    hash_one(index)
             for future in as_completed(futures):
                 future.result()  # the first unexpected error stops the other workers at once
         except BaseException:
@@ -268,7 +285,7 @@ def _hash_one(root: RootDir, entry: FileEntry, listener: Listener) -> Digest | F
     except FileProblem as exc:
         message = str(exc)
         result = Failed(entry.rel_path, message, entry.size)
-        listener.file_failed(entry.rel_path, message)
+        listener.file_failed(entry.rel_path, message, Stage.HASH)
     # A file that failed or shrank still completes its share of the stage's bytes.
     listener.advanced(Stage.HASH, files=1, nbytes=max(0, entry.size - counter.reported))
     return result

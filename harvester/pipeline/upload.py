@@ -1,12 +1,14 @@
 """Uploading the planned documents: bounded concurrency, retries, verified streaming.
 
 Takes the plan's upload items, the open documents root and a `DocumentSink` (keruta-api's
-client, which asks the run's gate before every upload); gives one `Receipt` per item, in plan
-order. Each file is re-opened for every attempt (never rewound from a consumed stream) and
-streamed in chunks while its inode, size, mtime and ctime are checked against the digest's (see
-`verified_chunks`): a file that changed since it was hashed aborts the request mid-body, is
-hashed again and sent again, and after a few changes is reported as failed, never uploaded
-half-written.
+client, which asks the run's gate before every upload); gives one `Receipt` per item. The items
+come all at once (`Uploader.upload_all`: receipts in their order) or one by one as the plan
+decides them while files are still hashed (`Uploader.uploading`: an `UploadFeed` to put them in,
+each receipt paired with its item). Each file is re-opened for every attempt (never rewound from
+a consumed stream) and streamed in chunks while its inode, size, mtime and ctime are checked
+against the digest's (see `verified_chunks`): a file that changed since it was hashed aborts the
+request mid-body, is hashed again and sent again, and after a few changes is reported as failed,
+never uploaded half-written.
 
 A rejected token (401/403) stops every worker at once; the remaining items are "not attempted".
 
@@ -18,10 +20,12 @@ server's id), so at no moment are more than the ledger's window of accepted docu
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Protocol
 
 from harvester.errors import (
@@ -63,10 +67,67 @@ class DocumentSink(Protocol):
     ) -> str | None: ...
 
 
-class Uploader:
-    """Uploads plan items on a pool of `concurrency` threads sharing one connection pool.
+class UploadFeed:
+    """Planned uploads handed to an `Uploader` as their decisions become final.
 
-    After `upload_all`, `auth_error` holds the rejection that stopped every worker, if any.
+    `put` (from any thread) starts the upload stage with the first item and grows its totals
+    with each, so progress reads as done of decided so far. The largest item waiting is taken
+    first: the hashes of many small files come in long before a large file's, and a large file
+    queued behind them would be the last upload still running, alone. Once the feed is closed
+    the workers end when it is empty; a cancelled feed gives them nothing more. After the
+    uploader is done, `answered` pairs every item taken with its receipt, in the order taken.
+    """
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        # (0, -size, number, item) for an item, (1, 0, number, None) for the end: every item
+        # comes before the end, the largest first, then in the order put.
+        self._queue: queue.PriorityQueue[tuple[int, int, int, PlanItem | None]]
+        self._queue = queue.PriorityQueue()
+        self._lock = threading.Lock()
+        self._put = 0
+        self._started = False
+        self._cancelled = False
+        self.answered: list[tuple[PlanItem, Receipt]] = []
+
+    def put(self, item: PlanItem) -> None:
+        with self._lock:
+            if not self._started:
+                # Started only when there is something to send, as when the plan came whole.
+                self._listener.stage_started(Stage.UPLOAD, 0, 0)
+                self._started = True
+            self._listener.stage_grew(Stage.UPLOAD, 1, item.size or 0)
+            self._put += 1
+            number = self._put
+        self._queue.put((0, -(item.size or 0), number, item))
+
+    @property
+    def started(self) -> bool:
+        """Whether an item was put (and so the upload stage started)."""
+        return self._started
+
+    def close(self) -> None:
+        """No more items will come."""
+        self._queue.put((1, 0, 0, None))
+
+    def cancel(self) -> None:
+        """Give the workers nothing more, not even what was put and not yet taken."""
+        self._cancelled = True
+        self._queue.put((1, 0, 0, None))
+
+    def __iter__(self) -> Iterator[PlanItem]:
+        # One generator shared by the workers: the first to meet the end ends it for all.
+        while not self._cancelled:
+            item = self._queue.get()[3]
+            if item is None or self._cancelled:
+                return
+            yield item
+
+
+class Uploader:
+    """Uploads plan items on `concurrency` threads, each taking the next item when it is free.
+
+    Afterwards `auth_error` holds the rejection that stopped every worker, if any.
     """
 
     def __init__(
@@ -100,12 +161,60 @@ class Uploader:
         """One receipt per item, in the items' order."""
         total_bytes = sum(item.size or 0 for item in items)
         self._listener.stage_started(Stage.UPLOAD, len(items), total_bytes)
+        answered: list[tuple[PlanItem, Receipt]] = []
         try:
-            with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
-                receipts = tuple(pool.map(self._upload_one, items))
+            workers = min(self._concurrency, len(items))
+            with ThreadPoolExecutor(workers or 1, thread_name_prefix="upload") as pool:
+                _wait_all(self._start(pool, workers, iter(items), answered))
         finally:
             self._listener.stage_finished(Stage.UPLOAD)
-        return receipts
+        return tuple(receipt for _item, receipt in answered)
+
+    @contextmanager
+    def uploading(self) -> Iterator[UploadFeed]:
+        """Upload what is put into the yielded feed while the caller goes on (hashing the other
+        files); on leaving, close the feed and wait for every upload, then `feed.answered`
+        holds the receipts. Leaving with an exception sends nothing more than is in flight."""
+        feed = UploadFeed(self._listener)
+        try:
+            with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
+                workers = self._start(pool, self._concurrency, iter(feed), feed.answered)
+                try:
+                    yield feed
+                except BaseException:
+                    feed.cancel()
+                    raise
+                feed.close()
+                _wait_all(workers)
+        finally:
+            if feed.started:
+                self._listener.stage_finished(Stage.UPLOAD)
+
+    def _start(
+        self,
+        pool: ThreadPoolExecutor,
+        workers: int,
+        items: Iterator[PlanItem],
+        answered: list[tuple[PlanItem, Receipt]],
+    ) -> list[Future[None]]:
+        """`workers` threads of `pool` that take items until there are none, each item's
+        receipt put in `answered` at the place it was taken."""
+        lock = threading.Lock()
+        not_yet = Receipt(Outcome.NOT_ATTEMPTED)
+
+        def work() -> None:
+            # A worker takes the next item itself instead of one future per item: a harvest of
+            # a million files would otherwise hold a million futures.
+            while True:
+                with lock:
+                    item = next(items, None)
+                    if item is None:
+                        return
+                    place = len(answered)
+                    answered.append((item, not_yet))
+                answered[place] = (item, self._upload_one(item))
+
+        return [pool.submit(work) for _ in range(workers)]
 
     def _upload_one(self, item: PlanItem) -> Receipt:
         if self._ledger is None:
@@ -204,11 +313,19 @@ class Uploader:
         return notice
 
     def _failed(self, item: PlanItem, message: str, attempts: int) -> Receipt:
-        self._listener.file_failed(item.rel_path, message)
+        self._listener.file_failed(item.rel_path, message, Stage.UPLOAD)
         # A failed file completes its share of the stage's bytes (its bytes sent were taken
         # back), so the counter reads bytes dealt with of bytes planned and still ends full.
         self._listener.advanced(Stage.UPLOAD, files=1, nbytes=item.size or 0)
         return Receipt(Outcome.FAILED, attempts, error=message)
+
+
+def _wait_all(workers: list[Future[None]]) -> None:
+    """Wait for every worker; the first unexpected error is raised once all have ended."""
+    for worker in workers:
+        worker.exception()
+    for worker in workers:
+        worker.result()
 
 
 def verified_chunks(fd: int, digest: Digest) -> Iterator[bytes]:

@@ -91,14 +91,17 @@ class _Quiet:
     def stage_started(self, stage: Stage, files: int, nbytes: int) -> None:
         pass
 
+    def stage_grew(self, stage: Stage, files: int, nbytes: int) -> None:
+        pass
+
     def stage_finished(self, stage: Stage) -> None:
         pass
 
     def advanced(self, stage: Stage, files: int = 0, nbytes: int = 0) -> None:
         self._listener.advanced(stage, files, nbytes)
 
-    def file_failed(self, rel_path: str, message: str) -> None:
-        self._listener.file_failed(rel_path, message)
+    def file_failed(self, rel_path: str, message: str, stage: Stage | None = None) -> None:
+        self._listener.file_failed(rel_path, message, stage)
 
     def notice(self, level: Level, message: str) -> None:
         self._listener.notice(level, message)
