@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -332,6 +333,13 @@ class Settings:
         typed=DEFAULT_STATUS_PATH,
         help="Status endpoint path; {taskId} is replaced.",
     )
+    ca_cert: Path | None = option(
+        "--ca-cert",
+        env="KERUTA_CA_CERT",
+        typed=None,
+        help="For an https --api-url signed by a private CA: the CA certificates (PEM) to "
+        "trust instead of the system's. No proxy is used: keruta-api is reached directly.",
+    )
     cluster: ClusterAccess = field(default_factory=ClusterAccess)
     hash_workers: int = 4
 
@@ -365,6 +373,8 @@ class Settings:
                 raise ConfigError(f"{flag} {value!r}: must start with / and contain {{taskId}}")
         if self.summary_json is not None:
             check_output_path(self.summary_json, "--summary-json")
+        if self.ca_cert is not None:
+            check_ca_cert(self.ca_cert)
 
 
 # The options of `harvester watch` that mean what they mean for `cleanup`: their flags are
@@ -386,6 +396,7 @@ WATCH_SHARED = (
     "summary_json",
     "documents_path",
     "no_ledger",
+    "ca_cert",
 )
 # Editors' and writers' temporary files: never documents, but watched so that one renamed into
 # place is sent at once.
@@ -642,6 +653,24 @@ def check_output_path(path: Path, flag: str) -> None:
     else:
         return
     raise ConfigError(f"{flag} {path}: {problem}")
+
+
+def check_ca_cert(path: Path) -> None:
+    """Refuse, before anything is sent, a --ca-cert that holds no CA certificate to trust."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except ssl.SSLError:
+        problem = "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    except IsADirectoryError:
+        problem = "is a folder; name the CA's PEM file in it"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    else:
+        return
+    raise ConfigError(
+        f"--ca-cert {path}: {problem}; give the PEM file of the CA that signed keruta-api's "
+        "certificate"
+    )
 
 
 BEARER_RULE = (

@@ -279,7 +279,6 @@ def _failure_reporter(
             settings.api_url,
             gate=Gate(),
             timeout=default_of(Settings, "timeout"),
-            concurrency=1,
             token=settings.token,
             stop=stop,
         )
