@@ -124,6 +124,13 @@ def option(
     return field(default=default, metadata={"flag": flag})
 
 
+def shared_option(cls: type, name: str) -> Any:
+    """Field `name` of the settings class `cls` as a field of another one: the same flag, help
+    and default, said once."""
+    original = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+    return field(default=original.default, metadata=original.metadata)
+
+
 def default_of(cls: type, name: str) -> Any:
     """The default of field `name` of the dataclass `cls` (as parsed from what a person types)."""
     return cls.__dataclass_fields__[name].default  # type: ignore[attr-defined]
@@ -542,6 +549,7 @@ class ControllerSettings:
         help="Base URL of keruta-api, for --report-failed.",
     )
     token: str | None = field(default=None, repr=False)
+    ca_cert: Path | None = shared_option(Settings, "ca_cert")
     template_config_map: str = option(
         "--template-config-map",
         env="KERUTA_TEMPLATE_CONFIG_MAP",
@@ -558,6 +566,8 @@ class ControllerSettings:
             raise ConfigError("--selector must not be empty; the default is app=keruta")
         if self.report_failed:
             check_api_url(self.api_url)
+            if self.ca_cert is not None:
+                check_ca_cert(self.ca_cert)
         if self.lease_duration < 3:
             raise ConfigError(f"--lease-duration {self.lease_duration:g}s: at least 3s")
         for namespace in self.namespaces:

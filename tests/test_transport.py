@@ -16,7 +16,7 @@ import trustme
 from harvester.errors import ConfigError, RejectedError, RetryableError
 from harvester.gate import Gate
 from harvester.model import TaskStatus
-from harvester.settings import Settings
+from harvester.settings import ControllerSettings, Settings
 from harvester.wire.client import KerutaApi
 from tests.servers import (
     Answer,
@@ -286,6 +286,14 @@ def test_ca_cert_must_hold_a_certificate(tmp_path: Path, ca_file: Path) -> None:
         with pytest.raises(ConfigError) as info:
             settings(path)
         assert str(info.value).startswith(f"--ca-cert {path}: {problem}")
+
+
+def test_the_controller_refuses_a_bad_ca_cert_only_when_it_reports(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    url = "https://keruta-api:8443"
+    assert ControllerSettings(api_url=url, ca_cert=missing).ca_cert == missing  # unused
+    with pytest.raises(ConfigError, match="--ca-cert"):
+        ControllerSettings(report_failed=True, api_url=url, ca_cert=missing)
 
 
 def test_proxy_variables_are_not_used(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -280,6 +280,7 @@ def _failure_reporter(
             gate=Gate(),
             timeout=default_of(Settings, "timeout"),
             token=settings.token,
+            ca_cert=settings.ca_cert,
             stop=stop,
         )
     )
