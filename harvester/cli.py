@@ -66,7 +66,7 @@ def _parameter(name: str, flag: Flag) -> inspect.Parameter:
     if isinstance(typed, tuple):
         kind, default = list[str] | None, None  # repeatable
     elif typed is None:
-        kind = Path | None  # the only optional path: --summary-json
+        kind = Path | None  # the optional paths: --summary-json, --ca-cert, --token-file
     else:
         kind = type(typed)
     return inspect.Parameter(

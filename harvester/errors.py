@@ -1,6 +1,6 @@
 """Errors classified by what the caller should do about them.
 
-Raw httpcore/OS exceptions are translated into these at the seam where they happen, so the
+Raw transport/OS exceptions are translated into these at the seam where they happen, so the
 stages above only ever decide between: retry later, give up on this file, or stop the run.
 """
 

@@ -303,7 +303,7 @@ class _Run:
             settings.api_url,
             gate=self.gate,
             token=settings.token,
-            concurrency=settings.concurrency,
+            ca_cert=settings.ca_cert,
             timeout=settings.timeout,
             deadline=self.deadline,
             stop=self.stop,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -121,6 +122,13 @@ def option(
     if isinstance(default, (list, dict, set)):
         raise TypeError(f"{names[0]}: a mutable default; give a tuple")
     return field(default=default, metadata={"flag": flag})
+
+
+def shared_option(cls: type, name: str) -> Any:
+    """Field `name` of the settings class `cls` as a field of another one: the same flag, help
+    and default, said once."""
+    original = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+    return field(default=original.default, metadata=original.metadata)
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -332,6 +340,13 @@ class Settings:
         typed=DEFAULT_STATUS_PATH,
         help="Status endpoint path; {taskId} is replaced.",
     )
+    ca_cert: Path | None = option(
+        "--ca-cert",
+        env="KERUTA_CA_CERT",
+        typed=None,
+        help="For an https --api-url signed by a private CA: the CA certificates (PEM) to "
+        "trust instead of the system's. No proxy is used: keruta-api is reached directly.",
+    )
     cluster: ClusterAccess = field(default_factory=ClusterAccess)
     hash_workers: int = 4
 
@@ -365,6 +380,8 @@ class Settings:
                 raise ConfigError(f"{flag} {value!r}: must start with / and contain {{taskId}}")
         if self.summary_json is not None:
             check_output_path(self.summary_json, "--summary-json")
+        if self.ca_cert is not None:
+            check_ca_cert(self.ca_cert)
 
 
 # The options of `harvester watch` that mean what they mean for `cleanup`: their flags are
@@ -386,6 +403,7 @@ WATCH_SHARED = (
     "summary_json",
     "documents_path",
     "no_ledger",
+    "ca_cert",
 )
 # Editors' and writers' temporary files: never documents, but watched so that one renamed into
 # place is sent at once.
@@ -531,6 +549,7 @@ class ControllerSettings:
         help="Base URL of keruta-api, for --report-failed.",
     )
     token: str | None = field(default=None, repr=False)
+    ca_cert: Path | None = shared_option(Settings, "ca_cert")
     template_config_map: str = option(
         "--template-config-map",
         env="KERUTA_TEMPLATE_CONFIG_MAP",
@@ -547,6 +566,8 @@ class ControllerSettings:
             raise ConfigError("--selector must not be empty; the default is app=keruta")
         if self.report_failed:
             check_api_url(self.api_url)
+            if self.ca_cert is not None:
+                check_ca_cert(self.ca_cert)
         if self.lease_duration < 3:
             raise ConfigError(f"--lease-duration {self.lease_duration:g}s: at least 3s")
         for namespace in self.namespaces:
@@ -642,6 +663,24 @@ def check_output_path(path: Path, flag: str) -> None:
     else:
         return
     raise ConfigError(f"{flag} {path}: {problem}")
+
+
+def check_ca_cert(path: Path) -> None:
+    """Refuse, before anything is sent, a --ca-cert that holds no CA certificate to trust."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except ssl.SSLError:
+        problem = "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    except IsADirectoryError:
+        problem = "is a folder; name the CA's PEM file in it"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    else:
+        return
+    raise ConfigError(
+        f"--ca-cert {path}: {problem}; give the PEM file of the CA that signed keruta-api's "
+        "certificate"
+    )
 
 
 BEARER_RULE = (

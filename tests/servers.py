@@ -3,7 +3,9 @@
 `ResettingProxy` forwards TCP connections to a target server, except the first `resets`
 connections, which it answers with a TCP reset once the request has started to arrive.
 `ScriptedServer` answers each request with what a test scripts: any status and headers, a body
-that trickles, never ends, or echoes the request's headers.
+that trickles, never ends, or echoes the request's headers; late, or before the request's body
+has arrived. `KeepAliveServer` answers many requests per connection, and closes its connections
+the ways real servers do. Each can speak TLS (`tls=`, a server-side `ssl.SSLContext`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -23,11 +26,13 @@ class _LoopbackServer:
     """A TCP listener on 127.0.0.1 that hands each connection to `_handle` on its own thread,
     from `with` until the block ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
+        self._tls = tls
         self.port = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        # A certificate names a host, not an address: https goes to "localhost".
+        self.url = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
@@ -54,7 +59,17 @@ class _LoopbackServer:
                 continue
             except OSError:
                 return
-            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        if self._tls is not None:
+            try:
+                client.settimeout(10)
+                client = self._tls.wrap_socket(client, server_side=True)
+            except (OSError, ssl.SSLError):
+                client.close()  # the client refused our certificate: nothing to serve
+                return
+        self._handle(client)
 
     def _handle(self, client: socket.socket) -> None:
         raise NotImplementedError
@@ -132,6 +147,7 @@ class Answer:
     headers: tuple[tuple[str, str], ...] = ()
     body: Iterable[bytes] = ()
     interval: float = 0.0
+    stall: float = 0.0  # seconds before the status line
 
 
 def endless(chunk: bytes = b"x" * 65536, total: int | None = None) -> Iterator[bytes]:
@@ -146,13 +162,27 @@ class ScriptedServer(_LoopbackServer):
     """An HTTP/1.1 server on 127.0.0.1 whose answers a test writes byte by byte.
 
     Each connection carries one request (`Connection: close`); the request body is read and
-    dropped. `seen` lists the requests, `sent` counts the body bytes sent to each (in order),
-    and `requested` is set as soon as a request has arrived.
+    dropped, or with `read_body=False` left unread: the answer goes out as soon as the headers
+    are in, and the connection is closed without reading the rest (a server refusing a body
+    too large, which makes the client's kernel see a reset), after `hold` seconds (a server
+    that neither reads nor closes for a while). `seen` lists the requests, `sent`
+    counts the body bytes sent to each (in order), `received` the request body bytes read, and
+    `requested` is set as soon as a request has arrived.
     """
 
-    def __init__(self, answer: Callable[[Seen], Answer]) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        answer: Callable[[Seen], Answer],
+        *,
+        read_body: bool = True,
+        hold: float = 0.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(tls=tls)
         self._answer = answer
+        self._read_body = read_body
+        self._hold = hold
+        self.received: list[int] = []
         self.seen: list[Seen] = []
         self.sent: list[int] = []
         self.requested = threading.Event()
@@ -172,16 +202,22 @@ class ScriptedServer(_LoopbackServer):
             while (line := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
                 name, _, value = line.decode("latin-1").partition(":")
                 headers[name.strip().lower()] = value.strip()
-            remaining = int(headers.get("content-length", "0"))
+            remaining = int(headers.get("content-length", "0")) if self._read_body else 0
+            received = 0
             while remaining > 0:
-                remaining -= len(reader.read(min(remaining, 65536)) or b"\0" * remaining)
+                data = reader.read(min(remaining, 65536)) or b"\0" * remaining
+                remaining -= len(data)
+                received += len(data)
             seen = Seen(request_line[0], request_line[1], headers)
             with self._lock:
                 self.seen.append(seen)
                 index = len(self.sent)
                 self.sent.append(0)
+                self.received.append(received)
             self.requested.set()
             answer = self._answer(seen)
+            if answer.stall:
+                self._stop.wait(answer.stall)
             head = [f"HTTP/1.1 {answer.status} Scripted", "Connection: close"]
             head += [f"{name}: {value}" for name, value in answer.headers]
             client.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
@@ -193,6 +229,8 @@ class ScriptedServer(_LoopbackServer):
                     self.sent[index] += len(chunk)
                 if answer.interval:
                     self._stop.wait(answer.interval)
+            if self._hold:
+                self._stop.wait(self._hold)
 
 
 def routes(
@@ -220,3 +258,60 @@ def json_answer(code: int, data: object, *headers: tuple[str, str]) -> Answer:
         (("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers),
         [body],
     )
+
+
+class KeepAliveServer(_LoopbackServer):
+    """An HTTP/1.1 server on 127.0.0.1 that keeps connections alive, as keruta-api does, and
+    answers every request with 201 and a document id; the request body is read whole.
+
+    `close` says how it ends connections: "never"; "announce" (`Connection: close` on every
+    answer, then it closes); "next" (it answers the first request of a connection, and closes
+    the connection when the next one arrives, unanswered: a keep-alive timeout that fires as
+    the request comes, which the client cannot see coming). `connections` counts the
+    connections accepted, `requests` the requests received, `answered` those answered, and
+    `bodies` holds each answered request's body.
+    """
+
+    def __init__(self, *, close: str = "never", tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(tls=tls)
+        if close not in ("never", "announce", "next"):
+            raise ValueError(close)
+        self._close = close
+        self.connections = 0
+        self.requests = 0
+        self.answered = 0
+        self.bodies: list[bytes] = []
+
+    def _handle(self, client: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+        with client, contextlib.suppress(OSError):
+            client.settimeout(10)
+            reader = client.makefile("rb")
+            served = 0
+            while not self._stop.is_set():
+                request_line = reader.readline(65536).split()
+                if len(request_line) < 2:
+                    return  # the client closed the connection
+                headers: dict[str, str] = {}
+                while (line := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = reader.read(int(headers.get("content-length", "0")))
+                with self._lock:
+                    self.requests += 1
+                if self._close == "next" and served:
+                    return
+                served += 1
+                with self._lock:
+                    self.answered += 1
+                    self.bodies.append(body)
+                    number = self.answered
+                data = json.dumps({"id": f"doc-{number}"}).encode()
+                head = ["HTTP/1.1 201 Created", "Content-Type: application/json"]
+                head.append(f"Content-Length: {len(data)}")
+                if self._close == "announce":
+                    head.append("Connection: close")
+                client.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+                if self._close == "announce":
+                    return

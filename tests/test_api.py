@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
-import httpcore
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -44,7 +43,6 @@ def client(url: str, **kwargs: Any) -> KerutaApi:
     """A client with the cleanup's defaults (`Settings`), and an open gate unless told."""
     kwargs.setdefault("gate", OPEN)
     kwargs.setdefault("timeout", DEFAULTS.timeout)
-    kwargs.setdefault("concurrency", DEFAULTS.concurrency)
     return KerutaApi(url, **kwargs)
 
 
@@ -287,7 +285,6 @@ def test_custom_endpoint_paths(httpserver: HTTPServer) -> None:
     api = client(
         httpserver.url_for("/").rstrip("/"),
         gate=OPEN,
-        pool=httpcore.ConnectionPool(),
         documents_path="/v2/{taskId}/docs",
     )
     assert api.upload_document("t", "a", "0" * 64, 1, [b"x"]) == "42"

@@ -163,6 +163,7 @@ def test_dry_run_prints_the_plan_and_sends_nothing(docs: Path) -> None:
         (["--task-id=t", "--api-url=ftp://x"], "not an http(s) URL"),
         (["--task-id=t", "--api-url=http://x", "--timeout=soon"], "--timeout"),
         (["--task-id=t", "--api-url=http://x", "--token-file=/nonexistent/token"], "token-file"),
+        (["--task-id=t", "--api-url=https://x", "--ca-cert=/nonexistent/ca.pem"], "--ca-cert"),
     ],
 )
 def test_bad_configuration_exits_2_with_a_sentence(args: list[str], message: str) -> None:

@@ -279,8 +279,8 @@ def _failure_reporter(
             settings.api_url,
             gate=Gate(),
             timeout=default_of(Settings, "timeout"),
-            concurrency=1,
             token=settings.token,
+            ca_cert=settings.ca_cert,
             stop=stop,
         )
     )

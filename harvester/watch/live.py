@@ -239,7 +239,7 @@ class Sidecar:
             self.harvest.api_url,
             gate=Gate(),
             token=self.harvest.token,
-            concurrency=self.harvest.concurrency,
+            ca_cert=self.harvest.ca_cert,
             timeout=self.harvest.timeout,
             stop=self.abort,
             clock=self.clock,

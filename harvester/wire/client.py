@@ -1,13 +1,13 @@
 """The keruta-api client: one request per call, errors classified for the caller.
 
-Takes the API's base URL, an optional token and an httpcore connection pool (the seam: tests hand
-it real loopback servers, benchmarks could swap it); gives `upload_document`, `set_status` and
-`list_documents`. Each call makes exactly one attempt: retrying is the caller's choice (retry.py).
-It builds each request from the contract (contract.py), sends it through `Transport`
-(transport.py: the time limits, the stop, the capped read) and turns the answer, or the
+Takes the API's base URL, an optional token and, for https, an optional CA file (--ca-cert);
+gives `upload_document`, `set_status` and `list_documents`. Each call makes exactly one attempt:
+retrying is the caller's choice (retry.py). It builds each request from the contract
+(contract.py), sends it through `Transport` (transport.py: a connection per calling thread, the
+time limits, the stop, the capped read, TLS) and turns the answer, or the
 transport's failure, into `RetryableError`, `RejectedError`, `AuthRejected` or `Interrupted`, with
-a sentence naming the request, the server's answer and what to do. httpcore's errors never leave
-this package.
+a sentence naming the request, the server's answer and what to do. The transport's errors never
+leave this package.
 
 What a hostile or broken server cannot do here (issue 9; time and stops are transport.py's):
 - Fill the memory. Each request names its cap: `ANSWER_CAP` for uploads, status updates and
@@ -32,9 +32,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from urllib.parse import quote
-
-import httpcore
 
 from harvester import USER_AGENT
 from harvester.errors import AuthRejected, Interrupted, RejectedError, RetryableError
@@ -42,6 +41,13 @@ from harvester.gate import Act, Gate
 from harvester.model import RemoteDocument, TaskStatus
 from harvester.settings import DEFAULT_DOCUMENTS_PATH, DEFAULT_STATUS_PATH
 from harvester.text import cut
+from harvester.wire.connection import (
+    Answer,
+    ConnectFailed,
+    Stalled,
+    TlsRefused,
+    TransportError,
+)
 from harvester.wire.contract import (
     IDEMPOTENCY_KEY_HEADER,
     RETRYABLE_STATUS,
@@ -53,17 +59,8 @@ from harvester.wire.contract import (
     status_body,
 )
 from harvester.wire.multipart import document_body
-from harvester.wire.transport import (
-    KIB,
-    MIB,
-    MIN_RATE,
-    TRANSPORT_ERRORS,
-    Answer,
-    CutShort,
-    End,
-    Transport,
-    new_pool,
-)
+from harvester.wire.transport import Transport, UnsupportedScheme, tls_context
+from harvester.wire.watchdog import KIB, MIB, MIN_RATE, CutShort, End
 
 # Upload and status answers carry an id or an error: this is plenty, and bounds the memory.
 ANSWER_CAP = 64 * KIB
@@ -85,8 +82,9 @@ class KerutaApi:
 
     `gate` is asked before every upload and status update (never defaulted: a client that may
     write is a decision); `timeout` is --timeout (a wait without progress); `deadline` the
-    overall --deadline on `clock`'s scale; `stop` the harvest's stop event. The limits are
-    transport.py's.
+    overall --deadline on `clock`'s scale; `stop` the harvest's stop event; `ca_cert` the CAs
+    an https server's certificate must come from (default: the system's). The limits and the
+    connections (one per calling thread) are transport.py's.
     """
 
     def __init__(
@@ -95,9 +93,8 @@ class KerutaApi:
         *,
         gate: Gate,
         timeout: float,
-        concurrency: int,
         token: str | None = None,
-        pool: httpcore.ConnectionPool | None = None,
+        ca_cert: Path | None = None,
         deadline: float | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -107,12 +104,15 @@ class KerutaApi:
     ) -> None:
         self._gate = gate
         self.base_url = base_url.rstrip("/")
-        self._pool = pool if pool is not None else new_pool(concurrency)
-        self._owns_pool = pool is None
         self._timeout = timeout
         self._stop = stop or threading.Event()
         self._transport = Transport(
-            self._pool, timeout=timeout, deadline=deadline, stop=self._stop, clock=clock
+            self.base_url,
+            timeout=timeout,
+            deadline=deadline,
+            stop=self._stop,
+            clock=clock,
+            tls=tls_context(ca_cert) if self.base_url.lower().startswith("https:") else None,
         )
         self._redact = _Redactor(token)
         self._documents_path = documents_path
@@ -124,8 +124,8 @@ class KerutaApi:
             self._headers.append((b"Authorization", b"Bearer " + token.encode("latin-1")))
 
     def close(self) -> None:
-        if self._owns_pool:
-            self._pool.close()
+        """Close every connection (each thread that sent a request has one)."""
+        self._transport.close()
 
     def __enter__(self) -> KerutaApi:
         return self
@@ -248,9 +248,9 @@ class KerutaApi:
             return self._transport.send(method, url, headers, content, cap=cap)
         except CutShort as exc:
             raise self._cut_short(exc, what) from exc
-        except TRANSPORT_ERRORS as exc:
+        except TransportError as exc:
             raise self._broken(exc, what) from exc
-        except httpcore.UnsupportedProtocol as exc:
+        except UnsupportedScheme as exc:
             raise RejectedError(f"{what} failed: {exc}; check --api-url") from exc
 
     def _cut_short(self, cut: CutShort, what: str) -> RetryableError | Interrupted:
@@ -271,20 +271,26 @@ class KerutaApi:
             f"after its first {self._timeout:g}s; raise --timeout if the server is this slow"
         )
 
-    def _broken(self, exc: Exception, what: str) -> RetryableError:
-        if isinstance(exc, httpcore.TimeoutException):
+    def _broken(self, exc: TransportError, what: str) -> RetryableError:
+        if isinstance(exc, Stalled):
             return RetryableError(
                 f"{what} timed out: keruta-api at {self.base_url} made no progress for "
-                f"{self._timeout:g}s ({type(exc).__name__}); raise --timeout if the server is slow"
+                f"{self._timeout:g}s ({exc.phase}); raise --timeout if the server is slow"
             )
-        if isinstance(exc, httpcore.ConnectError):
+        if isinstance(exc, TlsRefused):
+            return RetryableError(
+                f"{what} failed: keruta-api at {self.base_url} failed the TLS handshake "
+                f"({exc}); if its certificate comes from a private CA, name the CA's file "
+                "with --ca-cert (KERUTA_CA_CERT)"
+            )
+        if isinstance(exc, ConnectFailed):
             return RetryableError(
                 f"{what} failed: cannot connect to keruta-api at {self.base_url} "
                 f"({exc or 'refused'}); check --api-url and the NetworkPolicy"
             )
         return RetryableError(
             f"{what} failed: the connection to keruta-api at {self.base_url} broke "
-            f"({type(exc).__name__}: {self._redact(str(exc)) or 'closed'})"
+            f"({self._redact(str(exc)) or 'closed'})"
         )
 
     def _classify(self, response: Answer, *, what: str) -> Exception:

@@ -1,0 +1,419 @@
+"""One thread's keep-alive connection to keruta-api: h11 on a socket, one request at a time.
+
+Takes an `Endpoint` (the server's address, TLS context, --timeout, clock and the harvest's stop
+event) and h11 requests; gives `Connection.exchange`, which sends one request, reads its
+`Answer` up to a cap and keeps the connection for the next request when the exchange was
+complete. It raises a `TransportError` (`ConnectFailed`, `TlsRefused`, `Stalled`, `Broken`) when
+the network, the peer or a wait ended the request, and `CutShort` when the watchdog did (the
+watchdog sees each connection as `watchdog.Watched`). transport.py says how connections are
+shared (never) and kept, and when a request is sent twice.
+
+A little over 400 lines: one exchange with all its ways to fail (before, while and after the
+body goes out; on a kept or a new connection; by the server or by the watchdog) reads as one.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+
+import h11
+
+from harvester.wire.watchdog import KIB, CutShort, End
+
+# An idle connection older than this is closed rather than reused: servers close theirs after
+# 5 to 60 seconds, and one closed as our request leaves costs a failed attempt.
+KEEPALIVE_EXPIRY = 30.0
+_READ_SIZE = 64 * KIB
+# A request up to this size leaves in one sendall (a small document with its head); a larger one
+# in writes of up to _WRITE_SIZE, watching for an early answer between them.
+_ONE_WRITE_MAX = 64 * KIB
+_WRITE_SIZE = 256 * KIB
+# What poll says when the server has answered, closed or reset while the body goes out.
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how a connection reaches the server: (host, port), the TLS context for https
+    (None for http), --timeout (a wait without progress), the clock, the harvest's stop."""
+
+    address: tuple[str, int]
+    tls: ssl.SSLContext | None
+    timeout: float
+    clock: Callable[[], float]
+    stop: threading.Event
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response, read: its body up to the request's cap; `complete` is False past it."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    complete: bool
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header `name` (lower case), or None."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+
+class TransportError(Exception):
+    """The network, the peer or a wait ended the request; the text is the cause, for a person."""
+
+
+class ConnectFailed(TransportError):
+    """No connection could be made (refused, unreachable, a name that does not resolve)."""
+
+
+class TlsRefused(ConnectFailed):
+    """The TLS handshake failed: most often a certificate this client does not trust."""
+
+
+class Stalled(TransportError):
+    """No progress for --timeout while `phase` (connecting, sending, waiting for the answer)."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__(phase)
+        self.phase = phase
+
+
+class Broken(TransportError):
+    """The connection broke (reset, closed early) or the peer did not speak HTTP/1.1."""
+
+
+class _Retry(Exception):
+    """A reused connection failed before any answer: send the request again on a new one."""
+
+
+class Connection:
+    """One thread's connection to `endpoint` (its socket and h11 state), and the request it is
+    making as the watchdog sees it: when it began, the bytes it moved, why it was ended."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._h11: h11.Connection | None = None
+        self._idle_since = 0.0
+        self.started: float | None = None
+        self.serial = 0  # which request `started` belongs to
+        self.moved = 0
+        self.ended: End | None = None
+        self.elapsed = 0.0
+
+    def __del__(self) -> None:
+        # The thread that owned this connection has ended: its connection goes with it.
+        self.drop()
+
+    # -- the request's lifetime, as the watchdog sees it
+
+    def begin(self, now: float) -> None:
+        with self._lock:
+            self.started = now
+            self.serial += 1
+            self.moved = 0
+            self.ended = None
+
+    def finish(self) -> None:
+        with self._lock:
+            self.started = None
+
+    def attach(self, sock: socket.socket) -> None:
+        """Use `sock` from now on; refused if the watchdog already ended the request."""
+        with self._lock:
+            self._sock = sock
+            ended = self.ended
+        if ended is not None:
+            self.drop()
+            raise CutShort(ended, self.elapsed)
+
+    def check_ended(self) -> None:
+        if self.ended is not None:
+            raise CutShort(self.ended, self.elapsed)
+
+    def end(self, serial: int, why: End, now: float) -> None:
+        """Mark request `serial` ended and shut its socket: a blocked read returns at once, a
+        blocked write fails, and so does every later one. A request that already finished
+        (the watchdog looked before it did) is left alone."""
+        with self._lock:
+            if self.started is None or self.serial != serial or self.ended is not None:
+                return
+            self.ended = why
+            self.elapsed = now - self.started
+            sock = self._sock
+        if sock is not None:
+            with suppress(OSError):
+                # socket.socket's own shutdown, not SSLSocket's: that one also drops its TLS
+                # state under the feet of the thread still reading.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def drop(self) -> None:
+        """Close the connection; the next request makes a new one."""
+        with self._lock:
+            sock, self._sock, self._h11 = self._sock, None, None
+        if sock is not None:
+            with suppress(OSError):
+                sock.close()
+
+    # -- one exchange
+
+    def exchange(
+        self,
+        request: h11.Request,
+        content: bytes | Iterator[bytes] | None,
+        cap: int,
+        resendable: bool,
+    ) -> Answer:
+        """Send `request` with `content` and read the answer up to `cap`, on the kept
+        connection or a new one; sent once more on a new one when the kept one failed before
+        any answer and the request is `resendable`."""
+        reused = self._usable()
+        if not reused:
+            self._open()
+        try:
+            return self._exchange(request, content, cap, retry_if_unanswered=reused)
+        except _Retry:
+            if not resendable or self._endpoint.stop.is_set():
+                raise Broken(
+                    "ConnectionClosed: the server closed the kept-alive connection before answering"
+                ) from None
+        self._open()
+        return self._exchange(request, content, cap, retry_if_unanswered=False)
+
+    def _open(self) -> None:
+        """A new socket (and h11 state), attached before the TLS handshake so the watchdog can
+        end that too."""
+        endpoint = self._endpoint
+        try:
+            sock = socket.create_connection(endpoint.address, timeout=endpoint.timeout)
+        except TimeoutError:
+            raise Stalled("connecting") from None
+        except OSError as exc:
+            raise ConnectFailed(exc.strerror or str(exc) or type(exc).__name__) from exc
+        # The request leaves in one write, or in large chunks: nothing for Nagle to gather.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._h11 = h11.Connection(h11.CLIENT)
+        if endpoint.tls is None:
+            self.attach(sock)
+            return
+        try:
+            secure = endpoint.tls.wrap_socket(
+                sock, server_hostname=endpoint.address[0], do_handshake_on_connect=False
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self.attach(secure)
+        try:
+            secure.do_handshake()
+        except TimeoutError:
+            self.drop()
+            raise Stalled("in the TLS handshake") from None
+        except ssl.SSLCertVerificationError as exc:
+            self.drop()
+            raise TlsRefused(exc.verify_message or exc.reason or str(exc)) from exc
+        except OSError as exc:
+            self.drop()
+            self.check_ended()
+            if isinstance(exc, ssl.SSLError):
+                raise TlsRefused(exc.reason or str(exc)) from exc
+            raise ConnectFailed(exc.strerror or str(exc) or type(exc).__name__) from exc
+
+    def _usable(self) -> bool:
+        """Is the kept connection there and fit for another request?"""
+        sock = self._sock
+        if sock is None:
+            return False
+        now = self._endpoint.clock()
+        # Readable while idle: the server closed it (or sent what nobody asked for).
+        if now - self._idle_since > KEEPALIVE_EXPIRY or _readable(sock):
+            self.drop()
+            return False
+        return True
+
+    def _exchange(
+        self,
+        request: h11.Request,
+        content: bytes | Iterator[bytes] | None,
+        cap: int,
+        *,
+        retry_if_unanswered: bool,
+    ) -> Answer:
+        sock, conn = self._sock, self._h11
+        assert sock is not None and conn is not None
+        reader = _Reader(self, sock, conn)
+
+        def failed(exc: BaseException, phase: str | None = None) -> Exception:
+            """What a broken exchange raises: a retry when nothing was answered on a reused
+            connection (see the module docstring), else `Broken`."""
+            self.check_ended()
+            if retry_if_unanswered and not reader.got_any:
+                return _Retry()
+            return exc if isinstance(exc, Broken) else _broken(exc, phase or reader.phase)
+
+        completed = False
+        try:
+            try:
+                self._send(sock, conn, request, content)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                # The server may have answered before reading the body (413, 401) and closed.
+                self.check_ended()
+                try:
+                    return reader.answer(cap)
+                except (OSError, h11.ProtocolError, TransportError):
+                    raise failed(exc, "sending") from exc
+            answer = reader.answer(cap)
+            completed = answer.complete
+            return answer
+        except _ContentFailed as content_failed:
+            raise content_failed.original from content_failed.original.__cause__
+        except TimeoutError:
+            self.check_ended()
+            raise Stalled(reader.phase) from None
+        except (OSError, h11.RemoteProtocolError, Broken) as exc:
+            raise failed(exc) from exc
+        except h11.LocalProtocolError as exc:
+            self.check_ended()
+            raise Broken(f"the request is not valid HTTP/1.1: {exc}") from exc
+        finally:
+            if completed and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()
+                self._idle_since = self._endpoint.clock()
+            else:
+                self.drop()
+
+    def _send(
+        self,
+        sock: socket.socket,
+        conn: h11.Connection,
+        request: h11.Request,
+        content: bytes | Iterator[bytes] | None,
+    ) -> None:
+        """Send the request; return early, the rest unsent, if the server answers first."""
+        head = conn.send(request)
+        assert head is not None
+        if content is None or isinstance(content, bytes):
+            data = head
+            if content:
+                data += b"".join(conn.send_with_data_passthrough(h11.Data(data=content)) or ())
+            data += conn.send(h11.EndOfMessage()) or b""
+            if len(data) <= _ONE_WRITE_MAX:
+                # Head and body in one write: one system call, one packet for a small document.
+                sock.sendall(data)
+                self.moved += len(data)
+            else:
+                self._write(sock, data)
+            return
+        if not self._write(sock, head):
+            return
+        while True:
+            try:
+                chunk = next(content)
+            except StopIteration:
+                break
+            except BaseException as exc:
+                raise _ContentFailed(exc) from exc
+            for piece in conn.send_with_data_passthrough(h11.Data(data=chunk)) or ():
+                if not self._write(sock, piece):
+                    return  # the rest is not wanted; the connection is dropped after the answer
+        self._write(sock, conn.send(h11.EndOfMessage()) or b"")
+
+    def _write(self, sock: socket.socket, data: bytes) -> bool:
+        """Send `data`, unless the server answers (or closes) first: then False, the rest
+        unsent. A server refusing a large body answers at once and may never read it, so a
+        write must not block where the answer would go unseen."""
+        poller = select.poll()
+        poller.register(sock, _READABLE | select.POLLOUT)
+        wait = int(self._endpoint.timeout * 1000)
+        view = memoryview(data)
+        while view:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return False
+            events = poller.poll(wait)
+            if not events:
+                raise TimeoutError
+            if events[0][1] & _READABLE:
+                return False
+            sent = sock.send(view[:_WRITE_SIZE])
+            view = view[sent:]
+            self.moved += sent
+        return True
+
+
+class _ContentFailed(Exception):
+    """The request's own content raised (the file changed): `original` goes to the caller
+    unchanged, never mistaken for a network error."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _Reader:
+    """Reads one answer from a connection: the status, the headers, the body up to a cap.
+    `got_any` says whether any byte of it arrived; `phase` what the request waits for."""
+
+    def __init__(self, connection: Connection, sock: socket.socket, conn: h11.Connection) -> None:
+        self._connection = connection
+        self._sock = sock
+        self._conn = conn
+        self.got_any = False
+        self.phase = "sending"
+
+    def answer(self, cap: int) -> Answer:
+        self.phase = "waiting for the answer"
+        conn, sock, connection = self._conn, self._sock, self._connection
+        response: h11.Response | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = sock.recv(_READ_SIZE)
+                if data:
+                    self.got_any = True
+                    connection.moved += len(data)
+                elif not self.got_any:
+                    raise Broken("ConnectionClosed: the server closed the connection")
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                response = event
+                self.phase = "reading the answer"
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > cap:
+                    assert response is not None
+                    del body[cap:]
+                    return Answer(response.status_code, list(response.headers), bytes(body), False)
+            elif isinstance(event, h11.EndOfMessage):
+                assert response is not None
+                return Answer(response.status_code, list(response.headers), bytes(body), True)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise Broken("ConnectionClosed: the server closed the connection mid-answer")
+            # h11.InformationalResponse (100 Continue and the like): wait for the real one.
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Is there something to read (or a close) on `sock`, right now? poll, not select: select
+    refuses descriptors past 1023."""
+    poller = select.poll()
+    poller.register(sock, _READABLE)
+    return bool(poller.poll(0))
+
+
+def _broken(exc: BaseException, phase: str) -> Broken:
+    if isinstance(exc, h11.RemoteProtocolError):
+        return Broken(f"not an HTTP/1.1 answer: {exc}")
+    detail = getattr(exc, "strerror", None) or str(exc) or "closed"
+    return Broken(f"{type(exc).__name__} while {phase}: {detail}")
