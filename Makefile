@@ -5,7 +5,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test test-fast cluster lint pytest fmt bench clean
+# The image's name; for a release, your registry's: make image IMAGE=registry.example.com/keruta-harvester:0.1.0
+IMAGE  ?= keruta-harvester:latest
+# podman, else docker: whichever is installed.
+ENGINE ?= $(shell command -v podman || command -v docker)
+
+.PHONY: demo test test-fast cluster lint pytest fmt bench clean image image-test lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +49,24 @@ pytest: $(STAMP)
 ## bench: harvester vs wrk/curl vs the old agent (BENCH_ARGS="--quick" for a short run)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## image: build the image from the Dockerfile on debian:bookworm-slim (pulled from the registry)
+image:
+	@test -n "$(ENGINE)" || { echo "image: neither podman nor docker is installed"; exit 2; }
+	$(ENGINE) build --tag $(IMAGE) .
+
+## image-test: build the Dockerfile on a bookworm made here with mmdebstrap, run it as a cluster does, check it
+# (tests/image/check.sh; needs podman and mmdebstrap, which .ci/run installs). That base and the
+# image built on it carry this machine's CA store: they stay in a podman storage under
+# ~/.cache/keruta-harvester/image, named localhost/...; never tag them for a registry or push them.
+image-test: $(STAMP)
+	tests/image/check.sh
+
+## lock: pin pyproject.toml's runtime dependencies, with hashes, into requirements.lock (the image installs those; LOCK_ARGS=--upgrade for the newest)
+lock: $(STAMP)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
+		--strip-extras --no-emit-find-links --no-emit-index-url $(LOCK_ARGS) \
+		--output-file=requirements.lock pyproject.toml
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

