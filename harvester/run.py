@@ -27,10 +27,9 @@ from harvester.report import (
     TerminalReporter,
     console_for,
     json_event,
-    plan_to_json,
+    print_json_result,
     print_line,
     print_result,
-    report_to_json,
     write_summary_json,
     write_termination_log,
 )
@@ -110,16 +109,7 @@ def run_cleanup(
 
     report = harvest.report
     if output.reporting.log_format is LogFormat.JSON:
-        document = (
-            plan_to_json(harvest.plan, settings.task_id, settings.root)
-            if settings.dry_run
-            else report_to_json(report)
-        )
-        print(
-            json_event("plan" if settings.dry_run else "summary", **document),
-            file=output.stdout,
-            flush=True,
-        )
+        print_json_result(output.stdout, plan=harvest.plan, report=report)
     else:
         print_result(
             output.stdout, interactive=output.is_interactive, plan=harvest.plan, report=report
