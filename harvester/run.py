@@ -7,6 +7,7 @@ chosen here print, and the report is rendered here once the harvest is over.
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -86,6 +87,7 @@ def run_cleanup(
     reporter = make_reporter(output, tally)
     try:
         with reporter, ExitStack() as resources:
+            resources.enter_context(few_full_collections())
             off = "off (--no-ledger)" if settings.no_ledger else f"off ({NO_CLUSTER})"
             steps = ClusterSteps(None, None, None, off)
             # A dry run acts on nothing, so it needs a cluster only to read the ledger (its gate
@@ -128,6 +130,21 @@ def run_cleanup(
         if error is not None:
             warn(output, f"{output.termination_log}: the termination message {not_written(error)}")
     return exit_code_for(report), harvest
+
+
+@contextmanager
+def few_full_collections() -> Iterator[None]:
+    """Python's cycle collector walks every object again whenever the old ones grew by a
+    quarter; a harvest keeps a few objects per file until it ends, so a dry run of 100,000
+    files spent a fifth of its CPU there. Within this block the old generation is looked at
+    after 1,000 collections of the young ones instead of 10; the young ones, where short-lived
+    cycles die, are collected as often as before."""
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, max(old, 1000))
+    try:
+        yield
+    finally:
+        gc.set_threshold(young, middle, old)
 
 
 def not_written(exc: OSError) -> str:

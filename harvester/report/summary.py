@@ -69,6 +69,9 @@ _OUTCOME_OF = {
     Action.FAIL: Outcome.FAILED,
 }
 
+# The enums' values as plain strings, looked up once per file rather than through `.value`.
+_VALUE: dict[Action | Outcome, str] = {member: member.value for member in (*Action, *Outcome)}
+
 _ACTION_STYLE = {
     Action.UPLOAD: "green",
     Action.DUPLICATE: "dim",
@@ -173,7 +176,7 @@ def _plan_item_to_json(item: PlanItem) -> dict[str, Any]:
         "path": item.rel_path,
         "size": item.size,
         "sha256": item.sha256,
-        "action": item.action.value,
+        "action": _VALUE[item.action],
         "duplicate_of": item.duplicate_of,
         "reason": item.reason,
     }
@@ -384,12 +387,13 @@ def _ledger_to_json(report: HarvestReport) -> dict[str, Any] | None:
 
 def _file_to_json(f: FileReport) -> dict[str, Any]:
     """The plan item's fields, then what became of it."""
+    receipt = f.receipt
     return {
         **_plan_item_to_json(f.item),
-        "outcome": f.outcome.value,
-        "document_id": f.document_id,
-        "error": f.error,
-        "attempts": f.attempts,
+        "outcome": _VALUE[receipt.outcome],
+        "document_id": receipt.document_id,
+        "error": receipt.error,
+        "attempts": receipt.attempts,
     }
 
 
