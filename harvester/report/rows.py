@@ -25,6 +25,8 @@ __all__ = ["print_rows"]
 Row = Sequence[str]
 # Rows written per call to the stream: few calls, little text held.
 _BATCH = 1024
+# Texts remembered as split into words (each is measured again once forgotten).
+_SPLIT_CACHE = 4096
 
 
 def print_rows(
@@ -86,14 +88,20 @@ def _measure(table: Table, rows: Iterable[Row]) -> Table:
     count = len(table.columns)
     most, least = [0] * count, [0] * count
     widest, wordiest = [""] * count, [""] * count
+    # Cells already split into words: a column of sizes or actions repeats a few texts.
+    split: list[set[str]] = [set() for _ in range(count)]
     for row in rows:
         for index, cell in enumerate(row):
             width = len(cell) if cell.isascii() else cell_len(cell)
             if width > most[index]:
                 most[index], widest[index] = width, cell
             # A cell's longest word is never wider than the cell itself.
-            if width > least[index]:
+            if width > least[index] and cell not in split[index]:
                 word = _longest_word(cell, width)
+                if word < width:
+                    if len(split[index]) >= _SPLIT_CACHE:
+                        split[index].clear()
+                    split[index].add(cell)
                 if word > least[index]:
                     least[index], wordiest[index] = word, cell
     for index in range(count):
