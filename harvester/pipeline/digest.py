@@ -1,14 +1,16 @@
 """Hashing the scanned files: the SHA-256 of content that held still while it was read.
 
 Takes the open `RootDir` and the scan's `FileEntry`s; gives one `Digest` per file, or a `Failed`
-for a file that could not be read safely. Each file is opened through `RootDir.open_regular` (no
-link followed anywhere on its path, refused unless it is a regular file), read in `CHUNK_SIZE`
-pieces into one reused buffer per thread, and checked: its size, mtime, ctime and inode must be
-the same before and after the read, the bytes read must equal its size, and the path must still
-name the same file. Otherwise it is read again after a pause; a file that never holds still is
-reported as changing, never hashed half-written, and one that holds still but never reads as long
-as its size says (a pseudo-file, as under /proc or /sys) is reported as such. Files are hashed on
-a few threads, since hashlib and the reads release the GIL.
+for a file that could not be read safely. Each file is opened through `RootDir.open_file` (no
+link followed anywhere on its path, refused unless it is a regular file; small files through
+their folder held open for the next one, `rootfs.Folders`), read in `CHUNK_SIZE` pieces into one
+reused buffer per thread (a small file in one read), and checked: its size, mtime, ctime and
+inode must be the same before and after the read, the bytes read must equal its size, and the
+path from the root must still name the same file. Otherwise it is read again after a pause,
+opened from the root; a file that never holds still is reported as changing, never hashed
+half-written, and one that holds still but never reads as long as its size says (a pseudo-file,
+as under /proc or /sys) is reported as such. Large files are hashed on a few threads, since
+hashlib and the reads release the GIL.
 """
 
 from __future__ import annotations
