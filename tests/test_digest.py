@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import random
@@ -199,6 +200,25 @@ def test_files_read_through_held_folders_hash_as_read_from_the_root(tmp_path: Pa
         fresh = [hash_file(root, e, pause=no_pause) for e in entries.values()]
     assert held == fresh
     assert [d.sha256 for d in held] == [sha(contents[path]) for path in entries]
+
+
+def test_a_file_opened_below_the_root_reads_blocking_with_no_flag_left(tmp_path: Path) -> None:
+    """Opened with O_NONBLOCK (a FIFO swapped in must not hang the open), then made blocking:
+    its status flags are those os.set_blocking would have left."""
+    write_tree(tmp_path, {"d/a.txt": "a"})
+    reference = os.open(tmp_path / "d" / "a.txt", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    os.set_blocking(reference, True)
+    expected = fcntl.fcntl(reference, fcntl.F_GETFL)
+    os.close(reference)
+    with RootDir(str(tmp_path)) as root, Folders() as folders:
+        for held in (None, folders):
+            fd, info = root.open_file("d/a.txt", folders=held)
+            try:
+                assert os.get_blocking(fd)
+                assert fcntl.fcntl(fd, fcntl.F_GETFL) == expected
+                assert (info.st_ino, info.st_size) == (os.fstat(fd).st_ino, 1)
+            finally:
+                os.close(fd)
 
 
 def held_then_moved(tmp_path: Path) -> tuple[Path, FileEntry, RootDir, Folders]:

@@ -14,6 +14,7 @@ read sizes below are said once.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from types import TracebackType
@@ -136,7 +137,10 @@ class RootDir:
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise NotRegularFile(f"{name}: is no longer a regular file; not read")
-        os.set_blocking(fd, True)
+        # Blocking again with one fcntl rather than os.set_blocking's two: F_SETFL changes only
+        # O_APPEND, O_ASYNC, O_DIRECT, O_NOATIME and O_NONBLOCK, of which the file was opened
+        # with O_NONBLOCK alone.
+        fcntl.fcntl(fd, fcntl.F_SETFL, 0)
         return fd, info
 
 

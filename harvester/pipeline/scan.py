@@ -235,6 +235,8 @@ class _Walker:
         subdirs: list[tuple[str, str]] = []
         entries, skipped, fail = self.entries, self.skipped, self._fail
         excludes, includes, max_size = self._excludes, self._includes, self._max_size
+        # Asked once per folder, not through GlobSet.__bool__ once per entry.
+        excluding, including = bool(excludes), bool(includes)
         include_hidden = self._include_hidden
         # A path whose every name shows as it is gets one string for rel_path and os_path.
         plain_prefix = os_prefix == shown_prefix
@@ -254,15 +256,15 @@ class _Walker:
                     fail(Failed(rel, _examine_error(rel, exc)))
                     continue
                 if is_dir:
-                    if excludes and excludes.matches_dir(rel):
+                    if excluding and excludes.matches_dir(rel):
                         skipped.append(Skipped(rel, SkipReason.EXCLUDED))
                     else:
                         subdirs.append((name, shown))
                     continue
-                if excludes and excludes.matches_file(rel):
+                if excluding and excludes.matches_file(rel):
                     skipped.append(Skipped(rel, SkipReason.EXCLUDED))
                     continue
-                if includes and not includes.matches_file(rel):
+                if including and not includes.matches_file(rel):
                     skipped.append(Skipped(rel, SkipReason.NOT_INCLUDED))
                     continue
                 try:
