@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from harvester.model import (
     Action,
@@ -127,7 +128,7 @@ def test_an_ascii_only_log_gets_the_same_substituted_box() -> None:
 
 def test_a_terminal_console_gets_the_whole_table() -> None:
     """A console that styles text is not written to by hand: the colours are rich's."""
-    plan = UploadPlan(tuple(CASES["every action"]))
+    plan = UploadPlan((*CASES["every action"], item("[bold]not markup[/bold].md")))
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, color_system="standard", width=80)
     streamed(plan, console)
@@ -137,12 +138,13 @@ def test_a_terminal_console_gets_the_whole_table() -> None:
     )
     assert out.getvalue() == expected.getvalue()
     assert "\x1b[" in out.getvalue()
+    assert "[bold]not" in out.getvalue() and "markup[/bold].md" in out.getvalue()  # not markup
 
 
 def _with_rows(plan: UploadPlan) -> Table:
     table = _plan_table(_plan_totals(plan))
     for cells in map(_plan_cells, plan.items):
-        table.add_row(*cells)
+        table.add_row(*map(Text, cells))
     return table
 
 

@@ -40,7 +40,7 @@ def print_rows(
     table = make_table()
     if not _streamable(console, table):
         for row in rows():
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))  # text, never markup
         console.print(table)
         return
     _Layout(console, make_table, _measure(table, rows())).write(rows())
@@ -105,7 +105,7 @@ def _measure(table: Table, rows: Iterable[Row]) -> Table:
                 if word > least[index]:
                     least[index], wordiest[index] = word, cell
     for index in range(count):
-        for cell in {widest[index], wordiest[index]}:
+        for cell in dict.fromkeys((widest[index], wordiest[index])):
             table.add_row(*(Text(cell if i == index else "") for i in range(count)))
     return table
 
