@@ -244,12 +244,25 @@ def test_held_folder_swapped_for_a_link_is_refused_when_read_again(tmp_path: Pat
 
 def test_held_folder_replaced_gives_the_file_the_path_now_names(tmp_path: Path) -> None:
     root, entry, root_dir, folders = held_then_moved(tmp_path)
-    write_tree(root, {"docs/b.txt": "the new folder's"})
+    write_tree(root, {"docs/b.txt": "the new folder's", "docs/c.txt": "and its next file"})
+    later = FileEntry("docs/c.txt", "docs/c.txt", 17, entry.mtime_ns)
     pauses: list[float] = []
     with root_dir, folders:
         digest = hash_file(root_dir, entry, pause=pauses.append, folders=folders)
+        # The moved folder is let go of: the next file of the path is not read there first.
+        following = hash_file(root_dir, later, pause=pauses.append, folders=folders)
     assert digest.sha256 == sha(b"the new folder's")
+    assert following.sha256 == sha(b"and its next file")
     assert pauses == [pytest.approx(0.1)]
+
+
+def test_a_file_the_held_folder_no_longer_has_is_opened_from_the_root(tmp_path: Path) -> None:
+    root, entry, root_dir, folders = held_then_moved(tmp_path)
+    (root / "docs-moved" / "b.txt").unlink()
+    write_tree(root, {"docs/b.txt": "only in the new folder"})
+    with root_dir, folders:
+        digest = hash_file(root_dir, entry, pause=no_pause, folders=folders)
+    assert digest.sha256 == sha(b"only in the new folder")
 
 
 def test_a_read_that_ends_at_the_expected_size_is_the_last(tmp_path: Path) -> None:

@@ -112,9 +112,10 @@ def hash_file(
     The digest carries the size and mtime seen while hashing, which may differ from the scan's.
     `progress` is called with the number of newly read bytes (a re-read is not counted twice).
     `folders` opens the first read's file through a held folder (see `rootfs.Folders`); a read
-    again opens from the root. Raises `FileChanged` when no read was stable, `NotRegularFile`
-    when the path is no longer a regular file, `FileProblem` when it cannot be opened or read,
-    or when every read held still yet gave other than the file's reported size (a pseudo-file).
+    again lets go of it and opens from the root. Raises `FileChanged` when no read was stable,
+    `NotRegularFile` when the path is no longer a regular file, `FileProblem` when it cannot be
+    opened or read, or when every read held still yet gave other than the file's reported size
+    (a pseudo-file).
     """
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, not {attempts}")
@@ -125,11 +126,14 @@ def hash_file(
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             pause(0.1 * (attempt - 1))
-            folders = None  # the held folder may be the one that moved: from the root again
+            if folders is not None:
+                # The held folder may be the one that moved: this file and the next are
+                # opened from the root again.
+                folders.close()
+                folders = None
         if counter is not None:
             counter.new_attempt()
-        # Named by rel_path: an OS path that is not UTF-8 could not be printed in a message.
-        fd, before = root.open_file(entry.os_path, shown_as=entry.rel_path, folders=folders)
+        fd, before = _open(root, entry, folders)
         try:
             # One byte past the size shows growth; reading on would never end while a
             # writer keeps appending faster than the file is read.
@@ -161,6 +165,18 @@ def hash_file(
         f"{entry.rel_path}: kept changing while it was read ({attempts} attempts); "
         "it is still being written — not uploaded"
     )
+
+
+def _open(root: RootDir, entry: FileEntry, folders: Folders | None) -> tuple[int, os.stat_result]:
+    """`entry`'s file opened, through the held folder when there is one. What the held folder
+    cannot open is asked of the root, whose answer stands: the folder may have moved."""
+    # Named by rel_path: an OS path that is not UTF-8 could not be printed in a message.
+    if folders is not None:
+        try:
+            return root.open_file(entry.os_path, shown_as=entry.rel_path, folders=folders)
+        except FileProblem:
+            folders.close()
+    return root.open_file(entry.os_path, shown_as=entry.rel_path)
 
 
 def _digest(entry: FileEntry, sha256: str, seen: os.stat_result) -> Digest:
