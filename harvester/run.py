@@ -7,6 +7,7 @@ chosen here print, and the report is rendered here once the harvest is over.
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -27,10 +28,9 @@ from harvester.report import (
     TerminalReporter,
     console_for,
     json_event,
-    plan_to_json,
+    print_json_result,
     print_line,
     print_result,
-    report_to_json,
     write_summary_json,
     write_termination_log,
 )
@@ -87,6 +87,7 @@ def run_cleanup(
     reporter = make_reporter(output, tally)
     try:
         with reporter, ExitStack() as resources:
+            resources.enter_context(few_full_collections())
             off = "off (--no-ledger)" if settings.no_ledger else f"off ({NO_CLUSTER})"
             steps = ClusterSteps(None, None, None, off)
             # A dry run acts on nothing, so it needs a cluster only to read the ledger (its gate
@@ -110,16 +111,7 @@ def run_cleanup(
 
     report = harvest.report
     if output.reporting.log_format is LogFormat.JSON:
-        document = (
-            plan_to_json(harvest.plan, settings.task_id, settings.root)
-            if settings.dry_run
-            else report_to_json(report)
-        )
-        print(
-            json_event("plan" if settings.dry_run else "summary", **document),
-            file=output.stdout,
-            flush=True,
-        )
+        print_json_result(output.stdout, plan=harvest.plan, report=report)
     else:
         print_result(
             output.stdout, interactive=output.is_interactive, plan=harvest.plan, report=report
@@ -138,6 +130,21 @@ def run_cleanup(
         if error is not None:
             warn(output, f"{output.termination_log}: the termination message {not_written(error)}")
     return exit_code_for(report), harvest
+
+
+@contextmanager
+def few_full_collections() -> Iterator[None]:
+    """Python's cycle collector walks every object again whenever the old ones grew by a
+    quarter; a harvest keeps a few objects per file until it ends, so a dry run of 100,000
+    files spent a fifth of its CPU there. Within this block the old generation is looked at
+    after 1,000 collections of the young ones instead of 10; the young ones, where short-lived
+    cycles die, are collected as often as before."""
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, max(old, 1000))
+    try:
+        yield
+    finally:
+        gc.set_threshold(young, middle, old)
 
 
 def not_written(exc: OSError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import random
@@ -13,7 +14,7 @@ import pytest
 from harvester.errors import FileChanged, FileProblem, NotRegularFile
 from harvester.model import Digest, Failed, FileEntry
 from harvester.pipeline.digest import hash_entries, hash_file, sha256_of_fd
-from harvester.pipeline.rootfs import CHUNK_SIZE, RootDir
+from harvester.pipeline.rootfs import CHUNK_SIZE, Folders, RootDir
 from harvester.pipeline.scan import ScanOptions, scan
 from harvester.stats import Level, Stage
 from tests.fstree import (
@@ -189,6 +190,99 @@ def test_folder_on_the_path_swapped_for_a_link_is_refused(tmp_path: Path) -> Non
     (root / "docs").symlink_to(tmp_path / "outside", target_is_directory=True)
     with RootDir(str(root)) as root_dir, pytest.raises(NotRegularFile, match="symbolic link"):
         hash_file(root_dir, entry, pause=no_pause)
+
+
+# -- a folder held open for the next file (rootfs.Folders) --------------------------------------
+
+
+def test_files_read_through_held_folders_hash_as_read_from_the_root(tmp_path: Path) -> None:
+    contents = {"a/1.txt": b"one", "a/2.txt": b"two", "b/c/3.txt": b"three", "top.txt": b"top"}
+    write_tree(tmp_path, contents)
+    entries = entries_of(tmp_path)
+    with RootDir(str(tmp_path)) as root, Folders() as folders:
+        held = [hash_file(root, e, pause=no_pause, folders=folders) for e in entries.values()]
+        fresh = [hash_file(root, e, pause=no_pause) for e in entries.values()]
+    assert held == fresh
+    assert [d.sha256 for d in held] == [sha(contents[path]) for path in entries]
+
+
+def test_a_file_opened_below_the_root_reads_blocking_with_no_flag_left(tmp_path: Path) -> None:
+    """Opened with O_NONBLOCK (a FIFO swapped in must not hang the open), then made blocking:
+    its status flags are those os.set_blocking would have left."""
+    write_tree(tmp_path, {"d/a.txt": "a"})
+    reference = os.open(tmp_path / "d" / "a.txt", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    os.set_blocking(reference, True)
+    expected = fcntl.fcntl(reference, fcntl.F_GETFL)
+    os.close(reference)
+    with RootDir(str(tmp_path)) as root, Folders() as folders:
+        for held in (None, folders):
+            fd, info = root.open_file("d/a.txt", folders=held)
+            try:
+                assert os.get_blocking(fd)
+                assert fcntl.fcntl(fd, fcntl.F_GETFL) == expected
+                assert (info.st_ino, info.st_size) == (os.fstat(fd).st_ino, 1)
+            finally:
+                os.close(fd)
+
+
+def held_then_moved(tmp_path: Path) -> tuple[Path, FileEntry, RootDir, Folders]:
+    """A tree whose folder docs/ is held (its first file was read through it), then moved."""
+    root = write_tree(tmp_path / "root", {"docs/a.txt": "a", "docs/b.txt": "inside"})
+    entries = entries_of(root)
+    root_dir, folders = RootDir(str(root)), Folders()
+    hash_file(root_dir, entries["docs/a.txt"], pause=no_pause, folders=folders)
+    (root / "docs").rename(root / "docs-moved")
+    return root, entries["docs/b.txt"], root_dir, folders
+
+
+def test_held_folder_swapped_for_a_link_is_refused_when_read_again(tmp_path: Path) -> None:
+    root, entry, root_dir, folders = held_then_moved(tmp_path)
+    write_tree(tmp_path / "outside", {"b.txt": "secret"})
+    (root / "docs").symlink_to(tmp_path / "outside", target_is_directory=True)
+    pauses: list[float] = []
+    with root_dir, folders, pytest.raises(NotRegularFile, match="symbolic link"):
+        hash_file(root_dir, entry, pause=pauses.append, folders=folders)
+    # The held folder's file was read, but the path from the root named another: read again.
+    assert pauses == [pytest.approx(0.1)]
+
+
+def test_held_folder_replaced_gives_the_file_the_path_now_names(tmp_path: Path) -> None:
+    root, entry, root_dir, folders = held_then_moved(tmp_path)
+    write_tree(root, {"docs/b.txt": "the new folder's", "docs/c.txt": "and its next file"})
+    later = FileEntry("docs/c.txt", "docs/c.txt", 17, entry.mtime_ns)
+    pauses: list[float] = []
+    with root_dir, folders:
+        digest = hash_file(root_dir, entry, pause=pauses.append, folders=folders)
+        # The moved folder is let go of: the next file of the path is not read there first.
+        following = hash_file(root_dir, later, pause=pauses.append, folders=folders)
+    assert digest.sha256 == sha(b"the new folder's")
+    assert following.sha256 == sha(b"and its next file")
+    assert pauses == [pytest.approx(0.1)]
+
+
+def test_a_file_the_held_folder_no_longer_has_is_opened_from_the_root(tmp_path: Path) -> None:
+    root, entry, root_dir, folders = held_then_moved(tmp_path)
+    (root / "docs-moved" / "b.txt").unlink()
+    write_tree(root, {"docs/b.txt": "only in the new folder"})
+    with root_dir, folders:
+        digest = hash_file(root_dir, entry, pause=no_pause, folders=folders)
+    assert digest.sha256 == sha(b"only in the new folder")
+
+
+def test_a_read_that_ends_at_the_expected_size_is_the_last(tmp_path: Path) -> None:
+    """A pipe with its writer still open would answer a second read with EAGAIN (it is made
+    non-blocking), so this passes only if the read that reached `size` was the last one."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"twelve bytes")
+        os.set_blocking(read_end, False)
+        assert sha256_of_fd(read_end, limit=13, size=12) == (sha(b"twelve bytes"), 12)
+        os.write(write_end, b"more")
+        with pytest.raises(BlockingIOError):  # without `size`, reading goes on to the writer
+            sha256_of_fd(read_end, limit=13)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 # -- files that change while they are read ------------------------------------------------------

@@ -82,15 +82,17 @@ def test_two_level_tree_gives_sorted_entries_with_lstat_data(tmp_path: Path) -> 
         assert entry == FileEntry(entry.rel_path, entry.rel_path, info.st_size, info.st_mtime_ns)
 
 
-def test_listener_hears_start_each_kept_file_and_finish(tmp_path: Path) -> None:
-    write_tree(tmp_path, {"a.txt": "12345", "d/b.txt": "123", ".hidden": "x", "big.bin": "x" * 50})
+def test_listener_hears_start_each_folders_kept_files_and_finish(tmp_path: Path) -> None:
+    tree = {"a.txt": "12345", "c.txt": "1", "d/b.txt": "123", ".hidden": "x", "big.bin": "x" * 50}
+    write_tree(tmp_path, tree)
     recorder = Recorder()
     scan(str(tmp_path), ScanOptions(max_file_size=10), recorder)
     assert recorder.events[0] == ("started", Stage.SCAN, 0, 0)
     assert recorder.events[-1] == ("finished", Stage.SCAN, 0, 0)
+    # Once per folder (the lock and the call per file were a share of the scan's time).
     assert sorted(recorder.events[1:-1]) == [
         ("advanced", Stage.SCAN, 1, 3),
-        ("advanced", Stage.SCAN, 1, 5),
+        ("advanced", Stage.SCAN, 2, 6),
     ]
 
 

@@ -1,14 +1,16 @@
 """Hashing the scanned files: the SHA-256 of content that held still while it was read.
 
 Takes the open `RootDir` and the scan's `FileEntry`s; gives one `Digest` per file, or a `Failed`
-for a file that could not be read safely. Each file is opened through `RootDir.open_regular` (no
-link followed anywhere on its path, refused unless it is a regular file), read in `CHUNK_SIZE`
-pieces into one reused buffer per thread, and checked: its size, mtime, ctime and inode must be
-the same before and after the read, the bytes read must equal its size, and the path must still
-name the same file. Otherwise it is read again after a pause; a file that never holds still is
-reported as changing, never hashed half-written, and one that holds still but never reads as long
-as its size says (a pseudo-file, as under /proc or /sys) is reported as such. Files are hashed on
-a few threads, since hashlib and the reads release the GIL.
+for a file that could not be read safely. Each file is opened through `RootDir.open_file` (no
+link followed anywhere on its path, refused unless it is a regular file; small files through
+their folder held open for the next one, `rootfs.Folders`), read in `CHUNK_SIZE` pieces into one
+reused buffer per thread (a small file in one read), and checked: its size, mtime, ctime and
+inode must be the same before and after the read, the bytes read must equal its size, and the
+path from the root must still name the same file. Otherwise it is read again after a pause,
+opened from the root; a file that never holds still is reported as changing, never hashed
+half-written, and one that holds still but never reads as long as its size says (a pseudo-file,
+as under /proc or /sys) is reported as such. Large files are hashed on a few threads, since
+hashlib and the reads release the GIL.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from harvester.errors import INTERRUPTED, FileChanged, FileProblem
 from harvester.model import Digest, Failed, FileEntry
-from harvester.pipeline.rootfs import CHUNK_SIZE, THREADED_HASH_MIN_SIZE, RootDir
+from harvester.pipeline.rootfs import CHUNK_SIZE, THREADED_HASH_MIN_SIZE, Folders, RootDir
 from harvester.stats import Level, Listener, NullListener, Stage
 
 __all__ = ["hash_entries", "hash_file", "sha256_of_fd"]
@@ -43,11 +45,18 @@ def _buffer() -> memoryview:
 
 
 def sha256_of_fd(
-    fd: int, *, limit: int | None = None, progress: Callable[[int], None] | None = None
+    fd: int,
+    *,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    size: int | None = None,
 ) -> tuple[str, int]:
     """Read `fd` from its current offset to the end, or to `limit` bytes; return the hex
     SHA-256 and the number of bytes read.
 
+    `size` is the size the file should have: a read that brings the total to exactly `size`
+    while it asked for more has met the end (a regular file reads short only there), which
+    spares the read that would give nothing: for a small file, one read instead of two.
     `progress` is called with the size of each chunk. Raises `OSError` as the read does.
     """
     view = _buffer()
@@ -62,6 +71,8 @@ def sha256_of_fd(
         total += count
         if progress is not None:
             progress(count)
+        if total == size and count < len(want):
+            break
     return hasher.hexdigest(), total
 
 
@@ -93,32 +104,41 @@ def hash_file(
     attempts: int = 3,
     pause: Callable[[float], None] = time.sleep,
     progress: Callable[[int], None] | None = None,
+    folders: Folders | None = None,
 ) -> Digest:
     """The digest of `entry`'s content, read while the file held still.
 
     An unstable read is repeated after `pause(0.1 * n)` seconds, up to `attempts` reads in all.
     The digest carries the size and mtime seen while hashing, which may differ from the scan's.
     `progress` is called with the number of newly read bytes (a re-read is not counted twice).
-    Raises `FileChanged` when no read was stable, `NotRegularFile` when the path is no longer a
-    regular file, `FileProblem` when it cannot be opened or read, or when every read held still
-    yet gave other than the file's reported size (a pseudo-file).
+    `folders` opens the first read's file through a held folder (see `rootfs.Folders`); a read
+    again lets go of it and opens from the root. Raises `FileChanged` when no read was stable,
+    `NotRegularFile` when the path is no longer a regular file, `FileProblem` when it cannot be
+    opened or read, or when every read held still yet gave other than the file's reported size
+    (a pseudo-file).
     """
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, not {attempts}")
-    counter = _NewBytes(progress)
+    counter = None if progress is None else _NewBytes(progress)
     # Whether every read so far held still yet gave other than the reported size: a file whose
     # size lies (a pseudo-file, as under /proc or /sys), not one that is being written.
     size_lies = True
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             pause(0.1 * (attempt - 1))
-        counter.new_attempt()
-        fd = _open(root, entry)
+            if folders is not None:
+                # The held folder may be the one that moved: this file and the next are
+                # opened from the root again.
+                folders.close()
+                folders = None
+        if counter is not None:
+            counter.new_attempt()
+        fd, before = _open(root, entry, folders)
         try:
-            before = os.fstat(fd)
             # One byte past the size shows growth; reading on would never end while a
             # writer keeps appending faster than the file is read.
-            sha256, count = sha256_of_fd(fd, limit=before.st_size + 1, progress=counter)
+            size = before.st_size
+            sha256, count = sha256_of_fd(fd, limit=size + 1, progress=counter, size=size)
             after = os.fstat(fd)
         except OSError as exc:
             raise FileProblem(
@@ -127,20 +147,13 @@ def hash_file(
         finally:
             os.close(fd)
         held_still = (
-            before.st_size == after.st_size
+            size == after.st_size
             and before.st_mtime_ns == after.st_mtime_ns
             and before.st_ctime_ns == after.st_ctime_ns
             and _still_at_path(root, entry, after)
         )
-        if held_still and count == after.st_size:
-            return Digest(
-                entry,
-                sha256,
-                after.st_size,
-                after.st_mtime_ns,
-                ctime_ns=after.st_ctime_ns,
-                inode=after.st_ino,
-            )
+        if held_still and count == size:
+            return _digest(entry, sha256, after)
         size_lies = size_lies and held_still
     if size_lies:
         raise FileProblem(
@@ -154,16 +167,34 @@ def hash_file(
     )
 
 
-def _open(root: RootDir, entry: FileEntry) -> int:
+def _open(root: RootDir, entry: FileEntry, folders: Folders | None) -> tuple[int, os.stat_result]:
+    """`entry`'s file opened, through the held folder when there is one. What the held folder
+    cannot open is asked of the root, whose answer stands: the folder may have moved."""
     # Named by rel_path: an OS path that is not UTF-8 could not be printed in a message.
-    return root.open_regular(entry.os_path, shown_as=entry.rel_path)
+    if folders is not None:
+        try:
+            return root.open_file(entry.os_path, shown_as=entry.rel_path, folders=folders)
+        except FileProblem:
+            folders.close()
+    return root.open_file(entry.os_path, shown_as=entry.rel_path)
+
+
+def _digest(entry: FileEntry, sha256: str, seen: os.stat_result) -> Digest:
+    # The scan's int objects when the values agree (they nearly always do), and the mtime's
+    # for a ctime equal to it (a file written once): a million digests then hold no second
+    # copy of each size and time.
+    size = entry.size if entry.size == seen.st_size else seen.st_size
+    mtime_ns = entry.mtime_ns if entry.mtime_ns == seen.st_mtime_ns else seen.st_mtime_ns
+    ctime_ns = mtime_ns if mtime_ns == seen.st_ctime_ns else seen.st_ctime_ns
+    return Digest(entry, sha256, size, mtime_ns, ctime_ns, seen.st_ino)
 
 
 def _still_at_path(root: RootDir, entry: FileEntry, opened: os.stat_result) -> bool:
     """Whether the path still names the file that was read.
 
     A new version renamed over the path after the read began bumps the old file's ctime, but one
-    renamed over it between the open and the first fstat does not: only this check sees it.
+    renamed over it between the open and the first fstat does not: only this check sees it. It
+    also holds a file read through a held folder (`rootfs.Folders`) to the path from the root.
     """
     try:
         now = os.stat(entry.os_path, dir_fd=root.fd, follow_symlinks=False)
@@ -233,8 +264,8 @@ def _hash_all(
     lock = threading.Lock()
     told = threading.Lock()
 
-    def hash_one(index: int) -> None:
-        result = results[index] = _hash_one(root, entries[index], listener)
+    def hash_one(index: int, folders: Folders | None = None) -> None:
+        result = results[index] = _hash_one(root, entries[index], listener, folders)
         if on_result is not None:
             with told:
                 on_result(index, result)
@@ -256,7 +287,10 @@ def _hash_all(
                 return
             hash_one(index)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvester-hash") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harvester-hash") as pool,
+        Folders() as folders,
+    ):
         futures = [pool.submit(work) for _ in range(min(workers, len(large)))]
         try:
             # Small files are hashed here, one after another, while the pool reads the large
@@ -266,7 +300,7 @@ def _hash_all(
                 if stopped():
                     break
                 if entry.size < THREADED_HASH_MIN_SIZE:
-                    hash_one(index)
+                    hash_one(index, folders)
             for future in as_completed(futures):
                 future.result()  # the first unexpected error stops the other workers at once
         except BaseException:
@@ -275,17 +309,21 @@ def _hash_all(
     return results
 
 
-def _hash_one(root: RootDir, entry: FileEntry, listener: Listener) -> Digest | Failed:
-    def progress(count: int) -> None:
-        listener.advanced(Stage.HASH, nbytes=count)
-
-    counter = _NewBytes(progress)
+def _hash_one(
+    root: RootDir, entry: FileEntry, listener: Listener, folders: Folders | None = None
+) -> Digest | Failed:
+    counter: _NewBytes | None = None
+    if entry.size >= CHUNK_SIZE:
+        # Bytes as they are read; a file read in one go tells its bytes with its end below,
+        # one call to the listener instead of two.
+        counter = _NewBytes(lambda count: listener.advanced(Stage.HASH, nbytes=count))
     try:
-        result: Digest | Failed = hash_file(root, entry, progress=counter)
+        result: Digest | Failed = hash_file(root, entry, progress=counter, folders=folders)
     except FileProblem as exc:
         message = str(exc)
         result = Failed(entry.rel_path, message, entry.size)
         listener.file_failed(entry.rel_path, message, Stage.HASH)
     # A file that failed or shrank still completes its share of the stage's bytes.
-    listener.advanced(Stage.HASH, files=1, nbytes=max(0, entry.size - counter.reported))
+    reported = 0 if counter is None else counter.reported
+    listener.advanced(Stage.HASH, files=1, nbytes=max(0, entry.size - reported))
     return result

@@ -2,10 +2,11 @@
 the sizes every reader of documents shares.
 
 Takes a root folder and a relative path; gives an open file descriptor of a regular file
-(`RootDir.open_regular`) or of a folder (`open_folder`). Every path component is opened with
-`O_NOFOLLOW` relative to its parent's descriptor (openat), so a link swapped in anywhere along the
-path after the scan cannot lead outside the root. The final open adds `O_NONBLOCK` so that a FIFO
-swapped in after the scan cannot hang the pod on open; `fstat` then refuses it before a single
+(`RootDir.open_regular`, or `RootDir.open_file` with its `fstat`, through `Folders` when many files
+of one folder are opened in a row) or of a folder (`open_folder`). Every path component is opened
+with `O_NOFOLLOW` relative to its parent's descriptor (openat), so a link swapped in anywhere along
+the path after the scan cannot lead outside the root. The final open adds `O_NONBLOCK` so that a
+FIFO swapped in after the scan cannot hang the pod on open; `fstat` then refuses it before a single
 byte is read. The scan, the hashing and the upload all open through here, so these flags and the
 read sizes below are said once.
 """
@@ -13,6 +14,7 @@ read sizes below are said once.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from types import TracebackType
@@ -23,6 +25,7 @@ __all__ = [
     "CHUNK_SIZE",
     "THREADED_HASH_MIN_SIZE",
     "WHOLE_UPLOAD_MAX_SIZE",
+    "Folders",
     "RootDir",
     "RootMissing",
     "open_folder",
@@ -96,32 +99,104 @@ class RootDir:
         when the file cannot be read (gone, permission denied). Messages name the file as
         `shown_as` (the printable relative path) when given, else by its OS path.
         """
+        return self.open_file(os_rel_path, shown_as=shown_as)[0]
+
+    def open_file(
+        self, os_rel_path: str, *, shown_as: str | None = None, folders: Folders | None = None
+    ) -> tuple[int, os.stat_result]:
+        """`open_regular`, giving also the `fstat` that showed a regular file.
+
+        With `folders`, the file's folder is opened through it (kept open for the next file in
+        the same folder) rather than from the root.
+        """
         name = shown_as or os_rel_path
-        parts = os_rel_path.split("/")
-        if any(part in ("", ".", "..") for part in parts):
+        # The path's parts are neither empty nor "." nor "..": said with three substring
+        # searches rather than a split per file.
+        framed = f"/{os_rel_path}/"
+        if "//" in framed or "/./" in framed or "/../" in framed:
             raise NotRegularFile(f"{name}: not a plain path below the root")
-        opened: list[int] = []
+        folder, _, base = os_rel_path.rpartition("/")
         try:
-            parent = self.fd
-            for part in parts[:-1]:
-                parent = open_folder(part, parent)
-                opened.append(parent)
-            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=parent)
+            if not folder:
+                fd = os.open(base, _FILE_FLAGS, dir_fd=self.fd)
+            elif folders is not None:
+                fd = os.open(base, _FILE_FLAGS, dir_fd=folders.open(self.fd, folder))
+            else:
+                parent = _open_path(self.fd, folder)
+                try:
+                    fd = os.open(base, _FILE_FLAGS, dir_fd=parent)
+                finally:
+                    os.close(parent)
         except OSError as exc:
             raise _translate(name, exc) from exc
-        finally:
-            for fd_to_close in opened:
-                os.close(fd_to_close)
         try:
-            mode = os.fstat(fd).st_mode
+            info = os.fstat(fd)
         except OSError as exc:
             os.close(fd)
             raise _translate(name, exc) from exc
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise NotRegularFile(f"{name}: is no longer a regular file; not read")
-        os.set_blocking(fd, True)
-        return fd
+        # Blocking again with one fcntl rather than os.set_blocking's two: F_SETFL changes only
+        # O_APPEND, O_ASYNC, O_DIRECT, O_NOATIME and O_NONBLOCK, of which the file was opened
+        # with O_NONBLOCK alone.
+        fcntl.fcntl(fd, fcntl.F_SETFL, 0)
+        return fd, info
+
+
+class Folders:
+    """The folder of the last file opened through it, kept open for the next file there.
+
+    Files are read in path order, so a folder's files come one after another: each is then
+    opened relative to one held descriptor instead of opening and closing every folder on its
+    path. The folder was opened like any other (`O_NOFOLLOW` at every step from the root); a
+    folder moved or swapped after that still holds the files it held, so a reader that keeps
+    one must check afterwards that the path from the root still names the file it read, and
+    open again from the root when it does not (`digest.hash_file` does both). For one thread.
+    """
+
+    __slots__ = ("_fd", "_path")
+
+    def __init__(self) -> None:
+        self._path: str | None = None
+        self._fd = -1
+
+    def open(self, root_fd: int, folder: str) -> int:
+        """The descriptor of `folder` (relative to the root), opened now unless it is held."""
+        if folder != self._path:
+            fd = _open_path(root_fd, folder)
+            self.close()
+            self._path, self._fd = folder, fd
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._path, self._fd = None, -1
+
+    def __enter__(self) -> Folders:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _open_path(root_fd: int, folder: str) -> int:
+    """Open the folder at the relative path `folder`, one part at a time from `root_fd`."""
+    parent = root_fd
+    for part in folder.split("/"):
+        try:
+            fd = open_folder(part, parent)
+        finally:
+            if parent != root_fd:
+                os.close(parent)
+        parent = fd
+    return parent
 
 
 def open_folder(name: str, parent_fd: int) -> int:

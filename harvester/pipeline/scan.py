@@ -215,7 +215,10 @@ class _Walker:
                     os.close(child_fd)
                     self._fail(Failed(rel, _listing_error(rel, exc)))
                     continue
-                stack.append((child_fd, os_rel + "/", rel + "/", child_pending))
+                child_os_prefix = os_rel + "/"
+                # One string for both when the names are plain: every path below shares it.
+                child_prefix = child_os_prefix if rel == os_rel else rel + "/"
+                stack.append((child_fd, child_os_prefix, child_prefix, child_pending))
         finally:
             for fd, *_rest in stack:
                 if fd >= 0:
@@ -232,11 +235,17 @@ class _Walker:
         subdirs: list[tuple[str, str]] = []
         entries, skipped, fail = self.entries, self.skipped, self._fail
         excludes, includes, max_size = self._excludes, self._includes, self._max_size
-        include_hidden, advanced = self._include_hidden, self._listener.advanced
+        # Asked once per folder, not through GlobSet.__bool__ once per entry.
+        excluding, including = bool(excludes), bool(includes)
+        include_hidden = self._include_hidden
+        # A path whose every name shows as it is gets one string for rel_path and os_path.
+        plain_prefix = os_prefix == shown_prefix
+        found = found_bytes = 0
         with os.scandir(dir_fd) as listing:
             for item in listing:
                 name = item.name
-                shown = name if name.isascii() else _display_name(name)
+                plain = name.isascii()
+                shown = name if plain else _display_name(name)
                 rel = shown_prefix + shown
                 if not include_hidden and name.startswith("."):
                     skipped.append(Skipped(rel, SkipReason.HIDDEN))
@@ -247,15 +256,15 @@ class _Walker:
                     fail(Failed(rel, _examine_error(rel, exc)))
                     continue
                 if is_dir:
-                    if excludes and excludes.matches_dir(rel):
+                    if excluding and excludes.matches_dir(rel):
                         skipped.append(Skipped(rel, SkipReason.EXCLUDED))
                     else:
                         subdirs.append((name, shown))
                     continue
-                if excludes and excludes.matches_file(rel):
+                if excluding and excludes.matches_file(rel):
                     skipped.append(Skipped(rel, SkipReason.EXCLUDED))
                     continue
-                if includes and not includes.matches_file(rel):
+                if including and not includes.matches_file(rel):
                     skipped.append(Skipped(rel, SkipReason.NOT_INCLUDED))
                     continue
                 try:
@@ -272,8 +281,13 @@ class _Walker:
                 if max_size is not None and size > max_size:
                     skipped.append(Skipped(rel, SkipReason.TOO_LARGE, size))
                     continue
-                entries.append(FileEntry(rel, os_prefix + name, size, info.st_mtime_ns))
-                advanced(Stage.SCAN, 1, size)
+                os_rel = rel if plain_prefix and (plain or shown == name) else os_prefix + name
+                entries.append(FileEntry(rel, os_rel, size, info.st_mtime_ns))
+                found += 1
+                found_bytes += size
+        # Told once per folder, not per file: the count is the same, the lock taken far less.
+        if found:
+            self._listener.advanced(Stage.SCAN, found, found_bytes)
         return subdirs
 
     def result(self) -> ScanResult:

@@ -6,10 +6,11 @@ JSON lines), the plan and summary renderers with their JSON forms, and the `--su
 termination-message files. Callers import from here; the modules inside are:
 
 - `text`: sizes, durations, rates, `printable()` and the failure line: text for people.
-- `live`: `TerminalReporter`, `LogReporter`, `JsonReporter`, `json_event` (the one maker of a
-  JSON-lines event), `console_for`, `print_line`.
+- `live`: `TerminalReporter`, `LogReporter`, `JsonReporter`, `json_event` and
+  `write_json_event` (the makers of a JSON-lines event), `console_for`, `print_line`.
 - `summary`: `render_plan`, `render_summary`, `plan_to_json`, `report_to_json`, `headline`,
-  `termination_message`, `print_result`.
+  `termination_message`, `print_result`, `print_json_result`.
+- `rows`: `print_rows`, a table printed a row at a time for a log (the dry-run plan).
 - `files`: `write_summary_json`, `write_termination_log`.
 
 Nothing here decides an exit code or where output goes: the caller hands in streams, consoles
@@ -28,6 +29,7 @@ from harvester.report.live import (
 from harvester.report.summary import (
     headline,
     plan_to_json,
+    print_json_result,
     print_result,
     render_plan,
     render_summary,
@@ -47,6 +49,7 @@ __all__ = [
     "human_size",
     "json_event",
     "plan_to_json",
+    "print_json_result",
     "print_line",
     "print_result",
     "printable",

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from types import TracebackType
 from typing import Any, Self, TextIO
 
@@ -47,6 +48,7 @@ __all__ = [
     "console_for",
     "json_event",
     "print_line",
+    "write_json_event",
 ]
 
 _STAGE_VERB = {Stage.SCAN: "scan", Stage.HASH: "read", Stage.UPLOAD: "send"}
@@ -54,14 +56,48 @@ _STAGE_VERB = {Stage.SCAN: "scan", Stage.HASH: "read", Stage.UPLOAD: "send"}
 _NOTICE_CHARS = 4 * ERROR_CHARS
 
 
+# ASCII only: valid JSON whatever the stream's encoding, and escapes cannot reach a terminal
+# that shows the log.
+_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+# Elements of a streamed array encoded per call: few calls, little text held at once.
+_JSON_BATCH = 1024
+
+
+def _json_head(event: str, wall_clock: Clock) -> dict[str, Any]:
+    ts = datetime.fromtimestamp(wall_clock(), tz=UTC)
+    return {"ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
+
+
 def json_event(event: str, *, wall_clock: Clock = time.time, **fields: Any) -> str:
     """One line of `--log-format json`: `ts` (RFC 3339 UTC), `event`, then `fields`. Every JSON
-    line the harvester writes is made here, so a consumer sees one shape."""
-    ts = datetime.fromtimestamp(wall_clock(), tz=UTC)
-    head = {"ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
-    # ASCII only: valid JSON whatever the stream's encoding, and escapes cannot reach a
-    # terminal that shows the log.
-    return json.dumps(head | fields, ensure_ascii=True, separators=(",", ":"))
+    line the harvester writes is made here or by `write_json_event`, so a consumer sees one
+    shape."""
+    return _JSON.encode(_json_head(event, wall_clock) | fields)
+
+
+def write_json_event(
+    stream: TextIO, event: str, *, wall_clock: Clock = time.time, **fields: Any
+) -> None:
+    """`json_event`'s line, newline included, written to `stream` as it is encoded.
+
+    A field given as an iterator (not a list) becomes a JSON array encoded a batch of elements
+    at a time: a plan of a million paths is never one list of dicts nor one string.
+    """
+    parts: list[str] = []
+    for key, value in (_json_head(event, wall_clock) | fields).items():
+        parts.append(("{" if not parts else ",") + _JSON.encode(key) + ":")
+        if not isinstance(value, Iterator):
+            parts.append(_JSON.encode(value))
+            continue
+        stream.write("".join(parts) + "[")
+        separator = ""
+        while batch := list(islice(value, _JSON_BATCH)):
+            # A batch encodes as "[a,b]": its inside is the elements with their commas.
+            stream.write(separator + _JSON.encode(batch)[1:-1])
+            separator = ","
+        parts = ["]"]
+    stream.write("".join(parts) + "}\n")
+    stream.flush()
 
 
 def console_for(stream: TextIO, *, interactive: bool) -> Console:

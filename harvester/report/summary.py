@@ -9,6 +9,8 @@ here once.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 from rich import box
@@ -27,7 +29,8 @@ from harvester.model import (
     StepState,
     UploadPlan,
 )
-from harvester.report.live import console_for
+from harvester.report.live import console_for, write_json_event
+from harvester.report.rows import print_rows
 from harvester.report.text import (
     ERROR_CHARS,
     failure_line,
@@ -38,13 +41,15 @@ from harvester.report.text import (
     rate_text,
     without_subject,
 )
-from harvester.text import counts_sentence, cut, plural
+from harvester.stats import Clock
+from harvester.text import counts_sentence, cut, outcome_counts, plural
 
 __all__ = [
     "TERMINATION_LIMIT",
     "error_message",
     "headline",
     "plan_to_json",
+    "print_json_result",
     "print_result",
     "render_plan",
     "render_summary",
@@ -64,6 +69,9 @@ _OUTCOME_OF = {
     Action.FAIL: Outcome.FAILED,
 }
 
+# The enums' values as plain strings, looked up once per file rather than through `.value`.
+_VALUE: dict[Action | Outcome, str] = {member: member.value for member in (*Action, *Outcome)}
+
 _ACTION_STYLE = {
     Action.UPLOAD: "green",
     Action.DUPLICATE: "dim",
@@ -78,7 +86,12 @@ def print_result(
 ) -> None:
     """The end of a run for people: the plan table after a dry run, else the summary."""
     console = console_for(stream, interactive=interactive)
-    console.print(render_plan(plan) if report.dry_run else render_summary(report))
+    if report.dry_run and not interactive:
+        # A log gets the same text a row at a time: a plan can hold a million paths.
+        totals = _plan_totals(plan)
+        print_rows(console, lambda: _plan_table(totals), lambda: map(_plan_cells, plan.items))
+    else:
+        console.print(render_plan(plan) if report.dry_run else render_summary(report))
 
 
 # --------------------------------------------------------------------------- the plan
@@ -99,19 +112,31 @@ def _action_phrase(action: Action, duplicate_of: str | None, reason: str | None)
     raise AssertionError(f"unknown action {action!r}")
 
 
+def _plan_counts(plan: UploadPlan) -> tuple[dict[Action, int], int]:
+    """How many items have each action, and the bytes to upload: one pass over the plan."""
+    counts = dict.fromkeys(Action, 0)
+    upload_bytes = 0
+    for item in plan.items:
+        counts[item.action] += 1
+        if item.action is Action.UPLOAD:
+            upload_bytes += item.size or 0
+    return counts, upload_bytes
+
+
 def _plan_totals(plan: UploadPlan) -> str:
-    counts = {_OUTCOME_OF[action]: len(plan.with_action(action)) for action in Action}
-    sentence = counts_sentence(counts, lead=Outcome.PLANNED)
-    return f"{sentence}; {human_size(plan.upload_bytes)} to send"
+    counts, upload_bytes = _plan_counts(plan)
+    outcomes = {_OUTCOME_OF[action]: n for action, n in counts.items()}
+    sentence = counts_sentence(outcomes, lead=Outcome.PLANNED)
+    return f"{sentence}; {human_size(upload_bytes)} to send"
 
 
-def render_plan(plan: UploadPlan, *, width: int | None = None) -> Table:
-    """The `--dry-run` table: path, size, sha256 (first 12 hex), action; totals as caption."""
+def _plan_table(totals: str, width: int | None = None) -> Table:
+    """The plan's table without rows: its columns and, as caption, the totals."""
     table = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
         width=width,
-        caption=_plan_totals(plan),
+        caption=totals,
         caption_justify="left",
         header_style="bold",
     )
@@ -119,15 +144,29 @@ def render_plan(plan: UploadPlan, *, width: int | None = None) -> Table:
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("sha256", no_wrap=True)
     table.add_column("action", overflow="fold")
+    return table
+
+
+def _plan_cells(item: PlanItem) -> tuple[str, str, str, str]:
+    """One plan row as text: path, size, sha256 (first 12 hex), action."""
+    return (
+        printable(item.rel_path),
+        "-" if item.size is None else human_size(item.size),
+        item.sha256[:12] if item.sha256 else "-",
+        _action_phrase(item.action, item.duplicate_of, item.reason),
+    )
+
+
+def render_plan(plan: UploadPlan, *, width: int | None = None) -> Table:
+    """The `--dry-run` table: path, size, sha256 (first 12 hex), action; totals as caption."""
+    table = _plan_table(_plan_totals(plan), width)
     for item in plan.items:
+        path, size, sha256, action = _plan_cells(item)
         table.add_row(
-            Text(printable(item.rel_path)),
-            Text("-" if item.size is None else human_size(item.size)),
-            Text(item.sha256[:12] if item.sha256 else "-", style="dim"),
-            Text(
-                _action_phrase(item.action, item.duplicate_of, item.reason),
-                style=_ACTION_STYLE[item.action],
-            ),
+            Text(path),
+            Text(size),
+            Text(sha256, style="dim"),
+            Text(action, style=_ACTION_STYLE[item.action]),
         )
     return table
 
@@ -137,22 +176,44 @@ def _plan_item_to_json(item: PlanItem) -> dict[str, Any]:
         "path": item.rel_path,
         "size": item.size,
         "sha256": item.sha256,
-        "action": item.action.value,
+        "action": _VALUE[item.action],
         "duplicate_of": item.duplicate_of,
         "reason": item.reason,
     }
 
 
-def plan_to_json(plan: UploadPlan, task_id: str, root: str) -> dict[str, Any]:
-    """The plan for `--dry-run --log-format json`: totals and every item, in path order."""
+def _plan_fields(
+    plan: UploadPlan, task_id: str, root: str, items: Iterable[dict[str, Any]]
+) -> dict[str, Any]:
+    counts, upload_bytes = _plan_counts(plan)
     return {
         "task_id": task_id,
         "root": root,
         "dry_run": True,
-        "counts": {action.value: len(plan.with_action(action)) for action in Action},
-        "upload_bytes": plan.upload_bytes,
-        "items": [_plan_item_to_json(item) for item in plan.items],
+        "counts": {action.value: counts[action] for action in Action},
+        "upload_bytes": upload_bytes,
+        "items": items,
     }
+
+
+def plan_to_json(plan: UploadPlan, task_id: str, root: str) -> dict[str, Any]:
+    """The plan for `--dry-run --log-format json`: totals and every item, in path order."""
+    return _plan_fields(plan, task_id, root, [_plan_item_to_json(item) for item in plan.items])
+
+
+def print_json_result(
+    stream: TextIO, *, plan: UploadPlan, report: HarvestReport, wall_clock: Clock = time.time
+) -> None:
+    """The end of a run for machines (`--log-format json`): the `plan` event after a dry run
+    (`plan_to_json`), else the `summary` event (`report_to_json`), as one line written while
+    it is encoded, so the paths are never all held as JSON at once."""
+    if report.dry_run:
+        items = map(_plan_item_to_json, plan.items)
+        fields = _plan_fields(plan, report.task_id, report.root, items)
+        write_json_event(stream, "plan", wall_clock=wall_clock, **fields)
+    else:
+        files = map(_file_to_json, report.files)
+        write_json_event(stream, "summary", wall_clock=wall_clock, **_report_fields(report, files))
 
 
 # --------------------------------------------------------------------------- the summary
@@ -326,36 +387,43 @@ def _ledger_to_json(report: HarvestReport) -> dict[str, Any] | None:
 
 def _file_to_json(f: FileReport) -> dict[str, Any]:
     """The plan item's fields, then what became of it."""
+    receipt = f.receipt
     return {
         **_plan_item_to_json(f.item),
-        "outcome": f.outcome.value,
-        "document_id": f.document_id,
-        "error": f.error,
-        "attempts": f.attempts,
+        "outcome": _VALUE[receipt.outcome],
+        "document_id": receipt.document_id,
+        "error": receipt.error,
+        "attempts": receipt.attempts,
     }
 
 
-def report_to_json(report: HarvestReport) -> dict[str, Any]:
-    """The machine-readable summary (`--summary-json`): every field of the report, plain JSON."""
+def _report_fields(report: HarvestReport, files: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    counts = outcome_counts(report.files)
+    from_ledger = report.already_uploaded_from_ledger
     return {
         "task_id": report.task_id,
         "root": report.root,
         "dry_run": report.dry_run,
         "elapsed_seconds": round(report.elapsed_seconds, 3),
         "bytes_uploaded": report.bytes_uploaded,
-        "counts": {outcome.value: report.count(outcome) for outcome in Outcome},
+        "counts": {outcome.value: counts[outcome] for outcome in Outcome},
         "status": {"state": report.status.state.value, "message": report.status.message},
         "pvc": {"state": report.pvc.state.value, "message": report.pvc.message},
         "auth_rejected": report.auth_rejected,
         "interrupted": report.interrupted,
         "notes": list(report.notes),
         "already_uploaded_from": {
-            "ledger": report.already_uploaded_from_ledger,
-            "server": report.count(Outcome.ALREADY_UPLOADED) - report.already_uploaded_from_ledger,
+            "ledger": from_ledger,
+            "server": counts[Outcome.ALREADY_UPLOADED] - from_ledger,
         },
         "ledger": _ledger_to_json(report),
-        "files": [_file_to_json(f) for f in report.files],
+        "files": files,
     }
+
+
+def report_to_json(report: HarvestReport) -> dict[str, Any]:
+    """The machine-readable summary (`--summary-json`): every field of the report, plain JSON."""
+    return _report_fields(report, [_file_to_json(f) for f in report.files])
 
 
 # --------------------------------------------------------------------------- termination message
