@@ -494,13 +494,19 @@ def _file_reports(
     if receipts and len(receipts) != len(plan.uploads):
         raise ValueError(f"{len(receipts)} receipts for {len(plan.uploads)} planned uploads")
     answers = iter(receipts)
+    # Receipts are frozen, so every path that ended alike without a request of its own shares
+    # one: a million-file plan would otherwise hold a million copies of a few values.
+    unsent_receipt = Receipt(unsent, error=unsent_error)
+    shared = {action: Receipt(outcome) for action, outcome in _OUTCOME_OF_ACTION.items()}
     reports = []
     for item in plan.items:
-        if item.action is Action.UPLOAD:
-            receipt = next(answers, None) or Receipt(unsent, error=unsent_error)
+        action = item.action
+        if action is Action.UPLOAD:
+            receipt = next(answers, None) or unsent_receipt
+        elif action is Action.FAIL:
+            receipt = Receipt(Outcome.FAILED, error=item.reason)
         else:
-            error = item.reason if item.action is Action.FAIL else None
-            receipt = Receipt(_OUTCOME_OF_ACTION[item.action], error=error)
+            receipt = shared[action]
         reports.append(FileReport(item, receipt))
     return tuple(reports)
 
