@@ -73,7 +73,11 @@ class Planner:
         for document in remote or ():
             self._remote_by_sha.setdefault(document.sha256, document.path)
             self._remote_pairs.add((document.path, document.sha256))
-        self._first_path_of: dict[tuple[int, str], str] = {}
+        # The first digest of each content, and (rarely) the first path of a content met again
+        # in another size class: a million paths would otherwise each hold a (size, sha256)
+        # tuple key, some 56 bytes apiece, where the digest already holds both.
+        self._first_of: dict[str, Digest] = {}
+        self._first_in_other_class: dict[tuple[int, str], str] = {}
         self._decided: list[PlanItem] = []
         self._failed: list[Failed] = []
         self._waiting: dict[int, Digest | Failed] = {}
@@ -136,13 +140,13 @@ class Planner:
         path, sha = digest.rel_path, digest.sha256
         if (digest.entry.os_path, sha) in self._in_ledger:
             if not self._keep_duplicates:
-                self._first_path_of.setdefault((digest.entry.size, sha), path)
+                self._original(digest)
             return _item(digest, Action.ALREADY_UPLOADED, reason=self._ledger_reason)
         if self._keep_duplicates:
             if (path, sha) in self._remote_pairs:
                 return _item(digest, Action.ALREADY_UPLOADED, reason="on the server")
             return _item(digest, Action.UPLOAD)
-        original = self._first_path_of.setdefault((digest.entry.size, sha), path)
+        original = self._original(digest)
         if original != path:
             return _item(digest, Action.DUPLICATE, duplicate_of=original)
         held_as = self._remote_by_sha.get(sha)
@@ -150,6 +154,15 @@ class Planner:
             reason = "on the server" if held_as == path else f"on the server as {held_as}"
             return _item(digest, Action.ALREADY_UPLOADED, reason=reason)
         return _item(digest, Action.UPLOAD)
+
+    def _original(self, digest: Digest) -> str:
+        """The first path of `digest`'s size class with its content (its own, if it is the
+        first). Within a class paths are decided in order, so the first to ask is the first."""
+        sha = digest.sha256
+        first = self._first_of.setdefault(sha, digest)
+        if first.entry.size == digest.entry.size:
+            return first.rel_path
+        return self._first_in_other_class.setdefault((digest.entry.size, sha), digest.rel_path)
 
 
 def build_plan(
