@@ -66,11 +66,6 @@ from harvester.wire.client import KerutaApi
 
 UPLOAD_FAILED_CODE = "HARVEST_UPLOAD_FAILED"
 _STATUS_MESSAGE_LIMIT = 500
-# While uploads run, one thread hashes the large files, in path order: the first upload then
-# waits for one file's hash, not for `hash_workers` hashes sharing the cores and ending together
-# (4 × 256 MiB on 2 cores: 3.0 s instead of 3.7 s, median of 3), and hashing (1.7 GB/s a core
-# with SHA-NI) still keeps ahead of any upload. A dry run only hashes: it uses them all.
-UPLOADING_HASH_WORKERS = 1
 _KEPT_INCOMPLETE = "the harvest is not complete, so the documents stay on the volume"
 NO_PVC_STEP = f"{NO_CLUSTER}; the PVC was left in place"
 _INTERRUPTED_STATUS = f"{INTERRUPTED}; the status was left as it is and a new run will finish it"
@@ -238,16 +233,10 @@ class _Run:
         return _Survey(scanned, root, settings.keep_duplicates)
 
     def hash_into(
-        self,
-        survey: _Survey,
-        planner: Planner,
-        send: Callable[[PlanItem], None],
-        *,
-        workers: int,
+        self, survey: _Survey, planner: Planner, send: Callable[[PlanItem], None]
     ) -> None:
-        """Hash every scanned file into `planner` on `workers` threads (for the large files),
-        handing each upload to `send` the moment its decision is final, while the other files
-        are still read."""
+        """Hash every scanned file into `planner`, handing each upload to `send` the moment its
+        decision is final, while the other files are still read."""
         if survey.root is None:
             return
 
@@ -258,7 +247,7 @@ class _Run:
         hash_entries(
             survey.root,
             survey.scanned.entries,
-            workers=workers,
+            workers=self.settings.hash_workers,
             listener=self.listener,
             stop=self.stop,
             on_result=decided,
@@ -268,7 +257,7 @@ class _Run:
         """The plan without uploading (a dry run, or a run that cannot upload): every file
         hashed into the same `Planner` the uploads follow, so the two cannot disagree."""
         planner = survey.planner()
-        self.hash_into(survey, planner, lambda _upload: None, workers=self.settings.hash_workers)
+        self.hash_into(survey, planner, lambda _upload: None)
         return planner.plan(survey.scanned)
 
     def read_ledger(self, survey: _Survey, resources: ExitStack) -> _Survey:
@@ -361,7 +350,7 @@ class _Run:
             ledger=self.ledger,
         )
         with uploader.uploading() as feed:
-            self.hash_into(survey, planner, feed.put, workers=UPLOADING_HASH_WORKERS)
+            self.hash_into(survey, planner, feed.put)
         plan = planner.plan(survey.scanned)
         # Paired by the very item the planner gave, never by name (see `_file_reports`).
         answers = {id(item): receipt for item, receipt in feed.answered}
