@@ -112,7 +112,8 @@ class KerutaApi:
             deadline=deadline,
             stop=self._stop,
             clock=clock,
-            tls=tls_context(ca_cert) if self.base_url.lower().startswith("https:") else None,
+            # The transport decides whether the URL needs TLS (the system's CAs by default).
+            tls=None if ca_cert is None else tls_context(ca_cert),
         )
         self._redact = _Redactor(token)
         self._documents_path = documents_path
