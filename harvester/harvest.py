@@ -55,7 +55,7 @@ from harvester.pipeline.digest import hash_entries
 from harvester.pipeline.ledger import Ledger, LedgerStore
 from harvester.pipeline.mounts import require_mounted_volume
 from harvester.pipeline.plan import Planner
-from harvester.pipeline.rootfs import RootDir
+from harvester.pipeline.rootfs import WHOLE_UPLOAD_MAX_SIZE, RootDir
 from harvester.pipeline.scan import ScanOptions, scan
 from harvester.pipeline.upload import Uploader
 from harvester.retry import Retrier, RetryPolicy
@@ -233,16 +233,23 @@ class _Run:
         return _Survey(scanned, root, settings.keep_duplicates)
 
     def hash_into(
-        self, survey: _Survey, planner: Planner, send: Callable[[PlanItem], None]
+        self,
+        survey: _Survey,
+        planner: Planner,
+        send: Callable[[PlanItem, bytes | None], None],
+        *,
+        content_up_to: int | None = None,
     ) -> None:
         """Hash every scanned file into `planner`, handing each upload to `send` the moment its
-        decision is final, while the other files are still read."""
+        decision is final, while the other files are still read; with the content the hashing
+        read when the file is at most `content_up_to` bytes and its upload was decided at once
+        (one decided later, after an earlier path of its size, is read again by the upload)."""
         if survey.root is None:
             return
 
-        def decided(index: int, result: Digest | Failed) -> None:
+        def decided(index: int, result: Digest | Failed, content: bytes | None) -> None:
             for upload in planner.add(index, result):
-                send(upload)
+                send(upload, content if upload.digest is result else None)
 
         hash_entries(
             survey.root,
@@ -251,13 +258,14 @@ class _Run:
             listener=self.listener,
             stop=self.stop,
             on_result=decided,
+            content_up_to=content_up_to,
         )
 
     def plan_only(self, survey: _Survey) -> UploadPlan:
         """The plan without uploading (a dry run, or a run that cannot upload): every file
         hashed into the same `Planner` the uploads follow, so the two cannot disagree."""
         planner = survey.planner()
-        self.hash_into(survey, planner, lambda _upload: None)
+        self.hash_into(survey, planner, lambda _upload, _content: None)
         return planner.plan(survey.scanned)
 
     def read_ledger(self, survey: _Survey, resources: ExitStack) -> _Survey:
@@ -350,7 +358,7 @@ class _Run:
             ledger=self.ledger,
         )
         with uploader.uploading() as feed:
-            self.hash_into(survey, planner, feed.put)
+            self.hash_into(survey, planner, feed.put, content_up_to=WHOLE_UPLOAD_MAX_SIZE)
         plan = planner.plan(survey.scanned)
         # Paired by the very item the planner gave, never by name (see `_file_reports`).
         answers = {id(item): receipt for item, receipt in feed.answered}

@@ -32,6 +32,9 @@ __all__ = ["hash_entries", "hash_file", "sha256_of_fd"]
 NOT_HASHED = f"not hashed: {INTERRUPTED}"
 
 _NULL_LISTENER = NullListener()
+
+# Told each file's hash result (see `hash_entries`): its index, the result, its content or None.
+OnResult = Callable[[int, Digest | Failed, bytes | None], None]
 _buffers = threading.local()
 
 
@@ -58,22 +61,35 @@ def sha256_of_fd(
     while it asked for more has met the end (a regular file reads short only there), which
     spares the read that would give nothing: for a small file, one read instead of two.
     `progress` is called with the size of each chunk. Raises `OSError` as the read does.
+
+    When `limit` fits this thread's buffer (`CHUNK_SIZE`), the reads fill it from its start, even
+    if the file comes in several: the buffer then holds everything read (`_content_read`).
     """
     view = _buffer()
     hasher = hashlib.sha256()
     total = 0
+    fits = limit is not None and limit <= CHUNK_SIZE
     while limit is None or total < limit:
-        want = view if limit is None or limit - total >= CHUNK_SIZE else view[: limit - total]
-        count = os.readv(fd, (want,))
+        start = total if fits else 0
+        want = CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - total)
+        chunk = view[start : start + want]
+        count = os.readv(fd, (chunk,))
         if count == 0:
             break
-        hasher.update(view[:count])
+        hasher.update(chunk[:count])
         total += count
         if progress is not None:
             progress(count)
-        if total == size and count < len(want):
+        if total == size and count < len(chunk):
             break
     return hasher.hexdigest(), total
+
+
+def _content_read(size: int) -> bytes:
+    """The content of the file this thread has just hashed, of `size` (below `CHUNK_SIZE`)
+    bytes: `hash_file` gives a digest only for a read of exactly its size, and `sha256_of_fd`
+    reads that into the start of the buffer."""
+    return bytes(_buffer()[:size])
 
 
 class _NewBytes:
@@ -210,7 +226,8 @@ def hash_entries(
     workers: int,
     listener: Listener = _NULL_LISTENER,
     stop: threading.Event | None = None,
-    on_result: Callable[[int, Digest | Failed], None] | None = None,
+    on_result: OnResult | None = None,
+    content_up_to: int | None = None,
 ) -> tuple[list[Digest], list[Failed]]:
     """Hash `entries` on `workers` threads; give the digests and the failures, each in input order.
 
@@ -218,16 +235,21 @@ def hash_entries(
     further file is started; those left become `Failed` with "not hashed: the harvest was
     interrupted". Unexpected errors stop the other workers and are raised.
 
-    `on_result(index, result)` is told each entry's result as soon as it is known (so a planner
-    can decide, and an upload start, while other files are still read): exactly once per entry,
-    one call at a time, from whichever thread hashed it; the files left by a stop last, in order.
+    `on_result(index, result, content)` is told each entry's result as soon as it is known (so a
+    planner can decide, and an upload start, while other files are still read): exactly once per
+    entry, one call at a time, from whichever thread hashed it; the files left by a stop last, in
+    order. `content` is the file's content, read in one piece while it held still, for a file of
+    at most `content_up_to` bytes (then the upload need not open it again), else None (and
+    always None without `content_up_to`).
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
+    if content_up_to is not None and not 0 <= content_up_to < CHUNK_SIZE:
+        raise ValueError(f"content_up_to must be below one read, not {content_up_to}")
     total = len(entries)
     listener.stage_started(Stage.HASH, total, sum(entry.size for entry in entries))
     try:
-        results = _hash_all(root, entries, workers, listener, stop, on_result)
+        results = _hash_all(root, entries, workers, listener, stop, on_result, content_up_to)
         digests: list[Digest] = []
         failed: list[Failed] = []
         interrupted = 0
@@ -241,7 +263,7 @@ def hash_entries(
                 left = Failed(entry.rel_path, f"{entry.rel_path}: {NOT_HASHED}", entry.size)
                 failed.append(left)
                 if on_result is not None:
-                    on_result(index, left)
+                    on_result(index, left, None)
         if interrupted:
             listener.notice(
                 Level.WARNING,
@@ -258,7 +280,8 @@ def _hash_all(
     workers: int,
     listener: Listener,
     stop: threading.Event | None,
-    on_result: Callable[[int, Digest | Failed], None] | None,
+    on_result: OnResult | None,
+    content_up_to: int | None,
 ) -> list[Digest | Failed | None]:
     results: list[Digest | Failed | None] = [None] * len(entries)
     lock = threading.Lock()
@@ -267,8 +290,15 @@ def _hash_all(
     def hash_one(index: int, folders: Folders | None = None) -> None:
         result = results[index] = _hash_one(root, entries[index], listener, folders)
         if on_result is not None:
+            content = None
+            if (
+                content_up_to is not None
+                and isinstance(result, Digest)
+                and result.size <= content_up_to
+            ):
+                content = _content_read(result.size)
             with told:
-                on_result(index, result)
+                on_result(index, result, content)
 
     large = [i for i, entry in enumerate(entries) if entry.size >= THREADED_HASH_MIN_SIZE]
     indexes = iter(large)

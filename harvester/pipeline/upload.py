@@ -4,11 +4,14 @@ Takes the plan's upload items, the open documents root and a `DocumentSink` (ker
 client, which asks the run's gate before every upload); gives one `Receipt` per item. The items
 come all at once (`Uploader.upload_all`: receipts in their order) or one by one as the plan
 decides them while files are still hashed (`Uploader.uploading`: an `UploadFeed` to put them in,
-each receipt paired with its item). Each file is re-opened for every attempt (never rewound from
-a consumed stream) and streamed in chunks while its inode, size, mtime and ctime are checked
-against the digest's (see `verified_chunks`): a file that changed since it was hashed aborts the
-request mid-body, is hashed again and sent again, and after a few changes is reported as failed,
-never uploaded half-written.
+each receipt paired with its item). A small file may come with the content its hashing read
+while it held still: it is sent from that, once a `stat` by its path shows it still the file
+that was hashed (inode, size, mtime, ctime); for many small documents the second open, checks
+and read cost more than the upload itself. Otherwise each file is re-opened for every attempt
+(never rewound from a consumed stream) and streamed in chunks while its inode, size, mtime and
+ctime are checked against the digest's (see `verified_chunks`). Either way a file that changed
+since it was hashed aborts the request (mid-body when streamed), is hashed again and sent again
+from the file, and after a few changes is reported as failed, never uploaded half-written.
 
 A rejected token (401/403) stops every worker at once; the remaining items are "not attempted".
 
@@ -46,6 +49,9 @@ from harvester.stats import Level, Listener, NullListener, Stage
 
 # How often a file may change under our feet before it counts as still being written.
 MAX_CONTENT_CHANGES = 2
+# How much of the small files' content the hashing read may wait for its upload (`UploadFeed`):
+# 2,000 documents of 4 KiB, ample to keep every upload worker busy.
+READ_AHEAD_BUDGET = 8 * 1024 * 1024
 
 
 class DocumentSink(Protocol):
@@ -67,6 +73,10 @@ class DocumentSink(Protocol):
     ) -> str | None: ...
 
 
+# An item and, for a small file, the content the hashing read (sent instead of reading it again).
+Work = tuple[PlanItem, bytes | None]
+
+
 class UploadFeed:
     """Planned uploads handed to an `Uploader` as their decisions become final.
 
@@ -76,21 +86,29 @@ class UploadFeed:
     queued behind them would be the last upload still running, alone. Once the feed is closed
     the workers end when it is empty; a cancelled feed gives them nothing more. After the
     uploader is done, `answered` pairs every item taken with its receipt, in the order taken.
+
+    An item may come with its content, as the hashing read it (a small file): the upload then
+    neither opens nor reads the file again. Such content waits in the feed up to
+    `content_budget` bytes; past it `put` waits until the workers take some, so the hashing
+    never runs further ahead of the uploads than that.
     """
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, content_budget: int = READ_AHEAD_BUDGET) -> None:
         self._listener = listener
-        # (0, -size, number, item) for an item, (1, 0, number, None) for the end: every item
-        # comes before the end, the largest first, then in the order put.
-        self._queue: queue.PriorityQueue[tuple[int, int, int, PlanItem | None]]
+        # (0, -size, number, item, content) for an item, (1, 0, 0, None, None) for the end:
+        # every item comes before the end, the largest first, then in the order put.
+        self._queue: queue.PriorityQueue[tuple[int, int, int, PlanItem | None, bytes | None]]
         self._queue = queue.PriorityQueue()
         self._lock = threading.Lock()
+        self._content_taken = threading.Condition(self._lock)
+        self._content_budget = content_budget
+        self._content_waiting = 0
         self._put = 0
         self._started = False
         self._cancelled = False
         self.answered: list[tuple[PlanItem, Receipt]] = []
 
-    def put(self, item: PlanItem) -> None:
+    def put(self, item: PlanItem, content: bytes | None = None) -> None:
         with self._lock:
             if not self._started:
                 # Started only when there is something to send, as when the plan came whole.
@@ -99,7 +117,15 @@ class UploadFeed:
             self._listener.stage_grew(Stage.UPLOAD, 1, item.size or 0)
             self._put += 1
             number = self._put
-        self._queue.put((0, -(item.size or 0), number, item))
+            if content is not None:
+                while (
+                    self._content_waiting + len(content) > self._content_budget
+                    and self._content_waiting
+                    and not self._cancelled
+                ):
+                    self._content_taken.wait()
+                self._content_waiting += len(content)
+        self._queue.put((0, -(item.size or 0), number, item, content))
 
     @property
     def started(self) -> bool:
@@ -108,20 +134,33 @@ class UploadFeed:
 
     def close(self) -> None:
         """No more items will come."""
-        self._queue.put((1, 0, 0, None))
+        self._queue.put((1, 0, 0, None, None))
 
     def cancel(self) -> None:
-        """Give the workers nothing more, not even what was put and not yet taken."""
-        self._cancelled = True
-        self._queue.put((1, 0, 0, None))
+        """Give the workers nothing more, not even what was put and not yet taken; a `put`
+        waiting for room no longer waits."""
+        with self._lock:
+            self._cancelled = True
+            self._content_taken.notify_all()
+        self._queue.put((1, 0, 0, None, None))
 
-    def __iter__(self) -> Iterator[PlanItem]:
+    def cancel_if_failed(self, worker: Future[None]) -> None:
+        """A worker's end: one ended by an error takes no more items, nor may `put` wait for it
+        to take them (the error is raised once the uploads are waited for)."""
+        if worker.exception() is not None:
+            self.cancel()
+
+    def __iter__(self) -> Iterator[Work]:
         # One generator shared by the workers: the first to meet the end ends it for all.
         while not self._cancelled:
-            item = self._queue.get()[3]
+            _order, _size, _number, item, content = self._queue.get()
+            if content is not None:
+                with self._lock:
+                    self._content_waiting -= len(content)
+                    self._content_taken.notify()
             if item is None or self._cancelled:
                 return
-            yield item
+            yield item, content
 
 
 class Uploader:
@@ -165,7 +204,8 @@ class Uploader:
         try:
             workers = min(self._concurrency, len(items))
             with ThreadPoolExecutor(workers or 1, thread_name_prefix="upload") as pool:
-                _wait_all(self._start(pool, workers, iter(items), answered))
+                work = ((item, None) for item in items)
+                _wait_all(self._start(pool, workers, work, answered))
         finally:
             self._listener.stage_finished(Stage.UPLOAD)
         return tuple(receipt for _item, receipt in answered)
@@ -179,6 +219,8 @@ class Uploader:
         try:
             with ThreadPoolExecutor(self._concurrency, thread_name_prefix="upload") as pool:
                 workers = self._start(pool, self._concurrency, iter(feed), feed.answered)
+                for worker in workers:
+                    worker.add_done_callback(feed.cancel_if_failed)
                 try:
                     yield feed
                 except BaseException:
@@ -194,7 +236,7 @@ class Uploader:
         self,
         pool: ThreadPoolExecutor,
         workers: int,
-        items: Iterator[PlanItem],
+        items: Iterator[Work],
         answered: list[tuple[PlanItem, Receipt]],
     ) -> list[Future[None]]:
         """`workers` threads of `pool` that take items until there are none, each item's
@@ -207,36 +249,40 @@ class Uploader:
             # a million files would otherwise hold a million futures.
             while True:
                 with lock:
-                    item = next(items, None)
-                    if item is None:
+                    work = next(items, None)
+                    if work is None:
                         return
+                    item, content = work
                     place = len(answered)
                     answered.append((item, not_yet))
-                answered[place] = (item, self._upload_one(item))
+                answered[place] = (item, self._upload_one(item, content))
 
         return [pool.submit(work) for _ in range(workers)]
 
-    def _upload_one(self, item: PlanItem) -> Receipt:
+    def _upload_one(self, item: PlanItem, content: bytes | None) -> Receipt:
         if self._ledger is None:
-            return self._upload(item, None)
+            return self._upload(item, None, content)
         with self._ledger.slot() as slot:
-            return self._upload(item, slot)
+            return self._upload(item, slot, content)
 
-    def _upload(self, item: PlanItem, slot: Slot | None) -> Receipt:
+    def _upload(self, item: PlanItem, slot: Slot | None, content: bytes | None) -> Receipt:
         assert item.digest is not None, "only planned uploads reach the uploader"
         digest = item.digest
         attempts = 0
         for _change in range(MAX_CONTENT_CHANGES + 1):
 
-            def attempt(_number: int, current: Digest = digest) -> Receipt:
+            def attempt(
+                _number: int, current: Digest = digest, held: bytes | None = content
+            ) -> Receipt:
                 nonlocal attempts
                 self._check_may_start()
                 attempts += 1
-                return self._send(current, attempts, slot)
+                return self._send(current, attempts, slot, held)
 
             try:
                 return self._retrier.call(attempt, on_retry=self._on_retry(item.rel_path))
             except FileChanged:
+                content = None  # read again from the file from now on
                 try:
                     digest = hash_file(self._root, digest.entry)
                 except FileProblem as exc:
@@ -270,7 +316,24 @@ class Uploader:
         if self._deadline is not None and self._clock() > self._deadline:
             raise Interrupted("not attempted: the overall --deadline passed")
 
-    def _send(self, digest: Digest, attempts: int, slot: Slot | None) -> Receipt:
+    def _send(
+        self, digest: Digest, attempts: int, slot: Slot | None, content: bytes | None
+    ) -> Receipt:
+        if content is None:
+            return self._send_file(digest, attempts, slot)
+        try:
+            # By its path, not opened: what is sent is `content`, the read that held still.
+            now = os.stat(digest.entry.os_path, dir_fd=self._root.fd, follow_symlinks=False)
+        except OSError:
+            now = None
+        if now is None or not _same_as_hashed(now, digest):
+            raise FileChanged(f"{digest.rel_path}: changed after it was hashed")
+        document_id = self._api.upload_document(
+            self._task_id, digest.rel_path, digest.sha256, digest.size, content
+        )
+        return self._sent(digest, attempts, slot, document_id, digest.size)
+
+    def _send_file(self, digest: Digest, attempts: int, slot: Slot | None) -> Receipt:
         fd = self._root.open_regular(digest.entry.os_path, shown_as=digest.rel_path)
         sent = 0
 
@@ -297,10 +360,20 @@ class Uploader:
             raise
         finally:
             os.close(fd)
+        return self._sent(digest, attempts, slot, document_id, digest.size - sent)
+
+    def _sent(
+        self,
+        digest: Digest,
+        attempts: int,
+        slot: Slot | None,
+        document_id: str | None,
+        unreported: int,
+    ) -> Receipt:
+        """The server acknowledged `digest`'s document: recorded in the ledger, counted."""
         if slot is not None:
             entry = LedgerEntry(digest.entry.os_path, digest.sha256, digest.size, document_id)
             slot.record(entry)
-        unreported = digest.size - sent
         self._listener.advanced(Stage.UPLOAD, files=1, nbytes=unreported)
         return Receipt(Outcome.UPLOADED, attempts, document_id=document_id)
 
@@ -357,11 +430,14 @@ def verified_chunks(fd: int, digest: Digest) -> Iterator[bytes]:
 
 
 def _check_unchanged(fd: int, digest: Digest, what: str) -> None:
-    now = os.fstat(fd)
-    if (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+    if not _same_as_hashed(os.fstat(fd), digest):
+        raise FileChanged(f"{digest.rel_path}: {what}")
+
+
+def _same_as_hashed(now: os.stat_result, digest: Digest) -> bool:
+    return (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (
         digest.inode,
         digest.size,
         digest.mtime_ns,
         digest.ctime_ns,
-    ):
-        raise FileChanged(f"{digest.rel_path}: {what}")
+    )
