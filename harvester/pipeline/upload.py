@@ -89,8 +89,8 @@ class UploadFeed:
 
     An item may come with its content, as the hashing read it (a small file): the upload then
     neither opens nor reads the file again. Such content waits in the feed up to
-    `content_budget` bytes; past it `put` waits until the workers take some, so the hashing
-    never runs further ahead of the uploads than that.
+    `content_budget` bytes; past it `put` waits until the workers have taken half, so the
+    hashing never runs further ahead of the uploads than that.
     """
 
     def __init__(self, listener: Listener, content_budget: int = READ_AHEAD_BUDGET) -> None:
@@ -118,12 +118,10 @@ class UploadFeed:
             self._put += 1
             number = self._put
             if content is not None:
-                while (
-                    self._content_waiting + len(content) > self._content_budget
-                    and self._content_waiting
-                    and not self._cancelled
-                ):
-                    self._content_taken.wait()
+                if self._content_waiting + len(content) > self._content_budget:
+                    # Until half the budget is free: one wake-up for many items, not one each.
+                    while self._content_waiting > self._content_budget // 2 and not self._cancelled:
+                        self._content_taken.wait()
                 self._content_waiting += len(content)
         self._queue.put((0, -(item.size or 0), number, item, content))
 
@@ -157,7 +155,8 @@ class UploadFeed:
             if content is not None:
                 with self._lock:
                     self._content_waiting -= len(content)
-                    self._content_taken.notify()
+                    if self._content_waiting <= self._content_budget // 2:
+                        self._content_taken.notify()
             if item is None or self._cancelled:
                 return
             yield item, content
