@@ -8,7 +8,7 @@ end. Everything here is frozen and printable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -87,6 +87,25 @@ class Digest:
     @property
     def rel_path(self) -> str:
         return self.entry.rel_path
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """`length` bytes of a document's open file `fd` from `offset`, as a piece of a request
+    body: sent by the kernel (sendfile) on a plain connection, read first on a TLS one, never
+    through a buffer of ours. `rel_path` names the file if it turns out shorter."""
+
+    fd: int
+    offset: int
+    length: int
+    rel_path: str
+
+    def __len__(self) -> int:
+        return self.length
+
+
+# A document's content as an upload takes it: all of it, or its pieces in order.
+DocumentContent = bytes | Iterable[bytes | FileSpan]
 
 
 class TaskStatus(StrEnum):

@@ -32,7 +32,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from harvester.gate import Gate
 from harvester.model import (
     Action,
     Digest,
+    DocumentContent,
     FileEntry,
     FileReport,
     HarvestReport,
@@ -124,7 +125,7 @@ class _Accepting:
         rel_path: str,
         sha256: str,
         size: int,
-        content: bytes | Iterable[bytes],
+        content: DocumentContent,
     ) -> str | None:
         document_id = self._api.upload_document(task_id, rel_path, sha256, size, content)
         self._accept(LedgerEntry(rel_path, sha256, size, document_id))

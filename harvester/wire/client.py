@@ -38,7 +38,7 @@ from urllib.parse import quote
 from harvester import USER_AGENT
 from harvester.errors import AuthRejected, Interrupted, RejectedError, RetryableError
 from harvester.gate import Act, Gate
-from harvester.model import RemoteDocument, TaskStatus
+from harvester.model import DocumentContent, FileSpan, RemoteDocument, TaskStatus
 from harvester.settings import DEFAULT_DOCUMENTS_PATH, DEFAULT_STATUS_PATH
 from harvester.text import cut
 from harvester.wire.connection import (
@@ -146,7 +146,7 @@ class KerutaApi:
         rel_path: str,
         sha256: str,
         size: int,
-        content: bytes | Iterable[bytes],
+        content: DocumentContent,
     ) -> str | None:
         """POST one document. `content` is, or yields, exactly `size` bytes of the file.
 
@@ -167,7 +167,7 @@ class KerutaApi:
             (b"Accept", b"application/json"),
         ]
         if isinstance(content, bytes):
-            payload: bytes | Iterator[bytes] = body.head + content + body.tail
+            payload: bytes | Iterator[bytes | FileSpan] = body.head + content + body.tail
         else:
             payload = _framed(body.head, content, body.tail)
         url = self.documents_url(task_id)
@@ -238,7 +238,7 @@ class KerutaApi:
         method: str,
         url: str,
         headers: list[tuple[bytes, bytes]],
-        content: bytes | Iterator[bytes] | None,
+        content: bytes | Iterator[bytes | FileSpan] | None,
         *,
         what: str,
         cap: int = ANSWER_CAP,
@@ -368,7 +368,9 @@ def parse_retry_after(
     return min(max(0.0, (when - current).total_seconds()), MAX_RETRY_AFTER)
 
 
-def _framed(head: bytes, content: Iterable[bytes], tail: bytes) -> Iterator[bytes]:
+def _framed(
+    head: bytes, content: Iterable[bytes | FileSpan], tail: bytes
+) -> Iterator[bytes | FileSpan]:
     yield head
     yield from content
     yield tail

@@ -8,12 +8,17 @@ the network, the peer or a wait ended the request, and `CutShort` when the watch
 watchdog sees each connection as `watchdog.Watched`). transport.py says how connections are
 shared (never) and kept, and when a request is sent twice.
 
-A little over 400 lines: one exchange with all its ways to fail (before, while and after the
+A streamed body's pieces may be `model.FileSpan`s: sent by `os.sendfile` from the open file on
+a plain socket (no copy through Python), read in pieces on a TLS one; a file that ends before
+its span does raises `FileChanged`, unchanged to the caller, like any error of the content.
+
+A little under 500 lines: one exchange with all its ways to fail (before, while and after the
 body goes out; on a kept or a new connection; by the server or by the watchdog) reads as one.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 
 import h11
 
+from harvester.errors import FileChanged
+from harvester.model import FileSpan
 from harvester.wire.watchdog import KIB, CutShort, End
 
 # An idle connection older than this is closed rather than reused: servers close theirs after
@@ -110,6 +117,7 @@ class Connection:
         self.moved = 0
         self.ended: End | None = None
         self.elapsed = 0.0
+        self.early: bytes | None = None  # what arrived while the body went out (see _write)
 
     def __del__(self) -> None:
         # The thread that owned this connection has ended: its connection goes with it.
@@ -170,7 +178,7 @@ class Connection:
     def exchange(
         self,
         request: h11.Request,
-        content: bytes | Iterator[bytes] | None,
+        content: bytes | Iterator[bytes | FileSpan] | None,
         cap: int,
         resendable: bool,
     ) -> Answer:
@@ -244,7 +252,7 @@ class Connection:
     def _exchange(
         self,
         request: h11.Request,
-        content: bytes | Iterator[bytes] | None,
+        content: bytes | Iterator[bytes | FileSpan] | None,
         cap: int,
         *,
         retry_if_unanswered: bool,
@@ -252,6 +260,7 @@ class Connection:
         sock, conn = self._sock, self._h11
         assert sock is not None and conn is not None
         reader = _Reader(self, sock, conn)
+        self.early = None
 
         def failed(exc: BaseException, phase: str | None = None) -> Exception:
             """What a broken exchange raises: a retry when nothing was answered on a reused
@@ -299,7 +308,7 @@ class Connection:
         sock: socket.socket,
         conn: h11.Connection,
         request: h11.Request,
-        content: bytes | Iterator[bytes] | None,
+        content: bytes | Iterator[bytes | FileSpan] | None,
     ) -> None:
         """Send the request; return early, the rest unsent, if the server answers first."""
         head = conn.send(request)
@@ -325,31 +334,76 @@ class Connection:
                 break
             except BaseException as exc:
                 raise _ContentFailed(exc) from exc
-            for piece in conn.send_with_data_passthrough(h11.Data(data=chunk)) or ():
+            # h11 passes a span through as it is, counted by its length (passthrough is made
+            # for sendfile), and frames it.
+            event = h11.Data(data=chunk)  # type: ignore[arg-type]
+            for piece in conn.send_with_data_passthrough(event) or ():
                 if not self._write(sock, piece):
                     return  # the rest is not wanted; the connection is dropped after the answer
         self._write(sock, conn.send(h11.EndOfMessage()) or b"")
 
-    def _write(self, sock: socket.socket, data: bytes) -> bool:
+    def _write(self, sock: socket.socket, data: bytes | FileSpan) -> bool:
         """Send `data`, unless the server answers (or closes) first: then False, the rest
         unsent. A server refusing a large body answers at once and may never read it, so a
-        write must not block where the answer would go unseen."""
+        write must not block where the answer would go unseen. A `FileSpan` goes by sendfile
+        on a plain socket, and is read in pieces for TLS."""
         poller = select.poll()
         poller.register(sock, _READABLE | select.POLLOUT)
         wait = int(self._endpoint.timeout * 1000)
+        if isinstance(data, FileSpan):
+            if isinstance(sock, ssl.SSLSocket):
+                return all(self._write(sock, piece) for piece in _read_span(data))
+            return self._send_span(sock, data, poller, wait)
         view = memoryview(data)
         while view:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return False
-            events = poller.poll(wait)
-            if not events:
-                raise TimeoutError
-            if events[0][1] & _READABLE:
+            if not self._ready_to_send(sock, poller, wait):
                 return False
             sent = sock.send(view[:_WRITE_SIZE])
             view = view[sent:]
             self.moved += sent
         return True
+
+    def _send_span(
+        self, sock: socket.socket, span: FileSpan, poller: select.poll, wait: int
+    ) -> bool:
+        offset, end = span.offset, span.offset + span.length
+        while offset < end:
+            if not self._ready_to_send(sock, poller, wait):
+                return False
+            sent = os.sendfile(sock.fileno(), span.fd, offset, min(_WRITE_SIZE, end - offset))
+            if sent == 0:  # the file ends before the span does
+                shrank = FileChanged(f"{span.rel_path}: shrank while it was uploaded")
+                raise _ContentFailed(shrank) from shrank
+            offset += sent
+            self.moved += sent
+        return True
+
+    def _ready_to_send(self, sock: socket.socket, poller: select.poll, wait: int) -> bool:
+        """Wait until the socket takes more (True) or the server has answered or closed
+        (False); TimeoutError after `wait` milliseconds without either.
+
+        On TLS a readable socket may hold only TLS's own messages (the session tickets a TLS
+        1.3 server sends after the handshake): they are read, and only an answer or a close
+        counts, kept in `early` for the reader. Taken for an answer, the tickets used to stop
+        every streamed upload on a new TLS connection after its first write."""
+        events = poller.poll(wait)
+        if not events:
+            raise TimeoutError
+        if not events[0][1] & _READABLE:
+            return True
+        if not isinstance(sock, ssl.SSLSocket):
+            return False
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            self.early = sock.recv(_READ_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return True
+        finally:
+            sock.settimeout(timeout)
+        return False
 
 
 class _ContentFailed(Exception):
@@ -380,7 +434,8 @@ class _Reader:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = sock.recv(_READ_SIZE)
+                early, connection.early = connection.early, None
+                data = sock.recv(_READ_SIZE) if early is None else early
                 if data:
                     self.got_any = True
                     connection.moved += len(data)
@@ -402,6 +457,18 @@ class _Reader:
             elif isinstance(event, h11.ConnectionClosed):
                 raise Broken("ConnectionClosed: the server closed the connection mid-answer")
             # h11.InformationalResponse (100 Continue and the like): wait for the real one.
+
+
+def _read_span(span: FileSpan) -> Iterator[bytes]:
+    """A span's bytes in pieces of `_WRITE_SIZE`, for a socket sendfile cannot write to."""
+    offset, end = span.offset, span.offset + span.length
+    while offset < end:
+        piece = os.pread(span.fd, min(_WRITE_SIZE, end - offset), offset)
+        if not piece:
+            shrank = FileChanged(f"{span.rel_path}: shrank while it was uploaded")
+            raise _ContentFailed(shrank) from shrank
+        offset += len(piece)
+        yield piece
 
 
 def _readable(sock: socket.socket) -> bool:

@@ -65,6 +65,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from harvester.model import FileSpan
 from harvester.wire.connection import Answer, Broken, Connection, Endpoint
 from harvester.wire.watchdog import Watchdog
 
@@ -122,7 +123,7 @@ class Transport:
         method: str,
         url: str,
         headers: list[tuple[bytes, bytes]],
-        content: bytes | Iterator[bytes] | None,
+        content: bytes | Iterator[bytes | FileSpan] | None,
         *,
         cap: int,
     ) -> Answer:
