@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,60 @@ def test_https_with_a_private_ca_named_by_ca_cert(ca: trustme.CA, ca_file: Path)
     assert server.answered == 11
     assert server.connections == 3  # kept alive over TLS too
     assert set(sni) == {"localhost"}
+
+
+@pytest.mark.timeout(60)
+def test_https_a_streamed_document_goes_out_whole_on_a_new_connection(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    """A TLS 1.3 server's session tickets arrive after the handshake: they are not an early
+    answer (taken for one, the body was abandoned before its head left, and the upload timed
+    out)."""
+    context, _sni = server_context(ca, "localhost")
+    chunks = [bytes([65 + n]) * MIB for n in range(8)]
+    with KeepAliveServer(tls=context) as server, client(server.url, ca_cert=ca_file) as api:
+        for name in ("a.bin", "b.bin"):  # the second on the kept connection
+            assert api.upload_document("t", name, SHA, 8 * MIB, iter(chunks))
+    assert server.connections == 1
+    assert len(server.bodies) == 2
+    assert all(b"".join(chunks) in body for body in server.bodies)
+
+
+@pytest.mark.timeout(60)
+def test_https_an_answer_before_the_body_is_read_is_what_the_client_reports(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    """Over TLS, only a read tells an answer from the session tickets: the answer's first bytes
+    are read while the body goes out, and the rest of it after."""
+
+    def too_large(_seen: Seen) -> Answer:
+        body = b'{"message": "Maximum upload size exceeded"}'
+        return Answer(413, (("Content-Length", str(len(body))),), [body])
+
+    context, _sni = server_context(ca, "localhost")
+    total = 32 * MIB
+    offered = 0
+
+    with (
+        ScriptedServer(too_large, read_body=False, hold=30, tls=context) as server,
+        client(server.url, ca_cert=ca_file, timeout=5.0) as api,
+    ):
+
+        def large() -> Iterator[bytes]:
+            nonlocal offered
+            # The head is out; the body waits until the answer is, so that it is there to be
+            # seen between two writes.
+            while not (server.sent and server.sent[0]):
+                time.sleep(0.01)
+            for _ in range(total // MIB):
+                offered += MIB
+                yield b"z" * MIB
+
+        with pytest.raises(RejectedError) as info:
+            api.upload_document("t", "big.bin", SHA, total, large())
+    message = str(info.value)
+    assert "413" in message and "Maximum upload size exceeded" in message
+    assert offered < total, "the client sent the whole body after the server had answered"
 
 
 def test_https_refuses_a_certificate_the_system_does_not_trust(ca: trustme.CA) -> None:

@@ -264,7 +264,7 @@ class Connection:
         completed = False
         try:
             try:
-                self._send(sock, conn, request, content)
+                self._send(sock, conn, reader, request, content)
             except TimeoutError:
                 raise
             except OSError as exc:
@@ -298,10 +298,12 @@ class Connection:
         self,
         sock: socket.socket,
         conn: h11.Connection,
+        reader: _Reader,
         request: h11.Request,
         content: bytes | Iterator[bytes] | None,
     ) -> None:
-        """Send the request; return early, the rest unsent, if the server answers first."""
+        """Send the request; return early, the rest unsent, if the server answers first (what
+        arrived of its answer is then `reader`'s)."""
         head = conn.send(request)
         assert head is not None
         if content is None or isinstance(content, bytes):
@@ -314,9 +316,9 @@ class Connection:
                 sock.sendall(data)
                 self.moved += len(data)
             else:
-                self._write(sock, data)
+                self._write(sock, data, reader)
             return
-        if not self._write(sock, head):
+        if not self._write(sock, head, reader):
             return
         while True:
             try:
@@ -326,25 +328,28 @@ class Connection:
             except BaseException as exc:
                 raise _ContentFailed(exc) from exc
             for piece in conn.send_with_data_passthrough(h11.Data(data=chunk)) or ():
-                if not self._write(sock, piece):
+                if not self._write(sock, piece, reader):
                     return  # the rest is not wanted; the connection is dropped after the answer
-        self._write(sock, conn.send(h11.EndOfMessage()) or b"")
+        self._write(sock, conn.send(h11.EndOfMessage()) or b"", reader)
 
-    def _write(self, sock: socket.socket, data: bytes) -> bool:
+    def _write(self, sock: socket.socket, data: bytes, reader: _Reader) -> bool:
         """Send `data`, unless the server answers (or closes) first: then False, the rest
         unsent. A server refusing a large body answers at once and may never read it, so a
         write must not block where the answer would go unseen."""
         poller = select.poll()
         poller.register(sock, _READABLE | select.POLLOUT)
         wait = int(self._endpoint.timeout * 1000)
+        secure = sock if isinstance(sock, ssl.SSLSocket) else None
         view = memoryview(data)
         while view:
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            if secure is not None and secure.pending():
                 return False
             events = poller.poll(wait)
             if not events:
                 raise TimeoutError
             if events[0][1] & _READABLE:
+                if secure is not None and not _answered(secure, reader):
+                    continue
                 return False
             sent = sock.send(view[:_WRITE_SIZE])
             view = view[sent:]
@@ -372,9 +377,15 @@ class _Reader:
         self.got_any = False
         self.phase = "sending"
 
+    def take(self, data: bytes) -> None:
+        """`data`, received: part of the answer."""
+        self.got_any = True
+        self._connection.moved += len(data)
+        self._conn.receive_data(data)
+
     def answer(self, cap: int) -> Answer:
         self.phase = "waiting for the answer"
-        conn, sock, connection = self._conn, self._sock, self._connection
+        conn, sock = self._conn, self._sock
         response: h11.Response | None = None
         body = bytearray()
         while True:
@@ -382,11 +393,11 @@ class _Reader:
             if event is h11.NEED_DATA:
                 data = sock.recv(_READ_SIZE)
                 if data:
-                    self.got_any = True
-                    connection.moved += len(data)
+                    self.take(data)
                 elif not self.got_any:
                     raise Broken("ConnectionClosed: the server closed the connection")
-                conn.receive_data(data)
+                else:
+                    conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 response = event
                 self.phase = "reading the answer"
@@ -402,6 +413,26 @@ class _Reader:
             elif isinstance(event, h11.ConnectionClosed):
                 raise Broken("ConnectionClosed: the server closed the connection mid-answer")
             # h11.InformationalResponse (100 Continue and the like): wait for the real one.
+
+
+def _answered(sock: ssl.SSLSocket, reader: _Reader) -> bool:
+    """Did the server answer (or close, or fail) on readable `sock`, or send records for the TLS
+    layer alone? A TLS 1.3 server sends its session tickets after the handshake: taken for an
+    early answer, they stopped every streamed body on a new https connection before its head
+    left. Only a read tells them apart; an answer's first bytes read here go to `reader`."""
+    previous = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        data = sock.recv(_READ_SIZE)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False  # nothing for us (yet)
+    except OSError:
+        return True  # the reader meets it again
+    finally:
+        sock.settimeout(previous)
+    if data:
+        reader.take(data)
+    return True
 
 
 def _readable(sock: socket.socket) -> bool:
