@@ -5,8 +5,14 @@ event) and h11 requests; gives `Connection.exchange`, which sends one request, r
 `Answer` up to a cap and keeps the connection for the next request when the exchange was
 complete. It raises a `TransportError` (`ConnectFailed`, `TlsRefused`, `Stalled`, `Broken`) when
 the network, the peer or a wait ended the request, and `CutShort` when the watchdog did (the
-watchdog sees each connection as `watchdog.Watched`). transport.py says how connections are
-shared (never) and kept, and when a request is sent twice.
+watchdog sees each connection as `watchdog.Watched`); a request the watchdog ended for moving no
+byte (`End.STALLED`) is a `Stalled` with the phase it was in, like a wait that timed out.
+transport.py says how connections are shared (never) and kept, and when a request is sent twice.
+
+Once connected (and through the TLS handshake) the socket has no timeout: CPython implements
+one with a poll() before every send and recv, two system calls (each a release of the GIL) per
+small upload. The connect and the handshake keep theirs (--timeout); after them the watchdog
+bounds every wait, and a large body's writes poll anyway (see `_write`).
 
 A little over 400 lines: one exchange with all its ways to fail (before, while and after the
 body goes out; on a kept or a new connection; by the server or by the watchdog) reads as one.
@@ -80,7 +86,8 @@ class TlsRefused(ConnectFailed):
 
 
 class Stalled(TransportError):
-    """No progress for --timeout while `phase` (connecting, sending, waiting for the answer)."""
+    """No progress for --timeout while `phase` (connecting, in the TLS handshake, sending,
+    waiting for the answer, reading the answer)."""
 
     def __init__(self, phase: str) -> None:
         super().__init__(phase)
@@ -119,27 +126,32 @@ class Connection:
 
     def begin(self, now: float) -> None:
         with self._lock:
+            # serial last: the watchdog reads it first (see watchdog.Watched).
             self.started = now
-            self.serial += 1
             self.moved = 0
             self.ended = None
+            self.serial += 1
 
     def finish(self) -> None:
         with self._lock:
             self.started = None
 
     def attach(self, sock: socket.socket) -> None:
-        """Use `sock` from now on; refused if the watchdog already ended the request."""
+        """Use `sock` from now on; refused if the watchdog ended the request while it connected."""
         with self._lock:
             self._sock = sock
             ended = self.ended
         if ended is not None:
             self.drop()
-            raise CutShort(ended, self.elapsed)
+            self.check_ended("connecting")
 
-    def check_ended(self) -> None:
-        if self.ended is not None:
-            raise CutShort(self.ended, self.elapsed)
+    def check_ended(self, phase: str) -> None:
+        """Raise what the watchdog's end of the request means, if it ended it while `phase`."""
+        ended = self.ended
+        if ended is End.STALLED:
+            raise Stalled(phase)
+        if ended is not None:
+            raise CutShort(ended, self.elapsed)
 
     def end(self, serial: int, why: End, now: float) -> None:
         """Mark request `serial` ended and shut its socket: a blocked read returns at once, a
@@ -204,6 +216,7 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._h11 = h11.Connection(h11.CLIENT)
         if endpoint.tls is None:
+            sock.settimeout(None)  # from here on the watchdog bounds the waits
             self.attach(sock)
             return
         try:
@@ -224,10 +237,11 @@ class Connection:
             raise TlsRefused(exc.verify_message or exc.reason or str(exc)) from exc
         except OSError as exc:
             self.drop()
-            self.check_ended()
+            self.check_ended("in the TLS handshake")
             if isinstance(exc, ssl.SSLError):
                 raise TlsRefused(exc.reason or str(exc)) from exc
             raise ConnectFailed(exc.strerror or str(exc) or type(exc).__name__) from exc
+        secure.settimeout(None)  # from here on the watchdog bounds the waits
 
     def _usable(self) -> bool:
         """Is the kept connection there and fit for another request?"""
@@ -256,7 +270,7 @@ class Connection:
         def failed(exc: BaseException, phase: str | None = None) -> Exception:
             """What a broken exchange raises: a retry when nothing was answered on a reused
             connection (see the module docstring), else `Broken`."""
-            self.check_ended()
+            self.check_ended(phase or reader.phase)
             if retry_if_unanswered and not reader.got_any:
                 return _Retry()
             return exc if isinstance(exc, Broken) else _broken(exc, phase or reader.phase)
@@ -269,7 +283,7 @@ class Connection:
                 raise
             except OSError as exc:
                 # The server may have answered before reading the body (413, 401) and closed.
-                self.check_ended()
+                self.check_ended("sending")
                 try:
                     return reader.answer(cap)
                 except (OSError, h11.ProtocolError, TransportError):
@@ -280,12 +294,12 @@ class Connection:
         except _ContentFailed as content_failed:
             raise content_failed.original from content_failed.original.__cause__
         except TimeoutError:
-            self.check_ended()
+            self.check_ended(reader.phase)
             raise Stalled(reader.phase) from None
         except (OSError, h11.RemoteProtocolError, Broken) as exc:
             raise failed(exc) from exc
         except h11.LocalProtocolError as exc:
-            self.check_ended()
+            self.check_ended(reader.phase)
             raise Broken(f"the request is not valid HTTP/1.1: {exc}") from exc
         finally:
             if completed and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
@@ -351,7 +365,16 @@ class Connection:
                 if secure is not None and not _answered(secure, reader):
                     continue
                 return False
-            sent = sock.send(view[:_WRITE_SIZE])
+            if secure is not None:
+                # SSL takes no flags and writes the chunk whole: blocked, the watchdog ends it.
+                sent = sock.send(view[:_WRITE_SIZE])
+            else:
+                # Only what fits now, as the socket's timeout did, so the next poll can see an
+                # answer; a blocking send would wait for the whole chunk to be read.
+                try:
+                    sent = sock.send(view[:_WRITE_SIZE], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
             view = view[sent:]
             self.moved += sent
         return True
