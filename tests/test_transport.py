@@ -4,9 +4,11 @@ thread kept alive, connections servers close, resets, stalls, early answers, and
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,82 @@ def test_a_stalled_answer_hits_the_timeout() -> None:
     assert "--timeout" in message
 
 
+def stalled_message(api: KerutaApi, send: Callable[[KerutaApi], object]) -> str:
+    """What `send` fails with: a stall the watchdog ends (the sockets have no timeout)."""
+    with pytest.raises(RetryableError) as info:
+        send(api)
+    return str(info.value)
+
+
+@pytest.mark.timeout(30)  # a guard against a hang, not a measure
+def test_a_server_that_accepts_and_never_reads_stalls_waiting_for_the_answer() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with client(url, timeout=0.5) as api:
+            # The small request fits in the kernel's buffers: sent, then nothing comes back.
+            message = stalled_message(api, lambda api: upload(api, "a.md"))
+    assert "made no progress for 0.5s (waiting for the answer)" in message
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_an_answer_stopping_mid_body_stalls_reading_the_answer(
+    tls: bool, ca: trustme.CA, ca_file: Path
+) -> None:
+    def head_then_nothing(_seen: Seen) -> Answer:
+        return Answer(200, (("Content-Length", "1000"),), [b"[" * 10])
+
+    context = server_context(ca, "localhost")[0] if tls else None
+    with (
+        ScriptedServer(head_then_nothing, hold=30, tls=context) as server,
+        client(server.url, timeout=1.0, ca_cert=ca_file if tls else None) as api,
+    ):
+        message = stalled_message(api, lambda api: api.list_documents("t"))
+    assert "made no progress for 1s (reading the answer)" in message
+
+
+@pytest.mark.timeout(30)
+def test_https_a_server_that_never_answers_stalls_waiting_for_the_answer(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    def stalled(_seen: Seen) -> Answer:
+        return Answer(201, (("Content-Length", "2"),), [b"{}"], stall=30)
+
+    context, _sni = server_context(ca, "localhost")
+    with (
+        ScriptedServer(stalled, tls=context) as server,
+        client(server.url, timeout=0.5, ca_cert=ca_file) as api,
+    ):
+        message = stalled_message(api, lambda api: upload(api, "a.md"))
+    assert "made no progress for 0.5s (waiting for the answer)" in message
+
+
+@pytest.mark.timeout(60)
+def test_https_a_server_that_never_reads_a_large_body_stalls_sending(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    """A TLS write takes its chunk whole (no partial send as on plain TCP): one blocked on a
+    full buffer is ended by the watchdog."""
+    context, _sni = server_context(ca, "localhost")
+    total = 64 * MIB
+
+    def large() -> Iterator[bytes]:
+        for _ in range(total // MIB):
+            yield b"z" * MIB
+
+    def silent(_seen: Seen) -> Answer:
+        return Answer(201, (("Content-Length", "2"),), [b"{}"], stall=30)
+
+    with (
+        ScriptedServer(silent, read_body=False, tls=context) as server,
+        client(server.url, timeout=0.5, ca_cert=ca_file) as api,
+    ):
+        message = stalled_message(
+            api, lambda api: api.upload_document("t", "big.bin", SHA, total, large())
+        )
+    assert "made no progress for 0.5s (sending)" in message
+
+
 @pytest.mark.parametrize(("streamed", "hold"), [(False, 0.0), (True, 0.0), (True, 30.0)])
 def test_an_answer_before_the_body_is_read_is_what_the_client_reports(
     streamed: bool, hold: float
@@ -243,6 +321,60 @@ def test_https_with_a_private_ca_named_by_ca_cert(ca: trustme.CA, ca_file: Path)
     assert server.answered == 11
     assert server.connections == 3  # kept alive over TLS too
     assert set(sni) == {"localhost"}
+
+
+@pytest.mark.timeout(60)
+def test_https_a_streamed_document_goes_out_whole_on_a_new_connection(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    """A TLS 1.3 server's session tickets arrive after the handshake: they are not an early
+    answer (taken for one, the body was abandoned before its head left, and the upload timed
+    out)."""
+    context, _sni = server_context(ca, "localhost")
+    chunks = [bytes([65 + n]) * MIB for n in range(8)]
+    with KeepAliveServer(tls=context) as server, client(server.url, ca_cert=ca_file) as api:
+        for name in ("a.bin", "b.bin"):  # the second on the kept connection
+            assert api.upload_document("t", name, SHA, 8 * MIB, iter(chunks))
+    assert server.connections == 1
+    assert len(server.bodies) == 2
+    assert all(b"".join(chunks) in body for body in server.bodies)
+
+
+@pytest.mark.timeout(60)
+def test_https_an_answer_before_the_body_is_read_is_what_the_client_reports(
+    ca: trustme.CA, ca_file: Path
+) -> None:
+    """Over TLS, only a read tells an answer from the session tickets: the answer's first bytes
+    are read while the body goes out, and the rest of it after."""
+
+    def too_large(_seen: Seen) -> Answer:
+        body = b'{"message": "Maximum upload size exceeded"}'
+        return Answer(413, (("Content-Length", str(len(body))),), [body])
+
+    context, _sni = server_context(ca, "localhost")
+    total = 32 * MIB
+    offered = 0
+
+    with (
+        ScriptedServer(too_large, read_body=False, hold=30, tls=context) as server,
+        client(server.url, ca_cert=ca_file, timeout=5.0) as api,
+    ):
+
+        def large() -> Iterator[bytes]:
+            nonlocal offered
+            # The head is out; the body waits until the answer is, so that it is there to be
+            # seen between two writes.
+            while not (server.sent and server.sent[0]):
+                time.sleep(0.01)
+            for _ in range(total // MIB):
+                offered += MIB
+                yield b"z" * MIB
+
+        with pytest.raises(RejectedError) as info:
+            api.upload_document("t", "big.bin", SHA, total, large())
+    message = str(info.value)
+    assert "413" in message and "Maximum upload size exceeded" in message
+    assert offered < total, "the client sent the whole body after the server had answered"
 
 
 def test_https_refuses_a_certificate_the_system_does_not_trust(ca: trustme.CA) -> None:

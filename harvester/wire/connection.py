@@ -5,14 +5,20 @@ event) and h11 requests; gives `Connection.exchange`, which sends one request, r
 `Answer` up to a cap and keeps the connection for the next request when the exchange was
 complete. It raises a `TransportError` (`ConnectFailed`, `TlsRefused`, `Stalled`, `Broken`) when
 the network, the peer or a wait ended the request, and `CutShort` when the watchdog did (the
-watchdog sees each connection as `watchdog.Watched`). transport.py says how connections are
-shared (never) and kept, and when a request is sent twice.
+watchdog sees each connection as `watchdog.Watched`); a request the watchdog ended for moving no
+byte (`End.STALLED`) is a `Stalled` with the phase it was in, like a wait that timed out.
+transport.py says how connections are shared (never) and kept, and when a request is sent twice.
+
+Once connected (and through the TLS handshake) the socket has no timeout: CPython implements
+one with a poll() before every send and recv, two system calls (each a release of the GIL) per
+small upload. The connect and the handshake keep theirs (--timeout); after them the watchdog
+bounds every wait, and a large body's writes poll anyway (see `_write`).
 
 A streamed body's pieces may be `model.FileSpan`s: sent by `os.sendfile` from the open file on
 a plain socket (no copy through Python), read in pieces on a TLS one; a file that ends before
 its span does raises `FileChanged`, unchanged to the caller, like any error of the content.
 
-A little under 500 lines: one exchange with all its ways to fail (before, while and after the
+A little over 500 lines: one exchange with all its ways to fail (before, while and after the
 body goes out; on a kept or a new connection; by the server or by the watchdog) reads as one.
 """
 
@@ -87,7 +93,8 @@ class TlsRefused(ConnectFailed):
 
 
 class Stalled(TransportError):
-    """No progress for --timeout while `phase` (connecting, sending, waiting for the answer)."""
+    """No progress for --timeout while `phase` (connecting, in the TLS handshake, sending,
+    waiting for the answer, reading the answer)."""
 
     def __init__(self, phase: str) -> None:
         super().__init__(phase)
@@ -117,7 +124,6 @@ class Connection:
         self.moved = 0
         self.ended: End | None = None
         self.elapsed = 0.0
-        self.early: bytes | None = None  # what arrived while the body went out (see _write)
 
     def __del__(self) -> None:
         # The thread that owned this connection has ended: its connection goes with it.
@@ -127,27 +133,32 @@ class Connection:
 
     def begin(self, now: float) -> None:
         with self._lock:
+            # serial last: the watchdog reads it first (see watchdog.Watched).
             self.started = now
-            self.serial += 1
             self.moved = 0
             self.ended = None
+            self.serial += 1
 
     def finish(self) -> None:
         with self._lock:
             self.started = None
 
     def attach(self, sock: socket.socket) -> None:
-        """Use `sock` from now on; refused if the watchdog already ended the request."""
+        """Use `sock` from now on; refused if the watchdog ended the request while it connected."""
         with self._lock:
             self._sock = sock
             ended = self.ended
         if ended is not None:
             self.drop()
-            raise CutShort(ended, self.elapsed)
+            self.check_ended("connecting")
 
-    def check_ended(self) -> None:
-        if self.ended is not None:
-            raise CutShort(self.ended, self.elapsed)
+    def check_ended(self, phase: str) -> None:
+        """Raise what the watchdog's end of the request means, if it ended it while `phase`."""
+        ended = self.ended
+        if ended is End.STALLED:
+            raise Stalled(phase)
+        if ended is not None:
+            raise CutShort(ended, self.elapsed)
 
     def end(self, serial: int, why: End, now: float) -> None:
         """Mark request `serial` ended and shut its socket: a blocked read returns at once, a
@@ -212,6 +223,7 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._h11 = h11.Connection(h11.CLIENT)
         if endpoint.tls is None:
+            sock.settimeout(None)  # from here on the watchdog bounds the waits
             self.attach(sock)
             return
         try:
@@ -232,10 +244,11 @@ class Connection:
             raise TlsRefused(exc.verify_message or exc.reason or str(exc)) from exc
         except OSError as exc:
             self.drop()
-            self.check_ended()
+            self.check_ended("in the TLS handshake")
             if isinstance(exc, ssl.SSLError):
                 raise TlsRefused(exc.reason or str(exc)) from exc
             raise ConnectFailed(exc.strerror or str(exc) or type(exc).__name__) from exc
+        secure.settimeout(None)  # from here on the watchdog bounds the waits
 
     def _usable(self) -> bool:
         """Is the kept connection there and fit for another request?"""
@@ -260,12 +273,11 @@ class Connection:
         sock, conn = self._sock, self._h11
         assert sock is not None and conn is not None
         reader = _Reader(self, sock, conn)
-        self.early = None
 
         def failed(exc: BaseException, phase: str | None = None) -> Exception:
             """What a broken exchange raises: a retry when nothing was answered on a reused
             connection (see the module docstring), else `Broken`."""
-            self.check_ended()
+            self.check_ended(phase or reader.phase)
             if retry_if_unanswered and not reader.got_any:
                 return _Retry()
             return exc if isinstance(exc, Broken) else _broken(exc, phase or reader.phase)
@@ -273,12 +285,12 @@ class Connection:
         completed = False
         try:
             try:
-                self._send(sock, conn, request, content)
+                self._send(sock, conn, reader, request, content)
             except TimeoutError:
                 raise
             except OSError as exc:
                 # The server may have answered before reading the body (413, 401) and closed.
-                self.check_ended()
+                self.check_ended("sending")
                 try:
                     return reader.answer(cap)
                 except (OSError, h11.ProtocolError, TransportError):
@@ -289,12 +301,12 @@ class Connection:
         except _ContentFailed as content_failed:
             raise content_failed.original from content_failed.original.__cause__
         except TimeoutError:
-            self.check_ended()
+            self.check_ended(reader.phase)
             raise Stalled(reader.phase) from None
         except (OSError, h11.RemoteProtocolError, Broken) as exc:
             raise failed(exc) from exc
         except h11.LocalProtocolError as exc:
-            self.check_ended()
+            self.check_ended(reader.phase)
             raise Broken(f"the request is not valid HTTP/1.1: {exc}") from exc
         finally:
             if completed and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
@@ -307,10 +319,12 @@ class Connection:
         self,
         sock: socket.socket,
         conn: h11.Connection,
+        reader: _Reader,
         request: h11.Request,
         content: bytes | Iterator[bytes | FileSpan] | None,
     ) -> None:
-        """Send the request; return early, the rest unsent, if the server answers first."""
+        """Send the request; return early, the rest unsent, if the server answers first (what
+        arrived of its answer is then `reader`'s)."""
         head = conn.send(request)
         assert head is not None
         if content is None or isinstance(content, bytes):
@@ -323,9 +337,9 @@ class Connection:
                 sock.sendall(data)
                 self.moved += len(data)
             else:
-                self._write(sock, data)
+                self._write(sock, data, reader)
             return
-        if not self._write(sock, head):
+        if not self._write(sock, head, reader):
             return
         while True:
             try:
@@ -338,11 +352,11 @@ class Connection:
             # for sendfile), and frames it.
             event = h11.Data(data=chunk)  # type: ignore[arg-type]
             for piece in conn.send_with_data_passthrough(event) or ():
-                if not self._write(sock, piece):
+                if not self._write(sock, piece, reader):
                     return  # the rest is not wanted; the connection is dropped after the answer
-        self._write(sock, conn.send(h11.EndOfMessage()) or b"")
+        self._write(sock, conn.send(h11.EndOfMessage()) or b"", reader)
 
-    def _write(self, sock: socket.socket, data: bytes | FileSpan) -> bool:
+    def _write(self, sock: socket.socket, data: bytes | FileSpan, reader: _Reader) -> bool:
         """Send `data`, unless the server answers (or closes) first: then False, the rest
         unsent. A server refusing a large body answers at once and may never read it, so a
         write must not block where the answer would go unseen. A `FileSpan` goes by sendfile
@@ -352,15 +366,30 @@ class Connection:
         wait = int(self._endpoint.timeout * 1000)
         if isinstance(data, FileSpan):
             if isinstance(sock, ssl.SSLSocket):
-                return all(self._write(sock, piece) for piece in _read_span(data))
+                return all(self._write(sock, piece, reader) for piece in _read_span(data))
             return self._send_span(sock, data, poller, wait)
+        secure = sock if isinstance(sock, ssl.SSLSocket) else None
         view = memoryview(data)
         while view:
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            if secure is not None and secure.pending():
                 return False
-            if not self._ready_to_send(sock, poller, wait):
+            events = poller.poll(wait)
+            if not events:
+                raise TimeoutError
+            if events[0][1] & _READABLE:
+                if secure is not None and not _answered(secure, reader):
+                    continue
                 return False
-            sent = sock.send(view[:_WRITE_SIZE])
+            if secure is not None:
+                # SSL takes no flags and writes the chunk whole: blocked, the watchdog ends it.
+                sent = sock.send(view[:_WRITE_SIZE])
+            else:
+                # Only what fits now, as the socket's timeout did, so the next poll can see an
+                # answer; a blocking send would wait for the whole chunk to be read.
+                try:
+                    sent = sock.send(view[:_WRITE_SIZE], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
             view = view[sent:]
             self.moved += sent
         return True
@@ -368,42 +397,32 @@ class Connection:
     def _send_span(
         self, sock: socket.socket, span: FileSpan, poller: select.poll, wait: int
     ) -> bool:
+        """`_write` for a span on a plain socket: by sendfile, only what fits at a time (the
+        socket is made non-blocking for it: sendfile takes no MSG_DONTWAIT)."""
         offset, end = span.offset, span.offset + span.length
-        while offset < end:
-            if not self._ready_to_send(sock, poller, wait):
-                return False
-            sent = os.sendfile(sock.fileno(), span.fd, offset, min(_WRITE_SIZE, end - offset))
-            if sent == 0:  # the file ends before the span does
-                shrank = FileChanged(f"{span.rel_path}: shrank while it was uploaded")
-                raise _ContentFailed(shrank) from shrank
-            offset += sent
-            self.moved += sent
-        return True
-
-    def _ready_to_send(self, sock: socket.socket, poller: select.poll, wait: int) -> bool:
-        """Wait until the socket takes more (True) or the server has answered or closed
-        (False); TimeoutError after `wait` milliseconds without either.
-
-        On TLS a readable socket may hold only TLS's own messages (the session tickets a TLS
-        1.3 server sends after the handshake): they are read, and only an answer or a close
-        counts, kept in `early` for the reader. Taken for an answer, the tickets used to stop
-        every streamed upload on a new TLS connection after its first write."""
-        events = poller.poll(wait)
-        if not events:
-            raise TimeoutError
-        if not events[0][1] & _READABLE:
-            return True
-        if not isinstance(sock, ssl.SSLSocket):
-            return False
-        timeout = sock.gettimeout()
+        previous = sock.gettimeout()
         sock.setblocking(False)
         try:
-            self.early = sock.recv(_READ_SIZE)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return True
+            while offset < end:
+                events = poller.poll(wait)
+                if not events:
+                    raise TimeoutError
+                if events[0][1] & _READABLE:
+                    return False
+                try:
+                    sent = os.sendfile(
+                        sock.fileno(), span.fd, offset, min(_WRITE_SIZE, end - offset)
+                    )
+                except BlockingIOError:
+                    continue
+                if sent == 0:  # the file ends before the span does
+                    shrank = FileChanged(f"{span.rel_path}: shrank while it was uploaded")
+                    raise _ContentFailed(shrank) from shrank
+                offset += sent
+                self.moved += sent
         finally:
-            sock.settimeout(timeout)
-        return False
+            sock.settimeout(previous)
+        return True
 
 
 class _ContentFailed(Exception):
@@ -426,22 +445,27 @@ class _Reader:
         self.got_any = False
         self.phase = "sending"
 
+    def take(self, data: bytes) -> None:
+        """`data`, received: part of the answer."""
+        self.got_any = True
+        self._connection.moved += len(data)
+        self._conn.receive_data(data)
+
     def answer(self, cap: int) -> Answer:
         self.phase = "waiting for the answer"
-        conn, sock, connection = self._conn, self._sock, self._connection
+        conn, sock = self._conn, self._sock
         response: h11.Response | None = None
         body = bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                early, connection.early = connection.early, None
-                data = sock.recv(_READ_SIZE) if early is None else early
+                data = sock.recv(_READ_SIZE)
                 if data:
-                    self.got_any = True
-                    connection.moved += len(data)
+                    self.take(data)
                 elif not self.got_any:
                     raise Broken("ConnectionClosed: the server closed the connection")
-                conn.receive_data(data)
+                else:
+                    conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 response = event
                 self.phase = "reading the answer"
@@ -469,6 +493,26 @@ def _read_span(span: FileSpan) -> Iterator[bytes]:
             raise _ContentFailed(shrank) from shrank
         offset += len(piece)
         yield piece
+
+
+def _answered(sock: ssl.SSLSocket, reader: _Reader) -> bool:
+    """Did the server answer (or close, or fail) on readable `sock`, or send records for the TLS
+    layer alone? A TLS 1.3 server sends its session tickets after the handshake: taken for an
+    early answer, they stopped every streamed body on a new https connection before its head
+    left. Only a read tells them apart; an answer's first bytes read here go to `reader`."""
+    previous = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        data = sock.recv(_READ_SIZE)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False  # nothing for us (yet)
+    except OSError:
+        return True  # the reader meets it again
+    finally:
+        sock.settimeout(previous)
+    if data:
+        reader.take(data)
+    return True
 
 
 def _readable(sock: socket.socket) -> bool:

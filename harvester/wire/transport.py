@@ -42,15 +42,19 @@ either), because a proxy on the way would see every document and the token.
 
 What a hostile or broken server cannot do here (issue 9; the client keeps the token and the
 redirects, see client.py):
-- Hold a request forever. --timeout bounds each wait without progress (the socket's timeout);
-  on top, a request may take --timeout plus one second per `MIN_RATE` bytes it has moved (sent
-  or received), and never run past the overall --deadline. Since bodies sent are of known size
-  and bodies read are capped, that is a total limit. A trickle of one byte a second counts as no
-  progress.
+- Hold a request forever. --timeout bounds each wait without progress: a request that moves
+  no byte (sent or received) for --timeout is ended as `Stalled`, naming the phase it was in.
+  The connect and the TLS handshake are bounded by the socket's timeout; after them the socket
+  has none (CPython implements one as a poll() before every send and recv, see connection.py)
+  and the `Watchdog` ends a request whose byte count has not changed for --timeout (its
+  docstring says how precisely). On top, a request may take --timeout
+  plus one second per `MIN_RATE` bytes it has moved, and never run past the overall --deadline.
+  Since bodies sent are of known size and bodies read are capped, that is a total limit. A
+  trickle of one byte a second counts as no progress.
 - Outlast a stop. Once the stop event is set (SIGTERM), a request in flight is abandoned after
-  `STOP_GRACE` seconds (time for one about to finish); the client starts no new one. Both limits
-  are enforced by a `Watchdog` thread that shuts down the socket of the request it ends, from
-  the TLS handshake on; a TCP connect that hangs is bounded by --timeout alone.
+  `STOP_GRACE` seconds (time for one about to finish); the client starts no new one. These
+  limits are enforced by the `Watchdog` thread, which shuts down the socket of the request it
+  ends, from the TLS handshake on; a TCP connect that hangs is bounded by --timeout alone.
 - Fill the memory. Answers are read up to the cap the caller names; past it the rest is left
   unread, the connection is dropped and `Answer.complete` is False.
 """

@@ -1,15 +1,24 @@
-"""The watchdog: ends the requests in flight that pass their time limit, or a stop's grace.
+"""The watchdog: ends the requests in flight that stall, pass their time limit, or a stop's grace.
 
 Takes --timeout, the overall --deadline, the harvest's stop event, a clock, and the connections
 whose requests it watches (anything `Watched`: when its request began, which request that is,
 the bytes it has moved, and `end`, which shuts its socket); gives `Watchdog` (`register`,
-`wake`, `close`) and why a request was ended (`End`, raised to the caller as `CutShort`).
+`wake`, `close`) and why a request was ended (`End`, raised to the caller as `CutShort`, or by
+the connection as `Stalled` for `End.STALLED`).
 
-The limits (the transport's docstring says why): a request may take --timeout plus one second
-per `MIN_RATE` bytes it has moved, never past the --deadline, and no more than `STOP_GRACE`
-seconds once the stop event is set. Sync sockets have no cancel, so the watchdog shuts the
-request's socket down from its own thread; the thread runs while requests are in flight and
-ends after `_IDLE` without one.
+The limits (the transport's docstring says why): a request that moves no byte for --timeout
+ends (`End.STALLED`); one that moves, but slowly, may take --timeout plus one second per
+`MIN_RATE` bytes it has moved (`End.LIMIT`, at a look that saw it move: one found waiting is
+left to the stall rule, so that the error names the wait and its phase); none runs past the
+--deadline, nor longer than `STOP_GRACE` seconds once the stop event is set. The sockets have
+no timeout of their own once connected (CPython's is a poll() before every send and recv), so
+the watchdog is what bounds a wait: it looks every `_INTERVAL`, keeps per connection the byte
+count it last saw and the look that first saw it, and ends a request whose count has not
+changed for --timeout. A stall is therefore ended at least --timeout after the last byte moved
+and at most two looks (2 × `_INTERVAL`) later: within one look after --timeout from the look
+that saw that byte.
+Sync sockets have no cancel, so the watchdog shuts the request's socket down from its own
+thread; the thread runs while requests are in flight and ends after `_IDLE` without one.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -35,6 +45,7 @@ _IDLE = 5.0  # its thread ends after this long without a request
 class End(Enum):
     """Why the watchdog ended a request."""
 
+    STALLED = "stalled"  # no byte moved for --timeout
     LIMIT = "limit"  # slower than MIN_RATE after its first --timeout
     DEADLINE = "deadline"  # the overall --deadline passed
     STOP = "stop"  # the harvest was stopped, and STOP_GRACE passed
@@ -51,7 +62,7 @@ class CutShort(Exception):
 
 class Watched(Protocol):
     """A connection as the watchdog sees it. `started` is None between requests; `serial`
-    changes with every request (it is written after `started`)."""
+    changes with every request (it is written after `started` and the reset of `moved`)."""
 
     @property
     def serial(self) -> int: ...
@@ -116,6 +127,8 @@ class Watchdog:
 
     def _run(self) -> None:
         idle_since = self._clock()
+        # Only this thread reads or writes it: a connection's progress as the looks saw it.
+        seen: weakref.WeakKeyDictionary[Watched, _Progress] = weakref.WeakKeyDictionary()
         while not self._closed.wait(_INTERVAL):
             now = self._clock()
             with self._lock:
@@ -123,12 +136,24 @@ class Watchdog:
             busy = False
             for connection in watched:
                 # serial first: a request writes started before serial, so a new serial never
-                # comes with the previous request's start.
+                # comes with the previous request's start (nor, since moved is reset before
+                # serial too, with its byte count).
                 serial, started = connection.serial, connection.started
                 if started is None:
                     continue
                 busy = True
-                why = self._why_end(started, connection.moved, now)
+                moved = connection.moved
+                progress = seen.get(connection)
+                if progress is None or progress.serial != serial:
+                    # Nothing moved yet: nothing moved since the request began. Else the bytes
+                    # moved at some time before this look, taken as now: never ended early.
+                    since = started if moved == 0 else now
+                    progress = seen[connection] = _Progress(serial, moved, since, moving=False)
+                elif progress.moved != moved:
+                    progress.moved, progress.since, progress.moving = moved, now, True
+                else:
+                    progress.moving = False
+                why = self._why_end(started, progress, now)
                 if why is not None:
                     connection.end(serial, why, now)
             if busy:
@@ -142,7 +167,7 @@ class Watchdog:
         with self._lock:
             self._running = False
 
-    def _why_end(self, started: float, moved: int, now: float) -> End | None:
+    def _why_end(self, started: float, progress: _Progress, now: float) -> End | None:
         if self._stop.is_set():
             if self._stopped_at is None:
                 self._stopped_at = now
@@ -150,6 +175,22 @@ class Watchdog:
                 return End.STOP
         if self._deadline is not None and now >= self._deadline:
             return End.DEADLINE
-        if now - started > self._timeout + moved / MIN_RATE:
+        if now - progress.since >= self._timeout:
+            return End.STALLED
+        # The rate limit is for a request that moves, slowly. One that did not move since the
+        # last look is waiting: it is ended as STALLED --timeout after its last byte (within two
+        # looks), so that the message names the wait and its phase, not a rate.
+        if progress.moving and now - started > self._timeout + progress.moved / MIN_RATE:
             return End.LIMIT
         return None
+
+
+@dataclass(slots=True)
+class _Progress:
+    """A request's byte count as the watchdog last saw it: `since` the look that first saw it
+    (or the request's start, for a count still 0); `moving` if that was the latest look."""
+
+    serial: int
+    moved: int
+    since: float
+    moving: bool
