@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, TextIO
 
 from rich import box
@@ -29,7 +30,7 @@ from harvester.model import (
     StepState,
     UploadPlan,
 )
-from harvester.report.live import console_for, write_json_event
+from harvester.report.live import Encoded, console_for, write_json_event
 from harvester.report.rows import print_rows
 from harvester.report.text import (
     ERROR_CHARS,
@@ -182,8 +183,29 @@ def _plan_item_to_json(item: PlanItem) -> dict[str, Any]:
     }
 
 
+def _null_or_json(text: str | None) -> str:
+    return "null" if text is None else _json_string(text)
+
+
+def _plan_item_text(item: PlanItem) -> str:
+    """`_plan_item_to_json(item)` as the encoder writes it (the tests hold the two equal),
+    formatted directly: a dry run of 100,000 paths wrote its plan in a third of the time."""
+    size, sha256 = item.size, item.sha256
+    return _PLAN_ITEM_TEXT % (
+        _json_string(item.rel_path),
+        "null" if size is None else size,
+        "null" if sha256 is None else _json_string(sha256),
+        _VALUE[item.action],
+        _null_or_json(item.duplicate_of),
+        _null_or_json(item.reason),
+    )
+
+
+_PLAN_ITEM_TEXT = '{"path":%s,"size":%s,"sha256":%s,"action":"%s","duplicate_of":%s,"reason":%s}'
+
+
 def _plan_fields(
-    plan: UploadPlan, task_id: str, root: str, items: Iterable[dict[str, Any]]
+    plan: UploadPlan, task_id: str, root: str, items: Iterable[dict[str, Any]] | Encoded
 ) -> dict[str, Any]:
     counts, upload_bytes = _plan_counts(plan)
     return {
@@ -208,7 +230,7 @@ def print_json_result(
     (`plan_to_json`), else the `summary` event (`report_to_json`), as one line written while
     it is encoded, so the paths are never all held as JSON at once."""
     if report.dry_run:
-        items = map(_plan_item_to_json, plan.items)
+        items = Encoded(map(_plan_item_text, plan.items))
         fields = _plan_fields(plan, report.task_id, report.root, items)
         write_json_event(stream, "plan", wall_clock=wall_clock, **fields)
     else:
