@@ -12,12 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii as _json_string
-from typing import Any, TextIO
-
-from rich import box
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, TextIO
 
 from harvester.model import (
     Action,
@@ -31,7 +26,6 @@ from harvester.model import (
     UploadPlan,
 )
 from harvester.report.live import Encoded, console_for, write_json_event
-from harvester.report.rows import print_rows
 from harvester.report.text import (
     ERROR_CHARS,
     failure_line,
@@ -44,6 +38,10 @@ from harvester.report.text import (
 )
 from harvester.stats import Clock
 from harvester.text import counts_sentence, cut, outcome_counts, plural
+
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
 
 __all__ = [
     "TERMINATION_LIMIT",
@@ -86,6 +84,9 @@ def print_result(
     stream: TextIO, *, interactive: bool, plan: UploadPlan, report: HarvestReport
 ) -> None:
     """The end of a run for people: the plan table after a dry run, else the summary."""
+    # Imported here, as rich is in each renderer below: a run that ends in JSON never loads it.
+    from harvester.report.rows import print_rows
+
     console = console_for(stream, interactive=interactive)
     if report.dry_run and not interactive:
         # A log gets the same text a row at a time: a plan can hold a million paths.
@@ -133,6 +134,9 @@ def _plan_totals(plan: UploadPlan) -> str:
 
 def _plan_table(totals: str, width: int | None = None) -> Table:
     """The plan's table without rows: its columns and, as caption, the totals."""
+    from rich import box  # here: only a plan for people needs rich (see print_result)
+    from rich.table import Table
+
     table = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -160,6 +164,8 @@ def _plan_cells(item: PlanItem) -> tuple[str, str, str, str]:
 
 def render_plan(plan: UploadPlan, *, width: int | None = None) -> Table:
     """The `--dry-run` table: path, size, sha256 (first 12 hex), action; totals as caption."""
+    from rich.text import Text  # here: only a plan for people needs rich (see print_result)
+
     table = _plan_table(_plan_totals(plan), width)
     for item in plan.items:
         path, size, sha256, action = _plan_cells(item)
@@ -328,6 +334,12 @@ def render_summary(report: HarvestReport, *, max_failures: int = 20) -> Group:
     Fits any console of 80 columns or more (long paths and errors wrap or are cut); paths and
     messages are printed as text, never as rich markup.
     """
+    # Here: only a summary for people needs rich (see print_result).
+    from rich import box
+    from rich.console import Group, RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
     parts: list[RenderableType] = [
         Text(printable(headline(report)), style=_headline_style(report)),
         Text(""),
