@@ -165,13 +165,16 @@ def hash_file(
         finally:
             os.close(fd)
         after = _still_at_path(root, entry, before)
-        held_still = after is not None and (
-            size == after.st_size
-            and before.st_mtime_ns == after.st_mtime_ns
-            and before.st_ctime_ns == after.st_ctime_ns
-        )
-        if after is not None and held_still and count == size:
-            return _digest(entry, sha256, after)
+        if after is None:
+            held_still = False
+        else:
+            held_still = (
+                size == after.st_size
+                and before.st_mtime_ns == after.st_mtime_ns
+                and before.st_ctime_ns == after.st_ctime_ns
+            )
+            if held_still and count == size:
+                return _digest(entry, sha256, after)
         size_lies = size_lies and held_still
     if size_lies:
         raise FileProblem(
