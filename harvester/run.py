@@ -25,7 +25,6 @@ from harvester.report import (
     TERMINATION_LOG,
     JsonReporter,
     LogReporter,
-    TerminalReporter,
     console_for,
     json_event,
     print_json_result,
@@ -40,6 +39,7 @@ from harvester.stats import Level, Listener, Tally
 if TYPE_CHECKING:
     from harvester.kube.volume import Volume
     from harvester.pipeline.ledger import LedgerStore
+    from harvester.report.terminal import TerminalReporter
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ def make_reporter(output: Output, tally: Tally) -> TerminalReporter | LogReporte
     if output.reporting.log_format is LogFormat.JSON:
         return JsonReporter(output.stdout, tally, interval=interval, level=level)
     if output.is_interactive:
+        # Imported here: only a terminal gets progress bars, and rich's live display costs the
+        # other runs some 30 ms of start-up.
+        from harvester.report.terminal import TerminalReporter
+
         return TerminalReporter(console_for(output.stderr, interactive=True), tally, level=level)
     return LogReporter(output.stderr, tally, interval=interval, level=level)
 

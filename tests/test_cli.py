@@ -535,3 +535,38 @@ def test_a_wrong_flag_value_is_one_sentence(args: list[str], log_format: str) ->
     assert "harvester cleanup --help" in sentence
     as_env = run("cleanup", "--concurrency=abc", env={"KERUTA_LOG_FORMAT": log_format})
     assert_refused(as_env, log_format)
+
+
+# The CLI's own entry point, run as `python -c`, telling on its last stderr line which
+# top-level packages the run loaded.
+_LOADED_BY_A_RUN = """
+import json, sys
+from harvester.cli import main
+try:
+    main()
+finally:
+    print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules})), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+def test_a_json_lines_run_never_loads_rich(
+    docs: Path, dev_api: DevApiServer, log_format: str
+) -> None:
+    # Start-up is paid by every cleanup Job: what only a person's output needs stays unloaded
+    # when nobody reads it (a text run for kubectl logs ends with rich's summary table).
+    env = isolated_env() | {"KERUTA_API_TOKEN": TOKEN}
+    args = ["cleanup", "--task-id=t", f"--api-url={dev_api.url}", f"--root={docs}"]
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", _LOADED_BY_A_RUN, *args, f"--log-format={log_format}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stderr.splitlines()[-1])
+    assert ("rich" in loaded) is (log_format == "text")
+    assert "kubernetes" not in loaded  # no cluster configured: its client is never imported

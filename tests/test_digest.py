@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,35 @@ def test_sha256_of_fd_stops_at_its_limit(tmp_path: Path) -> None:
             sha(data[: CHUNK_SIZE + 3]),
             CHUNK_SIZE + 3,
         )
+    finally:
+        os.close(fd)
+
+
+def test_sha256_of_fd_small_reads_on_after_a_short_read() -> None:
+    # A pipe reads short where a regular file would not: the one-read path for small files
+    # must then read on, to the end, rather than hash what its first read gave.
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"abcd")
+
+    def write_the_rest() -> None:
+        time.sleep(0.05)  # most likely after the first read; the result is the same either way
+        os.write(write_end, b"ef")
+        os.close(write_end)
+
+    writer = threading.Thread(target=write_the_rest)
+    writer.start()
+    try:
+        assert sha256_of_fd(read_end, limit=11, size=10) == (sha(b"abcdef"), 6)
+    finally:
+        writer.join()
+        os.close(read_end)
+
+
+def test_sha256_of_fd_small_stops_one_byte_past_the_size(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"f": b"grown beyond"})
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert sha256_of_fd(fd, limit=6, size=5) == (sha(b"grown "), 6)
     finally:
         os.close(fd)
 

@@ -192,12 +192,15 @@ def test_the_json_result_written_as_encoded_is_the_line_json_event_makes(
     count: int, dry_run: bool
 ) -> None:
     names = ["日本.md", "a\u202eb.md", "\udcff-odd", 'q"uote\\.md', "x"]
-    plan = UploadPlan(
-        tuple(
-            item(f"{i:05d}-{names[i % len(names)]}", list(Action)[i % len(Action)])
-            for i in range(count)
-        )
-    )
+    actions = list(Action)
+
+    def odd_item(i: int) -> PlanItem:
+        path, action = f"{i:05d}-{names[i % len(names)]}", actions[i % len(actions)]
+        if action is Action.DUPLICATE:
+            return item(path, action, duplicate_of=names[(i + 1) % len(names)])
+        return item(path, action)
+
+    plan = UploadPlan(tuple(odd_item(i) for i in range(count)))
     report = report_of(plan, dry_run=dry_run)
     out = io.StringIO()
     print_json_result(out, plan=plan, report=report, wall_clock=fixed_clock)

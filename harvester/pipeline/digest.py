@@ -62,34 +62,51 @@ def sha256_of_fd(
     spares the read that would give nothing: for a small file, one read instead of two.
     `progress` is called with the size of each chunk. Raises `OSError` as the read does.
 
-    When `limit` fits this thread's buffer (`CHUNK_SIZE`), the reads fill it from its start, even
-    if the file comes in several: the buffer then holds everything read (`_content_read`).
+    A small file read whole in one read leaves its bytes to this thread's `_content_read`.
     """
+    _buffers.whole = None
+    if limit is not None and limit <= CHUNK_SIZE and progress is None:
+        # A small file in one read of its own bytes, hashed in one call: at 100,000 files the
+        # shared buffer's slicing and the loop cost more than the read.
+        data = os.read(fd, limit)
+        count = len(data)
+        if count in (size, limit, 0):
+            _buffers.whole = data
+            return hashlib.sha256(data).hexdigest(), count
+        # Short of both its size and the limit: read on, as for a large file.
+        return _sha256_on(fd, hashlib.sha256(data), count, limit, None, size)
+    return _sha256_on(fd, hashlib.sha256(), 0, limit, progress, size)
+
+
+def _sha256_on(
+    fd: int,
+    hasher: hashlib._Hash,
+    total: int,
+    limit: int | None,
+    progress: Callable[[int], None] | None,
+    size: int | None,
+) -> tuple[str, int]:
+    """`sha256_of_fd` after its first `total` bytes went into `hasher`."""
     view = _buffer()
-    hasher = hashlib.sha256()
-    total = 0
-    fits = limit is not None and limit <= CHUNK_SIZE
     while limit is None or total < limit:
-        start = total if fits else 0
-        want = CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - total)
-        chunk = view[start : start + want]
-        count = os.readv(fd, (chunk,))
+        want = view if limit is None or limit - total >= CHUNK_SIZE else view[: limit - total]
+        count = os.readv(fd, (want,))
         if count == 0:
             break
-        hasher.update(chunk[:count])
+        hasher.update(view[:count])
         total += count
         if progress is not None:
             progress(count)
-        if total == size and count < len(chunk):
+        if total == size and count < len(want):
             break
     return hasher.hexdigest(), total
 
 
-def _content_read(size: int) -> bytes:
-    """The content of the file this thread has just hashed, of `size` (below `CHUNK_SIZE`)
-    bytes: `hash_file` gives a digest only for a read of exactly its size, and `sha256_of_fd`
-    reads that into the start of the buffer."""
-    return bytes(_buffer()[:size])
+def _content_read(size: int) -> bytes | None:
+    """The bytes of the file this thread has just hashed, when one read gave all `size` of them
+    (`hash_file` gives a digest only for a read of exactly its size); else None."""
+    whole: bytes | None = getattr(_buffers, "whole", None)
+    return whole if whole is not None and len(whole) == size else None
 
 
 class _NewBytes:
@@ -155,21 +172,23 @@ def hash_file(
             # writer keeps appending faster than the file is read.
             size = before.st_size
             sha256, count = sha256_of_fd(fd, limit=size + 1, progress=counter, size=size)
-            after = os.fstat(fd)
         except OSError as exc:
             raise FileProblem(
                 f"{entry.rel_path}: cannot be read ({exc.strerror or exc}); check the volume"
             ) from exc
         finally:
             os.close(fd)
-        held_still = (
-            size == after.st_size
-            and before.st_mtime_ns == after.st_mtime_ns
-            and before.st_ctime_ns == after.st_ctime_ns
-            and _still_at_path(root, entry, after)
-        )
-        if held_still and count == size:
-            return _digest(entry, sha256, after)
+        after = _still_at_path(root, entry, before)
+        if after is None:
+            held_still = False
+        else:
+            held_still = (
+                size == after.st_size
+                and before.st_mtime_ns == after.st_mtime_ns
+                and before.st_ctime_ns == after.st_ctime_ns
+            )
+            if held_still and count == size:
+                return _digest(entry, sha256, after)
         size_lies = size_lies and held_still
     if size_lies:
         raise FileProblem(
@@ -205,18 +224,25 @@ def _digest(entry: FileEntry, sha256: str, seen: os.stat_result) -> Digest:
     return Digest(entry, sha256, size, mtime_ns, ctime_ns, seen.st_ino)
 
 
-def _still_at_path(root: RootDir, entry: FileEntry, opened: os.stat_result) -> bool:
-    """Whether the path still names the file that was read.
+def _still_at_path(
+    root: RootDir, entry: FileEntry, opened: os.stat_result
+) -> os.stat_result | None:
+    """The file at `entry`'s path from the root, looked at now, if it is still the file that was
+    opened (else None).
 
     A new version renamed over the path after the read began bumps the old file's ctime, but one
     renamed over it between the open and the first fstat does not: only this check sees it. It
     also holds a file read through a held folder (`rootfs.Folders`) to the path from the root.
+    Being the same inode, what it shows is what an `fstat` of the read descriptor would show at
+    this later moment: the look after the read, made with one system call instead of two.
     """
     try:
         now = os.stat(entry.os_path, dir_fd=root.fd, follow_symlinks=False)
     except OSError:
-        return False
-    return now.st_ino == opened.st_ino and now.st_dev == opened.st_dev
+        return None
+    if now.st_ino == opened.st_ino and now.st_dev == opened.st_dev:
+        return now
+    return None
 
 
 def hash_entries(

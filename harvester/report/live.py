@@ -1,14 +1,15 @@
-"""Progress while a harvest runs: the three reporters, and the one writer of JSON-lines events.
+"""Progress while a harvest runs: the plain reporters, the line texts all three reporters
+share, and the one writer of JSON-lines events.
 
-Takes a `Tally` (stats.py) to watch and a console or stream to write to; gives `TerminalReporter`
-(rich progress bars), `LogReporter` (one plain line every few seconds, for `kubectl logs`) and
-`JsonReporter` (JSON lines), each a `Watcher` that draws from the tally's snapshots and counts
-nothing itself. Also `json_event`, the only maker of a `--log-format json` line (so each carries
-`ts`), and `console_for`/`print_line` for the lines a run says outside the reporters.
+Takes a `Tally` (stats.py) to watch and a stream to write to; gives `LogReporter` (one plain
+line every few seconds, for `kubectl logs`) and `JsonReporter` (JSON lines), each a `Watcher`
+that draws from the tally's snapshots and counts nothing itself; `terminal.TerminalReporter`
+(rich progress bars) draws the same texts from here. Also `json_event`, the only maker of a
+`--log-format json` line (so each carries `ts`), and `console_for`/`print_line` for the lines
+a run says outside the reporters. Nothing here imports rich until a console is asked for.
 
 Nothing here decides an exit code or where output goes: the caller hands in the console or
-stream and the tally's clock, so tests need neither a terminal nor sleeps. (Some 400 lines: the
-three reporters share their line texts and are kept side by side so they say the same.)
+stream and the tally's clock, so tests need neither a terminal nor sleeps.
 """
 
 from __future__ import annotations
@@ -16,17 +17,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from types import TracebackType
-from typing import Any, Self, TextIO
-
-from rich.console import Console, RenderableType
-from rich.progress import Progress, ProgressColumn, Task, TaskID
-from rich.progress_bar import ProgressBar
-from rich.table import Column
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, Self, TextIO
 
 from harvester.report.text import (
     ERROR_CHARS,
@@ -41,10 +37,13 @@ from harvester.report.text import (
 from harvester.stats import Clock, Level, Snapshot, Stage, Tally, at_least
 from harvester.text import plural
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 __all__ = [
+    "Encoded",
     "JsonReporter",
     "LogReporter",
-    "TerminalReporter",
     "console_for",
     "json_event",
     "print_line",
@@ -75,25 +74,44 @@ def json_event(event: str, *, wall_clock: Clock = time.time, **fields: Any) -> s
     return _JSON.encode(_json_head(event, wall_clock) | fields)
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A field of `write_json_event` whose elements are JSON texts already (an array of them):
+    for a shape a maker formats faster than the encoder encodes its dict, each such maker
+    held equal to the encoder's text by the tests."""
+
+    texts: Iterator[str]
+
+
+def _batches(elements: Iterator[Any]) -> Iterator[list[Any]]:
+    while batch := list(islice(elements, _JSON_BATCH)):
+        yield batch
+
+
 def write_json_event(
     stream: TextIO, event: str, *, wall_clock: Clock = time.time, **fields: Any
 ) -> None:
     """`json_event`'s line, newline included, written to `stream` as it is encoded.
 
     A field given as an iterator (not a list) becomes a JSON array encoded a batch of elements
-    at a time: a plan of a million paths is never one list of dicts nor one string.
+    at a time: a plan of a million paths is never one list of dicts nor one string. An
+    `Encoded` field's elements are JSON texts already, written as they are.
     """
     parts: list[str] = []
     for key, value in (_json_head(event, wall_clock) | fields).items():
         parts.append(("{" if not parts else ",") + _JSON.encode(key) + ":")
-        if not isinstance(value, Iterator):
+        if not isinstance(value, Iterator | Encoded):
             parts.append(_JSON.encode(value))
             continue
         stream.write("".join(parts) + "[")
-        separator = ""
-        while batch := list(islice(value, _JSON_BATCH)):
+        if isinstance(value, Encoded):
+            insides: Iterator[str] = map(",".join, _batches(value.texts))
+        else:
             # A batch encodes as "[a,b]": its inside is the elements with their commas.
-            stream.write(separator + _JSON.encode(batch)[1:-1])
+            insides = (_JSON.encode(batch)[1:-1] for batch in _batches(value))
+        separator = ""
+        for inside in insides:
+            stream.write(separator + inside)
             separator = ","
         parts = ["]"]
     stream.write("".join(parts) + "}\n")
@@ -103,6 +121,9 @@ def write_json_event(
 def console_for(stream: TextIO, *, interactive: bool) -> Console:
     """A console on `stream`: colours and the terminal's width when a person watches, plain
     80 columns otherwise (kubectl logs), so a line stays one line."""
+    # Imported here: a run that only writes JSON lines never loads rich (some 30 ms).
+    from rich.console import Console
+
     if interactive:
         return Console(file=stream)
     return Console(file=stream, force_terminal=False, no_color=True, width=80)
@@ -134,116 +155,6 @@ def _bytes_text(snap: Snapshot) -> str:
 
 def _eta_text(snap: Snapshot) -> str:
     return "ETA -" if snap.eta_s is None else f"ETA {human_duration(snap.eta_s)}"
-
-
-# --------------------------------------------------------------------------- terminal
-
-
-class _SnapshotColumn(ProgressColumn):
-    """A progress column drawn from the tally rather than from rich's own task counters."""
-
-    def __init__(
-        self,
-        tally: Tally,
-        draw: Callable[[Snapshot, Task], RenderableType],
-        column: Column | None = None,
-    ) -> None:
-        super().__init__(table_column=column)
-        self._tally = tally
-        self._draw = draw
-
-    def render(self, task: Task) -> RenderableType:
-        stage: Stage = task.fields["stage"]
-        snap = self._tally.snapshot(stage)
-        return Text("") if snap is None else self._draw(snap, task)
-
-
-def _draw_bar(snap: Snapshot, task: Task) -> RenderableType:
-    if snap.bytes_total > 0:
-        return ProgressBar(total=snap.bytes_total, completed=snap.bytes_done, width=28)
-    if snap.files_total > 0:
-        return ProgressBar(total=snap.files_total, completed=snap.files_done, width=28)
-    if snap.finished:
-        return ProgressBar(total=1, completed=1, width=28)
-    return ProgressBar(total=None, pulse=True, width=28, animation_time=task.get_time())
-
-
-def _draw_time(snap: Snapshot, task: Task) -> RenderableType:
-    if snap.finished:
-        return Text(f"in {human_duration(snap.elapsed)}", style="green")
-    return Text(_eta_text(snap), style="cyan")
-
-
-def _draw_failed(snap: Snapshot, task: Task) -> RenderableType:
-    return Text(f"{snap.failed} failed", style="bold red") if snap.failed else Text("")
-
-
-class TerminalReporter:
-    """Progress bars on a terminal: one row per stage, failures and notices printed above.
-
-    Watches `tally` from construction on. Use it as a context manager: `with reporter:` starts
-    and stops the live display. Every method may be called from any thread.
-    """
-
-    def __init__(
-        self,
-        console: Console,
-        tally: Tally,
-        *,
-        level: Level = Level.INFO,
-        refresh_per_second: float = 8,
-    ) -> None:
-        self._level = level
-        self._tasks: dict[Stage, TaskID] = {}
-        self._tasks_lock = threading.Lock()
-        self._progress = Progress(
-            _SnapshotColumn(tally, lambda s, t: Text(s.stage.value, style="bold"), Column(width=6)),
-            _SnapshotColumn(tally, _draw_bar),
-            _SnapshotColumn(tally, lambda s, t: Text(_files_text(s)), Column(justify="right")),
-            _SnapshotColumn(tally, lambda s, t: Text(_bytes_text(s)), Column(justify="right")),
-            _SnapshotColumn(tally, lambda s, t: Text(rate_text(s.rate_bps), style="magenta")),
-            _SnapshotColumn(tally, _draw_time),
-            _SnapshotColumn(tally, _draw_failed),
-            console=console,
-            get_time=tally.clock,
-            refresh_per_second=refresh_per_second,
-            transient=False,
-            # Stray prints from other threads must not be swallowed by the live display.
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-        tally.watch(self)
-
-    def __enter__(self) -> Self:
-        self._progress.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._progress.stop()
-
-    def stage_started(self, snapshot: Snapshot) -> None:
-        stage = snapshot.stage
-        with self._tasks_lock:
-            if stage not in self._tasks:
-                self._tasks[stage] = self._progress.add_task(stage.value, total=None, stage=stage)
-        self._progress.refresh()
-
-    def file_failed(self, rel_path: str, message: str) -> None:
-        self._progress.console.print(Text(failure_line(rel_path, message), style="red"))
-
-    def notice(self, level: Level, message: str) -> None:
-        if not at_least(level, self._level):
-            return
-        style = {Level.DEBUG: "dim", Level.WARNING: "yellow", Level.ERROR: "bold red"}.get(level)
-        self._progress.console.print(Text(_notice_text(level, message), style=style or ""))
-
-    def stage_finished(self, snapshot: Snapshot) -> None:
-        self._progress.refresh()
 
 
 # --------------------------------------------------------------------------- plain lines
