@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import subprocess
+import sys
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -73,3 +75,25 @@ def test_content_type_guess_falls_back_to_octet_stream() -> None:
     assert guess_content_type("results/audit.json") == "application/json"
     assert guess_content_type("images/chart.png") == "image/png"
     assert guess_content_type("data/blob.unknownext") == "application/octet-stream"
+
+
+def test_every_body_has_its_own_boundary_and_every_process_its_own_series() -> None:
+    def boundary() -> str:
+        return document_body("a.md", "ab" * 32, 1).content_type.partition("boundary=")[2]
+
+    ours = {boundary() for _ in range(1000)}
+    assert len(ours) == 1000
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from harvester.wire.multipart import document_body as d;"
+            "print(d('a.md', 'ab' * 32, 1).content_type.partition('boundary=')[2])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert other.startswith("keruta-")
+    assert other not in ours
+    assert other[: len("keruta-") + 16] != next(iter(ours))[: len("keruta-") + 16]

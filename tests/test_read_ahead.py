@@ -190,3 +190,47 @@ def test_hash_entries_refuses_content_past_one_read(tmp_path: Path) -> None:
     with RootDir(str(tmp_path)) as opened, pytest.raises(ValueError, match="one read"):
         entries: list[FileEntry] = []
         hash_entries(opened, entries, workers=1, content_up_to=2**40)
+
+
+@pytest.mark.timeout(60)
+def test_one_streamed_document_at_a_time_while_the_small_ones_go_on() -> None:
+    large = WHOLE_UPLOAD_MAX_SIZE + 1
+    feed = UploadFeed(NullListener(), streams=1)
+    for name in ("big-a", "big-b"):
+        feed.put(_item(name, large))
+    for name in ("s1", "s2"):
+        feed.put(_item(name, 10), b"x" * 10)
+    taken = iter(feed)
+    order = [next(taken)[0].rel_path for _ in range(3)]
+    assert order == ["big-a", "s1", "s2"], "a second stream started, or the small ones waited"
+
+    after: list[str] = []
+    waiting = threading.Thread(target=lambda: after.append(next(taken)[0].rel_path))
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive(), "big-b started while big-a was still streaming"
+    feed.finished(_item("s1", 10))  # a small one ending frees no stream
+    waiting.join(0.2)
+    assert waiting.is_alive()
+    feed.finished(_item("big-a", large))
+    waiting.join(GUARD_SECONDS)
+    assert after == ["big-b"]
+    feed.close()
+    assert list(taken) == []
+
+
+@pytest.mark.timeout(90)
+def test_a_harvest_of_several_large_files_and_small_ones_sends_each_once(
+    tmp_path: Path, dev_api: DevApiServer
+) -> None:
+    size = WHOLE_UPLOAD_MAX_SIZE + 4096
+    files: dict[str, bytes | str] = {f"big/{n}.bin": bytes([n]) * size for n in range(3)}
+    files.update({f"small/{n}.md": f"note {n}\n" for n in range(20)})
+    root = write_tree(tmp_path / "doc", files)
+
+    report = run_harvest(settings_for(root, dev_api.url), NullListener(), sleep=Sleeps())
+
+    assert exit_code_for(report.report) is ExitCode.OK
+    stored = sorted((doc.path, doc.sha256) for doc in dev_api.store.documents("task-42"))
+    expected = {p: c.encode() if isinstance(c, str) else c for p, c in files.items()}
+    assert stored == sorted((p, hashlib.sha256(c).hexdigest()) for p, c in expected.items())
