@@ -17,6 +17,9 @@ The candidates (issue 13):
 - `urllib3 pool`: one shared `urllib3.HTTPConnectionPool`.
 - `keruta wire`: `harvester.wire.client.KerutaApi.upload_document` itself: the product's
   transport with the multipart framing, headers and answer handling around it.
+- `h11 selector, 1 thread`: every upload from one thread over as many non-blocking connections
+  as there are threads, h11 on each: the design without GIL hand-offs between threads (a
+  measurement, not a client: no timeouts, retries or TLS).
 
 Each thread sends its own share of the uploads (no queue between threads), every body is
 distinct (its own path and content, as in a harvest) and every answer is read whole and checked
@@ -31,6 +34,7 @@ import argparse
 import hashlib
 import os
 import re
+import selectors
 import socket
 import statistics
 import subprocess
@@ -227,6 +231,62 @@ def _close_all(made: list[Any]) -> None:
         thing.close()
 
 
+def h11_selector(host: str, port: int, uploads: list[Upload], connections: int) -> list[int]:
+    """Every upload from one thread over `connections` non-blocking sockets, h11 on each, a
+    selector waking the thread for whichever answer comes: no GIL hand-off between threads.
+    A measurement of the design, not a client: no timeouts, no retries, no TLS."""
+    waiting = list(reversed(uploads))
+    statuses: list[int] = []
+    selector = selectors.DefaultSelector()
+    made: list[socket.socket] = []
+
+    def send_next(sock: socket.socket, conn: h11.Connection) -> None:
+        upload = waiting.pop()
+        request = h11.Request(method="POST", target=PATH, headers=upload.headers)
+        sock.sendall(
+            conn.send(request)
+            + conn.send(h11.Data(data=upload.body))
+            + conn.send(h11.EndOfMessage())
+        )
+
+    for _ in range(min(connections, len(uploads))):
+        sock = socket.create_connection((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        made.append(sock)
+        conn = h11.Connection(h11.CLIENT)
+        send_next(sock, conn)  # a small body fits the socket's buffer: sendall does not wait
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, (conn, [0]))
+    try:
+        while len(statuses) < len(uploads):
+            for key, _events in selector.select():
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                conn, status = key.data
+                conn.receive_data(ready.recv(65536))
+                while (event := conn.next_event()) is not h11.NEED_DATA:
+                    if isinstance(event, h11.Response):
+                        status[0] = event.status_code
+                    elif isinstance(event, h11.EndOfMessage):
+                        statuses.append(status[0])
+                        conn.start_next_cycle()
+                        if waiting:
+                            ready.setblocking(True)
+                            send_next(ready, conn)
+                            ready.setblocking(False)
+                        break
+                    elif isinstance(event, h11.ConnectionClosed):
+                        raise ConnectionError("the server closed a connection")
+    finally:
+        selector.close()
+        _close_all(made)
+    return statuses
+
+
+# Candidates that send every upload themselves, on as many connections as there are threads.
+Multiplexed = Callable[[str, int, list[Upload], int], list[int]]
+MULTIPLEXED: dict[str, Multiplexed] = {"h11 selector, 1 thread": h11_selector}
+
 CANDIDATES: dict[str, Candidate] = {
     "httpcore pool": httpcore_pool,
     "httpcore conn/thread": httpcore_connection,
@@ -286,6 +346,23 @@ def measure(
     return Measured(wall, (after.user - before.user) + (after.system - before.system), server)
 
 
+def measure_multiplexed(
+    candidate: Multiplexed, host: str, port: int, uploads: list[Upload], threads: int, pid: int
+) -> Measured:
+    server_before = proc_cpu_seconds(pid)
+    before, started = os.times(), time.perf_counter()
+    statuses = candidate(host, port, uploads, threads)
+    wall, after = time.perf_counter() - started, os.times()
+    server_after = proc_cpu_seconds(pid)
+    refused = [status for status in statuses if status != 201]
+    if refused or len(statuses) != len(uploads):
+        raise SystemExit(f"{len(uploads) - statuses.count(201)} uploads failed, e.g. {refused[:1]}")
+    server = None
+    if server_before is not None and server_after is not None:
+        server = server_after - server_before
+    return Measured(wall, (after.user - before.user) + (after.system - before.system), server)
+
+
 def start_server() -> tuple[subprocess.Popen[bytes], str, int]:
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.fast_server", "--port", "0"],
@@ -323,17 +400,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096, help="bytes of content per upload")
     parser.add_argument("--runs", type=int, default=3, help="runs per candidate, interleaved")
     parser.add_argument(
-        "--candidate", action="append", choices=sorted(CANDIDATES), help="default: all"
+        "--candidate",
+        action="append",
+        choices=sorted([*CANDIDATES, *MULTIPLEXED]),
+        help="default: all",
     )
     args = parser.parse_args(argv)
-    names = args.candidate or list(CANDIDATES)
+    names = args.candidate or [*CANDIDATES, *MULTIPLEXED]
     uploads = make_uploads(args.uploads, args.size)
     process, host, port = start_server()
     results: dict[str, list[Measured]] = {name: [] for name in names}
     try:
         for run in range(args.runs):
             for name in names:
-                measured = measure(CANDIDATES[name], host, port, uploads, args.threads, process.pid)
+                if name in MULTIPLEXED:
+                    measured = measure_multiplexed(
+                        MULTIPLEXED[name], host, port, uploads, args.threads, process.pid
+                    )
+                else:
+                    measured = measure(
+                        CANDIDATES[name], host, port, uploads, args.threads, process.pid
+                    )
                 results[name].append(measured)
                 sys.stderr.write(
                     f"run {run + 1} {name}: {measured.wall_s:.2f}s, "
