@@ -43,11 +43,12 @@ def guess_content_type(rel_path: str) -> str:
 
 def filename_params(rel_path: str) -> str:
     """The Content-Disposition parameters that name the file, e.g. `filename="a/b.md"`."""
+    if set(rel_path) <= _PLAIN_FILENAME_CHARS:
+        return f'filename="{rel_path}"'  # nothing to escape: no quote, backslash or percent
     fallback = "".join(_FALLBACK_ESCAPES.get(ch, ch) for ch in rel_path)
-    params = f'filename="{fallback}"'
-    if not set(rel_path) <= _PLAIN_FILENAME_CHARS:
-        params += "; filename*=UTF-8''" + quote(rel_path, safe="", encoding="utf-8")
-    return params
+    return f"filename=\"{fallback}\"; filename*=UTF-8''" + quote(
+        rel_path, safe="", encoding="utf-8"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,20 +70,20 @@ def document_body(
 ) -> MultipartBody:
     """The multipart body for one document: `TEXT_PARTS` (path, sha256, size), then the file."""
     boundary = boundary or f"{_BOUNDARY_PREFIX}{next(_boundaries):016x}"
-    dash = f"--{boundary}\r\n".encode("ascii")
-    head = bytearray()
-    for name, value in zip(TEXT_PARTS, (rel_path, sha256, str(size)), strict=True):
-        head += dash
-        head += f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode("ascii")
-        head += value.encode("utf-8") + b"\r\n"
-    head += dash
-    head += (
+    # Built as one string, encoded once: for many small documents the framing is a measurable
+    # part of each request.
+    text_parts = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in zip(TEXT_PARTS, (rel_path, sha256, str(size)), strict=True)
+    )
+    head = (
+        f"{text_parts}--{boundary}\r\n"
         f'Content-Disposition: form-data; name="{FILE_PART}"; {filename_params(rel_path)}\r\n'
         f"Content-Type: {guess_content_type(rel_path)}\r\n\r\n"
     ).encode()
     return MultipartBody(
         content_type=f"multipart/form-data; boundary={boundary}",
-        head=bytes(head),
+        head=head,
         tail=f"\r\n--{boundary}--\r\n".encode("ascii"),
         file_size=size,
     )
