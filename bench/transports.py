@@ -12,6 +12,8 @@ The candidates (issue 13):
   issue 13, without the stream wrappers its watchdog needed).
 - `httpcore conn/thread`: one `httpcore.HTTPConnection` per thread.
 - `h11 conn/thread`: h11 over a plain socket per thread, the request in one `sendall`.
+- `h11 + httptools conn/thread`: h11 writes the request, httptools (uvicorn's C parser, in the
+  dev-api extra) reads the answer: what a C parser would save the product.
 - `http.client conn/thread`: the standard library's `HTTPConnection` per thread (the floor a
   Python client can reach without a parser of its own).
 - `urllib3 pool`: one shared `urllib3.HTTPConnectionPool`.
@@ -48,6 +50,7 @@ from typing import Any
 
 import h11
 import httpcore
+import httptools
 import urllib3
 
 from bench.tools import isolated_env, proc_cpu_seconds
@@ -176,6 +179,46 @@ def h11_connection(host: str, port: int) -> tuple[Callable[[], Sender], Callable
     return factory, lambda: _close_all(made)
 
 
+def h11_httptools_connection(
+    host: str, port: int
+) -> tuple[Callable[[], Sender], Callable[[], None]]:
+    """h11 writes each request (a fresh h11 connection per request, which only serializes);
+    httptools, uvicorn's C parser of llhttp, reads the answer."""
+    made: list[socket.socket] = []
+
+    class Answered:
+        __slots__ = ("done",)
+
+        def __init__(self) -> None:
+            self.done = False
+
+        def on_message_complete(self) -> None:
+            self.done = True
+
+    def factory() -> Sender:
+        sock = socket.create_connection((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        made.append(sock)
+
+        def send(upload: Upload) -> int:
+            conn = h11.Connection(h11.CLIENT)
+            request = h11.Request(method="POST", target=PATH, headers=upload.headers)
+            sock.sendall(
+                conn.send(request)
+                + conn.send(h11.Data(data=upload.body))
+                + conn.send(h11.EndOfMessage())
+            )
+            answered = Answered()
+            parser = httptools.HttpResponseParser(answered)
+            while not answered.done:
+                parser.feed_data(sock.recv(65536))
+            return int(parser.get_status_code())
+
+        return send
+
+    return factory, lambda: _close_all(made)
+
+
 def http_client_connection(host: str, port: int) -> tuple[Callable[[], Sender], Callable[[], None]]:
     import http.client
 
@@ -291,6 +334,7 @@ CANDIDATES: dict[str, Candidate] = {
     "httpcore pool": httpcore_pool,
     "httpcore conn/thread": httpcore_connection,
     "h11 conn/thread": h11_connection,
+    "h11 + httptools conn/thread": h11_httptools_connection,
     "http.client conn/thread": http_client_connection,
     "urllib3 pool": urllib3_pool,
     "keruta wire": keruta_wire,
@@ -434,14 +478,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{count:,} uploads of {args.size:,} B on {args.threads} threads against "
         f"bench.fast_server; median of {args.runs}"
     )
-    print(f"  {'candidate':<26}{'uploads/s':>10}{'CPU ms/upload: client':>24}{'server':>8}")
+    print(f"  {'candidate':<30}{'uploads/s':>10}{'CPU ms/upload: client':>24}{'server':>8}")
     for name in names:
         runs = results[name]
         rate = statistics.median(count / m.wall_s for m in runs)
         client = statistics.median(m.client_cpu_s for m in runs) * 1000 / count
         servers = [m.server_cpu_s for m in runs if m.server_cpu_s is not None]
         server = f"{statistics.median(servers) * 1000 / count:.3f}" if servers else "-"
-        print(f"  {name:<26}{rate:>10,.0f}{client:>24.3f}{server:>8}")
+        print(f"  {name:<30}{rate:>10,.0f}{client:>24.3f}{server:>8}")
     return 0
 
 
