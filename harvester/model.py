@@ -92,8 +92,8 @@ class Digest:
 @dataclass(frozen=True, slots=True)
 class FileSpan:
     """`length` bytes of a document's open file `fd` from `offset`, as a piece of a request
-    body: sent by the kernel (sendfile) on a plain connection, read first on a TLS one, never
-    through a buffer of ours. `rel_path` names the file if it turns out shorter."""
+    body: sent by the kernel (sendfile) on a plain connection, never through a buffer of ours;
+    read in pieces on a TLS one. `rel_path` names the file if it turns out shorter."""
 
     fd: int
     offset: int
