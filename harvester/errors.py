@@ -26,6 +26,11 @@ class NotRegularFile(FileProblem):
 class FileChanged(FileProblem):
     """The file's size, mtime or content changed while it was being read."""
 
+    @classmethod
+    def shrank(cls, rel_path: str) -> FileChanged:
+        """The file ended before the size it was hashed at, while it was uploaded."""
+        return cls(f"{rel_path}: shrank while it was uploaded")
+
 
 class LedgerError(HarvesterError):
     """The ledger of accepted uploads could not be read or written (a store's refusal, said as

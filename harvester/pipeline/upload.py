@@ -480,7 +480,7 @@ def _verified_rest(fd: int, digest: Digest, offset: int) -> bytes:
     """The file's bytes from `offset` to its end, read, then shown to be the hashed file's."""
     rest = os.pread(fd, digest.size - offset, offset)
     if len(rest) < digest.size - offset:
-        raise FileChanged(f"{digest.rel_path}: shrank while it was uploaded")
+        raise FileChanged.shrank(digest.rel_path)
     if os.pread(fd, 1, digest.size):
         raise FileChanged(f"{digest.rel_path}: grew while it was uploaded")
     _check_unchanged(fd, digest, "changed while it was uploaded")

@@ -368,19 +368,11 @@ class Connection:
             if isinstance(sock, ssl.SSLSocket):
                 return all(self._write(sock, piece, reader) for piece in _read_span(data))
             return self._send_span(sock, data, poller, wait)
-        secure = sock if isinstance(sock, ssl.SSLSocket) else None
         view = memoryview(data)
         while view:
-            if secure is not None and secure.pending():
+            if not self._may_send(sock, poller, wait, reader):
                 return False
-            events = poller.poll(wait)
-            if not events:
-                raise TimeoutError
-            if events[0][1] & _READABLE:
-                if secure is not None and not _answered(secure, reader):
-                    continue
-                return False
-            if secure is not None:
+            if isinstance(sock, ssl.SSLSocket):
                 # SSL takes no flags and writes the chunk whole: blocked, the watchdog ends it.
                 sent = sock.send(view[:_WRITE_SIZE])
             else:
@@ -404,10 +396,7 @@ class Connection:
         sock.setblocking(False)
         try:
             while offset < end:
-                events = poller.poll(wait)
-                if not events:
-                    raise TimeoutError
-                if events[0][1] & _READABLE:
+                if not self._may_send(sock, poller, wait):
                     return False
                 try:
                     sent = os.sendfile(
@@ -416,13 +405,32 @@ class Connection:
                 except BlockingIOError:
                     continue
                 if sent == 0:  # the file ends before the span does
-                    shrank = FileChanged(f"{span.rel_path}: shrank while it was uploaded")
-                    raise _ContentFailed(shrank) from shrank
+                    raise _shrank(span)
                 offset += sent
                 self.moved += sent
         finally:
             sock.settimeout(previous)
         return True
+
+    def _may_send(
+        self, sock: socket.socket, poller: select.poll, wait: int, reader: _Reader | None = None
+    ) -> bool:
+        """Wait until `sock` takes more (True), or the server has answered or closed (False);
+        TimeoutError after `wait` milliseconds of neither. On TLS what made the socket readable
+        may be TLS's own records only (see `_answered`, which hands an answer's first bytes
+        to `reader`): then the wait goes on."""
+        secure = sock if isinstance(sock, ssl.SSLSocket) else None
+        while True:
+            if secure is not None and secure.pending():
+                return False
+            events = poller.poll(wait)
+            if not events:
+                raise TimeoutError
+            if not events[0][1] & _READABLE:
+                return True
+            if secure is not None and reader is not None and not _answered(secure, reader):
+                continue
+            return False
 
 
 class _ContentFailed(Exception):
@@ -483,14 +491,18 @@ class _Reader:
             # h11.InformationalResponse (100 Continue and the like): wait for the real one.
 
 
+def _shrank(span: FileSpan) -> _ContentFailed:
+    """The file ended before `span` did: a change of the content, for the caller."""
+    return _ContentFailed(FileChanged.shrank(span.rel_path))
+
+
 def _read_span(span: FileSpan) -> Iterator[bytes]:
     """A span's bytes in pieces of `_WRITE_SIZE`, for a socket sendfile cannot write to."""
     offset, end = span.offset, span.offset + span.length
     while offset < end:
         piece = os.pread(span.fd, min(_WRITE_SIZE, end - offset), offset)
         if not piece:
-            shrank = FileChanged(f"{span.rel_path}: shrank while it was uploaded")
-            raise _ContentFailed(shrank) from shrank
+            raise _shrank(span)
         offset += len(piece)
         yield piece
 
