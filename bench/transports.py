@@ -104,6 +104,23 @@ Sender = Callable[[Upload], int]
 Candidate = Callable[[str, int], tuple[Callable[[], Sender], Callable[[], None]]]
 
 
+def _connect(host: str, port: int) -> socket.socket:
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _h11_request(conn: h11.Connection, upload: Upload) -> bytes:
+    """`upload` as h11 frames it on `conn`: head, body and end, for one write."""
+    request = h11.Request(method="POST", target=PATH, headers=upload.headers)
+    head = conn.send(request) or b""
+    return (
+        head
+        + (conn.send(h11.Data(data=upload.body)) or b"")
+        + (conn.send(h11.EndOfMessage()) or b"")
+    )
+
+
 def _bytes_headers(upload: Upload) -> list[tuple[bytes, bytes]]:
     return [(k.encode(), v.encode()) for k, v in upload.headers if k != "Host"]
 
@@ -151,18 +168,12 @@ def h11_connection(host: str, port: int) -> tuple[Callable[[], Sender], Callable
     made: list[socket.socket] = []
 
     def factory() -> Sender:
-        sock = socket.create_connection((host, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _connect(host, port)
         made.append(sock)
         conn = h11.Connection(h11.CLIENT)
 
         def send(upload: Upload) -> int:
-            request = h11.Request(method="POST", target=PATH, headers=upload.headers)
-            sock.sendall(
-                conn.send(request)
-                + conn.send(h11.Data(data=upload.body))
-                + conn.send(h11.EndOfMessage())
-            )
+            sock.sendall(_h11_request(conn, upload))
             status = 0
             while True:
                 event = conn.next_event()
@@ -196,18 +207,12 @@ def h11_httptools_connection(
             self.done = True
 
     def factory() -> Sender:
-        sock = socket.create_connection((host, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _connect(host, port)
         made.append(sock)
 
         def send(upload: Upload) -> int:
             conn = h11.Connection(h11.CLIENT)
-            request = h11.Request(method="POST", target=PATH, headers=upload.headers)
-            sock.sendall(
-                conn.send(request)
-                + conn.send(h11.Data(data=upload.body))
-                + conn.send(h11.EndOfMessage())
-            )
+            sock.sendall(_h11_request(conn, upload))
             answered = Answered()
             parser = httptools.HttpResponseParser(answered)
             while not answered.done:
@@ -284,17 +289,10 @@ def h11_selector(host: str, port: int, uploads: list[Upload], connections: int) 
     made: list[socket.socket] = []
 
     def send_next(sock: socket.socket, conn: h11.Connection) -> None:
-        upload = waiting.pop()
-        request = h11.Request(method="POST", target=PATH, headers=upload.headers)
-        sock.sendall(
-            conn.send(request)
-            + conn.send(h11.Data(data=upload.body))
-            + conn.send(h11.EndOfMessage())
-        )
+        sock.sendall(_h11_request(conn, waiting.pop()))
 
     for _ in range(min(connections, len(uploads))):
-        sock = socket.create_connection((host, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _connect(host, port)
         made.append(sock)
         conn = h11.Connection(h11.CLIENT)
         send_next(sock, conn)  # a small body fits the socket's buffer: sendall does not wait

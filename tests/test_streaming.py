@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,18 @@ def _sent_content(body: bytes) -> bytes:
     return body[start : body.rindex(b"\r\n" + boundary + b"--")]
 
 
+@contextmanager
+def _served(
+    scheme: str, ca: trustme.CA, ca_file: Path
+) -> Iterator[tuple[KeepAliveServer, KerutaApi]]:
+    """The keep-alive test server on `scheme` (https with `ca`'s certificate) and a client."""
+    tls = server_context(ca, "localhost")[0] if scheme == "https" else None
+    options = {"ca_cert": ca_file} if tls else {}
+    with KeepAliveServer(tls=tls) as server, client(server.url, **options) as api:
+        assert server.url.startswith(f"{scheme}://")
+        yield server, api
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_spans_arrive_whole_and_in_order(
     tmp_path: Path, scheme: str, ca: trustme.CA, ca_file: Path
@@ -65,10 +79,7 @@ def test_spans_arrive_whole_and_in_order(
     content = _content(b"spans")
     path = tmp_path / "big.bin"
     path.write_bytes(content)
-    tls = server_context(ca, "localhost")[0] if scheme == "https" else None
-    options = {"ca_cert": ca_file} if tls else {}
-    with KeepAliveServer(tls=tls) as server, client(server.url, **options) as api:
-        assert server.url.startswith(f"{scheme}://")
+    with _served(scheme, ca, ca_file) as (server, api):
         assert _upload_spans(api, path, content) == "doc-1"
     (body,) = server.bodies
     assert _sent_content(body) == content
@@ -81,9 +92,7 @@ def test_a_file_shorter_than_its_spans_aborts_the_request_and_says_so(
     content = _content(b"short")
     path = tmp_path / "big.bin"
     path.write_bytes(content[: CHUNK_SIZE + 10])
-    tls = server_context(ca, "localhost")[0] if scheme == "https" else None
-    options = {"ca_cert": ca_file} if tls else {}
-    with KeepAliveServer(tls=tls) as server, client(server.url, **options) as api:
+    with _served(scheme, ca, ca_file) as (server, api):
         with pytest.raises(FileChanged, match=r"big\.bin: shrank while it was uploaded"):
             _upload_spans(api, path, content)
         path.write_bytes(content)
