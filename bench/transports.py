@@ -12,8 +12,8 @@ The candidates (issue 13):
   issue 13, without the stream wrappers its watchdog needed).
 - `httpcore conn/thread`: one `httpcore.HTTPConnection` per thread.
 - `h11 conn/thread`: h11 over a plain socket per thread, the request in one `sendall`.
-- `h11 + httptools conn/thread`: h11 writes the request, httptools (uvicorn's C parser, in the
-  dev-api extra) reads the answer: what a C parser would save the product.
+- `h11 + httptools conn/thread`: h11 writes the request, httptools (uvicorn's C parser) reads
+  the answer: what a C parser saves (the product reads its answers with it since 8 December).
 - `http.client conn/thread`: the standard library's `HTTPConnection` per thread (the floor a
   Python client can reach without a parser of its own).
 - `urllib3 pool`: one shared `urllib3.HTTPConnectionPool`.

@@ -257,7 +257,7 @@ def demo(
 # The dev-api's server stack is the `dev-api` extra of pyproject.toml, left out of the cleanup
 # image; these are the top-level modules it brings.
 DEV_API_EXTRA = "dev-api"
-DEV_API_STACK = frozenset({"starlette", "uvicorn", "httptools", "uvloop", "python_multipart"})
+DEV_API_STACK = frozenset({"starlette", "uvicorn", "uvloop", "python_multipart"})
 
 
 def _dev_api_stack(command: str) -> ModuleType:

@@ -315,3 +315,45 @@ class KeepAliveServer(_LoopbackServer):
                 client.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
                 if self._close == "announce":
                     return
+
+
+class RawServer(_LoopbackServer):
+    """An HTTP/1.1 server on 127.0.0.1 that answers the n-th request it receives (from 0, over
+    all connections) with exactly the bytes `reply(n)` gives, and keeps the connection open
+    for the next request until the client closes it; `close_after` closes it after each answer
+    instead. For answers no well-behaved server would send. `connections` counts the
+    connections accepted, `requests` the requests read whole (head and body), `cut` the
+    requests whose connection closed before their whole body arrived."""
+
+    def __init__(self, reply: Callable[[int], bytes], *, close_after: bool = False) -> None:
+        super().__init__()
+        self._reply = reply
+        self._close_after = close_after
+        self.connections = 0
+        self.requests = 0
+        self.cut = 0
+
+    def _handle(self, client: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+        with client, contextlib.suppress(OSError):
+            client.settimeout(10)
+            reader = client.makefile("rb")
+            while not self._stop.is_set():
+                if len(reader.readline(65536).split()) < 2:
+                    return  # the client closed the connection
+                length = 0
+                while (line := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                if len(reader.read(length)) < length:
+                    with self._lock:
+                        self.cut += 1
+                    return
+                with self._lock:
+                    number = self.requests
+                    self.requests += 1
+                client.sendall(self._reply(number))
+                if self._close_after:
+                    return

@@ -1,7 +1,8 @@
-"""One thread's keep-alive connection to keruta-api: h11 on a socket, one request at a time.
+"""One thread's keep-alive connection to keruta-api: HTTP/1.1 on a socket, one request at a time.
 
 Takes an `Endpoint` (the server's address, TLS context, --timeout, clock and the harvest's stop
-event) and h11 requests; gives `Connection.exchange`, which sends one request, reads its
+event) and `Request`s (a head from http1.py and its body); gives `Connection.exchange`, which
+sends one request, reads its
 `Answer` up to a cap and keeps the connection for the next request when the exchange was
 complete. It raises a `TransportError` (`ConnectFailed`, `TlsRefused`, `Stalled`, `Broken`) when
 the network, the peer or a wait ended the request, and `CutShort` when the watchdog did (the
@@ -33,10 +34,9 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 
-import h11
-
 from harvester.errors import FileChanged
 from harvester.model import FileSpan
+from harvester.wire.http1 import Incoming, NotHttp
 from harvester.wire.watchdog import KIB, CutShort, End
 
 # An idle connection older than this is closed rather than reused: servers close theirs after
@@ -61,6 +61,18 @@ class Endpoint:
     timeout: float
     clock: Callable[[], float]
     stop: threading.Event
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as it goes out: its head (`http1.request_head`), then `length` bytes of body,
+    given whole or as pieces (an iterator, whose exception aborts the request mid-body).
+    `resendable`: it may be sent twice with the effect of once (see transport.py)."""
+
+    head: bytes
+    content: bytes | Iterator[bytes | FileSpan] | None
+    length: int
+    resendable: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +122,13 @@ class _Retry(Exception):
 
 
 class Connection:
-    """One thread's connection to `endpoint` (its socket and h11 state), and the request it is
+    """One thread's connection to `endpoint` (its socket), and the request it is
     making as the watchdog sees it: when it began, the bytes it moved, why it was ended."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._h11: h11.Connection | None = None
         self._idle_since = 0.0
         self.started: float | None = None
         self.serial = 0  # which request `started` belongs to
@@ -179,39 +190,32 @@ class Connection:
     def drop(self) -> None:
         """Close the connection; the next request makes a new one."""
         with self._lock:
-            sock, self._sock, self._h11 = self._sock, None, None
+            sock, self._sock = self._sock, None
         if sock is not None:
             with suppress(OSError):
                 sock.close()
 
     # -- one exchange
 
-    def exchange(
-        self,
-        request: h11.Request,
-        content: bytes | Iterator[bytes | FileSpan] | None,
-        cap: int,
-        resendable: bool,
-    ) -> Answer:
-        """Send `request` with `content` and read the answer up to `cap`, on the kept
-        connection or a new one; sent once more on a new one when the kept one failed before
-        any answer and the request is `resendable`."""
+    def exchange(self, request: Request, cap: int) -> Answer:
+        """Send `request` and read the answer up to `cap`, on the kept connection or a new one;
+        sent once more on a new one when the kept one failed before any answer and the request
+        is resendable."""
         reused = self._usable()
         if not reused:
             self._open()
         try:
-            return self._exchange(request, content, cap, retry_if_unanswered=reused)
+            return self._exchange(request, cap, retry_if_unanswered=reused)
         except _Retry:
-            if not resendable or self._endpoint.stop.is_set():
+            if not request.resendable or self._endpoint.stop.is_set():
                 raise Broken(
                     "ConnectionClosed: the server closed the kept-alive connection before answering"
                 ) from None
         self._open()
-        return self._exchange(request, content, cap, retry_if_unanswered=False)
+        return self._exchange(request, cap, retry_if_unanswered=False)
 
     def _open(self) -> None:
-        """A new socket (and h11 state), attached before the TLS handshake so the watchdog can
-        end that too."""
+        """A new socket, attached before the TLS handshake so the watchdog can end that too."""
         endpoint = self._endpoint
         try:
             sock = socket.create_connection(endpoint.address, timeout=endpoint.timeout)
@@ -221,7 +225,6 @@ class Connection:
             raise ConnectFailed(exc.strerror or str(exc) or type(exc).__name__) from exc
         # The request leaves in one write, or in large chunks: nothing for Nagle to gather.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._h11 = h11.Connection(h11.CLIENT)
         if endpoint.tls is None:
             sock.settimeout(None)  # from here on the watchdog bounds the waits
             self.attach(sock)
@@ -262,17 +265,10 @@ class Connection:
             return False
         return True
 
-    def _exchange(
-        self,
-        request: h11.Request,
-        content: bytes | Iterator[bytes | FileSpan] | None,
-        cap: int,
-        *,
-        retry_if_unanswered: bool,
-    ) -> Answer:
-        sock, conn = self._sock, self._h11
-        assert sock is not None and conn is not None
-        reader = _Reader(self, sock, conn)
+    def _exchange(self, request: Request, cap: int, *, retry_if_unanswered: bool) -> Answer:
+        sock = self._sock
+        assert sock is not None
+        reader = _Reader(self, sock, cap)
 
         def failed(exc: BaseException, phase: str | None = None) -> Exception:
             """What a broken exchange raises: a retry when nothing was answered on a reused
@@ -282,65 +278,56 @@ class Connection:
                 return _Retry()
             return exc if isinstance(exc, Broken) else _broken(exc, phase or reader.phase)
 
-        completed = False
+        reusable = False
         try:
             try:
-                self._send(sock, conn, reader, request, content)
+                sent_all = self._send(sock, reader, request)
             except TimeoutError:
                 raise
             except OSError as exc:
                 # The server may have answered before reading the body (413, 401) and closed.
                 self.check_ended("sending")
                 try:
-                    return reader.answer(cap)
-                except (OSError, h11.ProtocolError, TransportError):
+                    return reader.answer()
+                except (OSError, TransportError):
                     raise failed(exc, "sending") from exc
-            answer = reader.answer(cap)
-            completed = answer.complete
+            answer = reader.answer()
+            reusable = sent_all and reader.reusable
             return answer
         except _ContentFailed as content_failed:
             raise content_failed.original from content_failed.original.__cause__
         except TimeoutError:
             self.check_ended(reader.phase)
             raise Stalled(reader.phase) from None
-        except (OSError, h11.RemoteProtocolError, Broken) as exc:
+        except (OSError, Broken) as exc:
             raise failed(exc) from exc
-        except h11.LocalProtocolError as exc:
+        except _Unsendable as exc:
             self.check_ended(reader.phase)
             raise Broken(f"the request is not valid HTTP/1.1: {exc}") from exc
         finally:
-            if completed and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                conn.start_next_cycle()
+            if reusable:
                 self._idle_since = self._endpoint.clock()
             else:
                 self.drop()
 
-    def _send(
-        self,
-        sock: socket.socket,
-        conn: h11.Connection,
-        reader: _Reader,
-        request: h11.Request,
-        content: bytes | Iterator[bytes | FileSpan] | None,
-    ) -> None:
-        """Send the request; return early, the rest unsent, if the server answers first (what
-        arrived of its answer is then `reader`'s)."""
-        head = conn.send(request)
-        assert head is not None
+    def _send(self, sock: socket.socket, reader: _Reader, request: Request) -> bool:
+        """Send the request: True once it is all out; False, the rest unsent, if the server
+        answered first (what arrived of its answer is then `reader`'s)."""
+        content = request.content
         if content is None or isinstance(content, bytes):
-            data = head
-            if content:
-                data += b"".join(conn.send_with_data_passthrough(h11.Data(data=content)) or ())
-            data += conn.send(h11.EndOfMessage()) or b""
-            if len(data) <= _ONE_WRITE_MAX:
+            body = content or b""
+            if len(body) != request.length:
+                raise _Unsendable(f"{len(body)} bytes of body, {request.length} announced")
+            if len(request.head) + len(body) <= _ONE_WRITE_MAX:
                 # Head and body in one write: one system call, one packet for a small document.
+                data = request.head + body
                 sock.sendall(data)
                 self.moved += len(data)
-            else:
-                self._write(sock, data, reader)
-            return
-        if not self._write(sock, head, reader):
-            return
+                return True
+            return self._write(sock, request.head, reader) and self._write(sock, body, reader)
+        if not self._write(sock, request.head, reader):
+            return False
+        left = request.length
         while True:
             try:
                 chunk = next(content)
@@ -348,13 +335,14 @@ class Connection:
                 break
             except BaseException as exc:
                 raise _ContentFailed(exc) from exc
-            # h11 passes a span through as it is, counted by its length (passthrough is made
-            # for sendfile), and frames it.
-            event = h11.Data(data=chunk)  # type: ignore[arg-type]
-            for piece in conn.send_with_data_passthrough(event) or ():
-                if not self._write(sock, piece, reader):
-                    return  # the rest is not wanted; the connection is dropped after the answer
-        self._write(sock, conn.send(h11.EndOfMessage()) or b"", reader)
+            left -= len(chunk)
+            if left < 0:
+                raise _Unsendable(f"the body is longer than the {request.length} bytes announced")
+            if not self._write(sock, chunk, reader):
+                return False  # the rest is not wanted; the connection is dropped after the answer
+        if left:
+            raise _Unsendable(f"the body is {left} bytes shorter than announced")
+        return True
 
     def _write(self, sock: socket.socket, data: bytes | FileSpan, reader: _Reader) -> bool:
         """Send `data`, unless the server answers (or closes) first: then False, the rest
@@ -442,53 +430,57 @@ class _ContentFailed(Exception):
         self.original = original
 
 
-class _Reader:
-    """Reads one answer from a connection: the status, the headers, the body up to a cap.
-    `got_any` says whether any byte of it arrived; `phase` what the request waits for."""
+class _Unsendable(Exception):
+    """The request's body does not match the length its head announced: never sent as it is."""
 
-    def __init__(self, connection: Connection, sock: socket.socket, conn: h11.Connection) -> None:
+
+class _Reader:
+    """Reads one answer from a connection: the status, the headers, the body up to `cap`.
+    `got_any` says whether any byte of it arrived; `phase` what the request waits for;
+    `reusable` whether the connection may carry the next request once the answer is read."""
+
+    def __init__(self, connection: Connection, sock: socket.socket, cap: int) -> None:
         self._connection = connection
         self._sock = sock
-        self._conn = conn
+        self._incoming = Incoming(cap)
+        self._waiting = False
         self.got_any = False
-        self.phase = "sending"
+
+    @property
+    def phase(self) -> str:
+        if self._incoming.head_done:
+            return "reading the answer"
+        return "waiting for the answer" if self._waiting else "sending"
+
+    @property
+    def reusable(self) -> bool:
+        return self._incoming.reusable
 
     def take(self, data: bytes) -> None:
         """`data`, received: part of the answer."""
         self.got_any = True
         self._connection.moved += len(data)
-        self._conn.receive_data(data)
+        try:
+            self._incoming.feed(data)
+        except NotHttp as exc:
+            raise Broken(f"not an HTTP/1.1 answer: {exc}") from None
 
-    def answer(self, cap: int) -> Answer:
-        self.phase = "waiting for the answer"
-        conn, sock = self._conn, self._sock
-        response: h11.Response | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = sock.recv(_READ_SIZE)
-                if data:
-                    self.take(data)
-                elif not self.got_any:
-                    raise Broken("ConnectionClosed: the server closed the connection")
-                else:
-                    conn.receive_data(data)
-            elif isinstance(event, h11.Response):
-                response = event
-                self.phase = "reading the answer"
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > cap:
-                    assert response is not None
-                    del body[cap:]
-                    return Answer(response.status_code, list(response.headers), bytes(body), False)
-            elif isinstance(event, h11.EndOfMessage):
-                assert response is not None
-                return Answer(response.status_code, list(response.headers), bytes(body), True)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise Broken("ConnectionClosed: the server closed the connection mid-answer")
-            # h11.InformationalResponse (100 Continue and the like): wait for the real one.
+    def answer(self) -> Answer:
+        self._waiting = True
+        incoming, sock = self._incoming, self._sock
+        while not incoming.done and not incoming.over_cap:
+            data = sock.recv(_READ_SIZE)
+            if data:
+                self.take(data)
+            elif not self.got_any:
+                raise Broken("ConnectionClosed: the server closed the connection")
+            else:
+                try:
+                    incoming.closed()
+                except NotHttp as exc:
+                    raise Broken(f"ConnectionClosed: {exc}") from None
+        complete = incoming.done and not incoming.over_cap
+        return Answer(incoming.status, incoming.headers, bytes(incoming.body), complete)
 
 
 def _shrank(span: FileSpan) -> _ContentFailed:
@@ -536,7 +528,5 @@ def _readable(sock: socket.socket) -> bool:
 
 
 def _broken(exc: BaseException, phase: str) -> Broken:
-    if isinstance(exc, h11.RemoteProtocolError):
-        return Broken(f"not an HTTP/1.1 answer: {exc}")
     detail = getattr(exc, "strerror", None) or str(exc) or "closed"
     return Broken(f"{type(exc).__name__} while {phase}: {detail}")

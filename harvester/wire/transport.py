@@ -10,18 +10,19 @@ and `UnsupportedScheme` for a URL that is not http(s); the client turns them int
 `harvester.errors`. Each thread's connection is a `connection.Connection`; the limits are
 enforced by a `watchdog.Watchdog`. Nothing here builds a message for a person beyond the cause.
 
-Why h11 on a socket per thread (issue 13): for many small documents the client's cost per
-request is the limit. A shared `httpcore.ConnectionPool` made every request of 8 upload workers
-take the pool's lock several times (a third of a profile waited on it), and its stream wrappers
-for the watchdog added more. `python -m bench.transports` (5,000 uploads of 4 KiB on 8 threads
-against bench.fast_server; figures in bench/README.md, "Transports") measured the candidates in
-client CPU per upload: the shared httpcore pool 0.31 ms (0.47 ms as the harvester used it, with
-the watchdog's wrappers), `httpcore.HTTPConnection` per thread 0.25, urllib3's pool 0.24, the
-standard library's `http.client` per thread 0.15 (the floor), h11 on a socket per thread 0.16;
-this transport with the client around it, 0.22. h11 costs what the floor costs, and unlike
-`http.client` it leaves the socket to this module (one `sendall` for head and body, a watchdog
-that can shut it, an answer that arrives before the body is sent) while a well-kept library
-does all the parsing.
+Why a socket per thread, with httptools reading the answers (issue 13): for many small
+documents the client's cost per request is the limit. A shared `httpcore.ConnectionPool` made
+every request of 8 upload workers take the pool's lock several times (a third of a profile
+waited on it), and its stream wrappers for the watchdog added more. `python -m bench.transports`
+(5,000 uploads of 4 KiB on 8 threads against bench.fast_server; figures in bench/README.md,
+"Transports") measured the candidates in client CPU per upload: the shared httpcore pool
+0.31 ms (0.47 ms as the harvester used it, with the watchdog's wrappers),
+`httpcore.HTTPConnection` per thread 0.25, urllib3's pool 0.24, the standard library's
+`http.client` per thread 0.15, h11 on a socket per thread 0.16. This transport was h11 on a
+socket per thread (0.21 ms with the client around it); with the answers parsed by httptools
+instead (http1.py says why) it is 0.13 ms, below `http.client`. Unlike `http.client` it leaves
+the socket to this module: one `sendall` for head and body, a watchdog that can shut it, an
+answer that arrives before the body is sent.
 
 Connections: each thread that calls `send` gets its own connection (a `Connection`), made on first
 use and kept alive between requests; nothing is shared between threads on the way of a
@@ -67,10 +68,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import h11
-
 from harvester.model import FileSpan
-from harvester.wire.connection import Answer, Broken, Connection, Endpoint
+from harvester.wire.connection import Answer, Broken, Connection, Endpoint, Request
+from harvester.wire.http1 import InvalidRequest, request_head
 from harvester.wire.watchdog import Watchdog
 
 # Methods that may be sent twice with the effect of once (RFC 9110, 9.2.2).
@@ -134,8 +134,9 @@ class Transport:
         """Make the request and read its answer up to `cap` bytes of body.
 
         `headers` must not name Host. A Content-Length is added for bytes; an iterable `content`
-        goes out with the Content-Length given in `headers`, else chunked. An exception raised
-        by an iterable `content` aborts the request mid-body and propagates unchanged.
+        needs the Content-Length given in `headers` (a body that turns out longer or shorter is
+        never sent as it is). An exception raised by an iterable `content` aborts the request
+        mid-body and propagates unchanged.
         """
         if self._scheme not in ("http", "https"):
             raise UnsupportedScheme(f"Request URL has an unsupported protocol '{self._scheme}://'")
@@ -146,20 +147,20 @@ class Transport:
         if connection is None:
             connection = self._local.connection = Connection(self._endpoint)
             self._watchdog.register(connection)
-        names = {name.lower() for name, _value in headers}
+        names = {name.lower(): value for name, value in headers}
         framing: list[tuple[bytes, bytes]] = []
-        if b"content-length" not in names:
-            if isinstance(content, bytes):
-                framing.append((b"Content-Length", str(len(content)).encode("ascii")))
-            elif content is not None:
-                framing.append((b"Transfer-Encoding", b"chunked"))
+        if b"content-length" in names:
+            length = int(names[b"content-length"])
+        elif isinstance(content, bytes):
+            length = len(content)
+            framing.append((b"Content-Length", str(length).encode("ascii")))
+        elif content is None:
+            length = 0
+        else:
+            raise ValueError("a body given in pieces needs its Content-Length in `headers`")
         try:
-            request = h11.Request(
-                method=method,
-                target=target,
-                headers=[(b"Host", self._host_header), *headers, *framing],
-            )
-        except h11.LocalProtocolError as exc:
+            head = request_head(method, target, [(b"Host", self._host_header), *headers, *framing])
+        except InvalidRequest as exc:
             raise Broken(f"the request is not valid HTTP/1.1: {exc}") from exc
         resendable = not isinstance(content, Iterator) and (
             method in _IDEMPOTENT or _IDEMPOTENCY_KEY in names
@@ -167,7 +168,7 @@ class Transport:
         connection.begin(self._clock())
         self._watchdog.wake()
         try:
-            return connection.exchange(request, content, cap, resendable)
+            return connection.exchange(Request(head, content, length, resendable), cap)
         finally:
             connection.finish()
 
