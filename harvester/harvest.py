@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 
@@ -162,17 +163,26 @@ class _Run:
         self.ledger: Ledger | None = None
 
     def harvest(self, resources: ExitStack) -> Harvest:
-        survey = self.read_ledger(self.survey(resources), resources)
         if self.settings.dry_run:
+            survey = self.read_ledger(self.survey(resources), resources)
             dry = StepResult(StepState.SKIPPED, "dry run (--dry-run)")
             plan = self.plan_only(survey)
             return self.report(survey, plan, _file_reports(plan, unsent=Outcome.PLANNED), dry, dry)
-        if self.stop.is_set():
-            return self.unsent(survey, self.plan_only(survey), INTERRUPTED, _INTERRUPTED_STATUS)
 
         api = resources.enter_context(self.client())
+        # The listing is a round trip to keruta-api: it runs while the root is scanned. However
+        # the harvest ends, it is waited for (bounded by --timeout) before the client closes.
+        listing_thread = resources.enter_context(
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="listing")
+        )
+        listing = listing_thread.submit(
+            self.retrier.call, lambda _attempt: self.already_uploaded(api)
+        )
+        survey = self.read_ledger(self.survey(resources), resources)
+        if self.stop.is_set():
+            return self.unsent(survey, self.plan_only(survey), INTERRUPTED, _INTERRUPTED_STATUS)
         try:
-            remote = self.retrier.call(lambda _attempt: self.already_uploaded(api))
+            remote = listing.result()
         except Interrupted:
             return self.unsent(survey, self.plan_only(survey), INTERRUPTED, _INTERRUPTED_STATUS)
         except ApiError as exc:

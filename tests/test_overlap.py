@@ -1,4 +1,5 @@
-"""Uploads overlap the hashing: shown by order of events, never by time.
+"""Uploads overlap the hashing, and the listing the scan: shown by order of events, never by
+time.
 
 A listener holds one file's hashing (on the thread that reads it) until another file's upload is
 acknowledged by a real loopback server: the harvest can only finish if that upload did not wait
@@ -75,6 +76,39 @@ def test_an_upload_is_acknowledged_before_the_last_file_is_hashed(
 
 def _bytes(content: bytes | str) -> bytes:
     return content if isinstance(content, bytes) else content.encode()
+
+
+class HoldScan(NullListener):
+    """Holds the end of the scan until keruta-api has been asked for its listing, which it
+    answers only once the scan is over; `asked` says whether it was asked in time."""
+
+    def __init__(self) -> None:
+        self.listing_asked = threading.Event()
+        self.scan_over = threading.Event()
+        self.asked: bool | None = None
+
+    def stage_finished(self, stage: Stage) -> None:
+        if stage is Stage.SCAN:
+            self.asked = self.listing_asked.wait(GUARD_SECONDS)
+            self.scan_over.set()
+
+    def listing(self, seen: Seen) -> Answer:
+        self.listing_asked.set()
+        self.scan_over.wait(GUARD_SECONDS)
+        return json_answer(200, [])
+
+
+@pytest.mark.timeout(90)
+def test_the_listing_is_asked_for_while_the_root_is_scanned(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "doc", {"a.md": "a", "b/c.md": "c"})
+    listener = HoldScan()
+    with ScriptedServer(routes(listing=listener.listing)) as server:
+        report = run_harvest(settings_for(root, server.url), listener, sleep=Sleeps()).report
+        uploaded = sorted(seen.path for seen in server.requests_to("POST"))
+
+    assert listener.asked is True, "the listing was not asked for before the scan ended"
+    assert exit_code_for(report) is ExitCode.OK
+    assert len(uploaded) == 2
 
 
 @pytest.mark.timeout(90)

@@ -178,9 +178,16 @@ def fixed_clock() -> float:
 
 def report_of(plan: UploadPlan, *, dry_run: bool) -> HarvestReport:
     outcomes = {Action.UPLOAD: Outcome.UPLOADED, Action.FAIL: Outcome.FAILED}
+    ids = ["doc-1", None, 'd\u00f6c "2"']
+    errors = [None, "an error", "a\nline\u202e break"]
     files = tuple(
-        FileReport(i, Receipt(outcomes.get(i.action, Outcome.SKIPPED), 1, "doc-1", "an error"))
-        for i in plan.items
+        FileReport(
+            planned,
+            Receipt(
+                outcomes.get(planned.action, Outcome.SKIPPED), n % 4, ids[n % 3], errors[n % 3]
+            ),
+        )
+        for n, planned in enumerate(plan.items)
     )
     done = StepResult(StepState.DONE, "set to COMPLETED: r\u00e9sum\u00e9 \u202e")
     return HarvestReport("task-1", "/.keruta/doc", dry_run, files, 1.5, 4096, done, done)
