@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import mimetypes
 import subprocess
 import sys
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from harvester.wire.multipart import (
@@ -75,6 +76,25 @@ def test_content_type_guess_falls_back_to_octet_stream() -> None:
     assert guess_content_type("results/audit.json") == "application/json"
     assert guess_content_type("images/chart.png") == "image/png"
     assert guess_content_type("data/blob.unknownext") == "application/octet-stream"
+
+
+# Names made of what mimetypes reads: every suffix it knows (types, encodings, aliases), in any
+# case, with dots, letters and folders around them.
+_SUFFIXES = sorted({*mimetypes.types_map, *mimetypes.encodings_map, *mimetypes.suffix_map})
+_NAME_PIECES = st.one_of(
+    st.sampled_from(_SUFFIXES),
+    st.sampled_from(_SUFFIXES).map(str.upper),
+    st.sampled_from([".", "..", "a", "B", "x.y/", "/", "日本", " "]),
+)
+
+
+@given(st.lists(_NAME_PIECES, max_size=6).map("".join))
+@example("reports/a.tar.gz")
+@example("d.x/..glb")
+@example("a.tgz")
+def test_the_content_type_is_what_mimetypes_makes_of_the_whole_path(path: str) -> None:
+    guessed, _encoding = mimetypes.guess_type(path, strict=False)
+    assert guess_content_type(path) == (guessed or "application/octet-stream")
 
 
 def test_every_body_has_its_own_boundary_and_every_process_its_own_series() -> None:

@@ -12,6 +12,7 @@ gets the unambiguous RFC 5987 `filename*=UTF-8''...` form, which Spring prefers 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mimetypes
 import secrets
@@ -37,7 +38,20 @@ _FALLBACK_ESCAPES = {'"': "%22", "\r": "%0D", "\n": "%0A", "\\": "%5C"}
 
 
 def guess_content_type(rel_path: str) -> str:
-    guessed, _encoding = mimetypes.guess_type(rel_path, strict=False)
+    """The part's Content-Type, from the name's last two suffixes (`.tar.gz`), which are all
+    `mimetypes` reads of it: asked once per kind of name, not once per file."""
+    # As os.path.splitext reads a name: its leading dots start no suffix.
+    name = rel_path.rpartition("/")[2].lstrip(".")
+    last = name.rfind(".")
+    if last < 0:
+        return _content_type_of("")
+    before = name.rfind(".", 0, last)
+    return _content_type_of("x" + name[before if before > 0 else last :])
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type_of(suffixes: str) -> str:
+    guessed, _encoding = mimetypes.guess_type(suffixes, strict=False)
     return guessed or "application/octet-stream"
 
 
