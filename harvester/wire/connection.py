@@ -2,13 +2,13 @@
 
 Takes an `Endpoint` (the server's address, TLS context, --timeout, clock and the harvest's stop
 event) and `Request`s (a head from http1.py and its body); gives `Connection.exchange`, which
-sends one request, reads its
-`Answer` up to a cap and keeps the connection for the next request when the exchange was
-complete. It raises a `TransportError` (`ConnectFailed`, `TlsRefused`, `Stalled`, `Broken`) when
-the network, the peer or a wait ended the request, and `CutShort` when the watchdog did (the
-watchdog sees each connection as `watchdog.Watched`); a request the watchdog ended for moving no
-byte (`End.STALLED`) is a `Stalled` with the phase it was in, like a wait that timed out.
-transport.py says how connections are shared (never) and kept, and when a request is sent twice.
+sends one request, reads its `Answer` (http1.py parses it) up to a cap and keeps the connection
+for the next request when the exchange was complete. It raises a `TransportError`
+(`ConnectFailed`, `TlsRefused`, `Stalled`, `Broken`) when the network, the peer or a wait ended
+the request, and `CutShort` when the watchdog did (the watchdog sees each connection as
+`watchdog.Watched`); a request the watchdog ended for moving no byte (`End.STALLED`) is a
+`Stalled` with the phase it was in, like a wait that timed out. transport.py says how
+connections are shared (never) and kept, and when a request is sent twice.
 
 Once connected (and through the TLS handshake) the socket has no timeout: CPython implements
 one with a poll() before every send and recv, two system calls (each a release of the GIL) per
