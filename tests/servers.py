@@ -19,12 +19,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 
 
 class _LoopbackServer:
     """A TCP listener on 127.0.0.1 that hands each connection to `_handle` on its own thread,
-    from `with` until the block ends."""
+    from `with` until the block ends; `connections` counts the connections accepted."""
 
     def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -35,6 +35,7 @@ class _LoopbackServer:
         self.url = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.connections = 0
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
     def __enter__(self) -> Self:
@@ -62,6 +63,8 @@ class _LoopbackServer:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
         if self._tls is not None:
             try:
                 client.settimeout(10)
@@ -126,6 +129,19 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def read_head(reader: BinaryIO) -> tuple[str, str, dict[str, str]] | None:
+    """The next request's method, target and headers (names in lower case) from a connection's
+    reader, or None when the client closed the connection instead."""
+    request_line = reader.readline(65536).decode("latin-1").split()
+    if len(request_line) < 2:
+        return None
+    headers: dict[str, str] = {}
+    while (line := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return request_line[0], request_line[1], headers
 
 
 @dataclass(frozen=True)
@@ -195,20 +211,17 @@ class ScriptedServer(_LoopbackServer):
         with client, contextlib.suppress(OSError):
             client.settimeout(10)
             reader = client.makefile("rb")
-            request_line = reader.readline(65536).decode("latin-1").split()
-            if len(request_line) < 2:
+            request = read_head(reader)
+            if request is None:
                 return
-            headers: dict[str, str] = {}
-            while (line := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
+            method, target, headers = request
             remaining = int(headers.get("content-length", "0")) if self._read_body else 0
             received = 0
             while remaining > 0:
                 data = reader.read(min(remaining, 65536)) or b"\0" * remaining
                 remaining -= len(data)
                 received += len(data)
-            seen = Seen(request_line[0], request_line[1], headers)
+            seen = Seen(method, target, headers)
             with self._lock:
                 self.seen.append(seen)
                 index = len(self.sent)
@@ -277,27 +290,20 @@ class KeepAliveServer(_LoopbackServer):
         if close not in ("never", "announce", "next"):
             raise ValueError(close)
         self._close = close
-        self.connections = 0
         self.requests = 0
         self.answered = 0
         self.bodies: list[bytes] = []
 
     def _handle(self, client: socket.socket) -> None:
-        with self._lock:
-            self.connections += 1
         with client, contextlib.suppress(OSError):
             client.settimeout(10)
             reader = client.makefile("rb")
             served = 0
             while not self._stop.is_set():
-                request_line = reader.readline(65536).split()
-                if len(request_line) < 2:
+                request = read_head(reader)
+                if request is None:
                     return  # the client closed the connection
-                headers: dict[str, str] = {}
-                while (line := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = reader.read(int(headers.get("content-length", "0")))
+                body = reader.read(int(request[2].get("content-length", "0")))
                 with self._lock:
                     self.requests += 1
                 if self._close == "next" and served:
@@ -329,24 +335,18 @@ class RawServer(_LoopbackServer):
         super().__init__()
         self._reply = reply
         self._close_after = close_after
-        self.connections = 0
         self.requests = 0
         self.cut = 0
 
     def _handle(self, client: socket.socket) -> None:
-        with self._lock:
-            self.connections += 1
         with client, contextlib.suppress(OSError):
             client.settimeout(10)
             reader = client.makefile("rb")
             while not self._stop.is_set():
-                if len(reader.readline(65536).split()) < 2:
+                request = read_head(reader)
+                if request is None:
                     return  # the client closed the connection
-                length = 0
-                while (line := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
+                length = int(request[2].get("content-length", "0"))
                 if len(reader.read(length)) < length:
                     with self._lock:
                         self.cut += 1
