@@ -236,11 +236,8 @@ def _still_at_path(
     Being the same inode, what it shows is what an `fstat` of the read descriptor would show at
     this later moment: the look after the read, made with one system call instead of two.
     """
-    try:
-        now = os.stat(entry.os_path, dir_fd=root.fd, follow_symlinks=False)
-    except OSError:
-        return None
-    if now.st_ino == opened.st_ino and now.st_dev == opened.st_dev:
+    now = root.look(entry.os_path)
+    if now is not None and now.st_ino == opened.st_ino and now.st_dev == opened.st_dev:
         return now
     return None
 

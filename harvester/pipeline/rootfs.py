@@ -92,6 +92,14 @@ class RootDir:
     ) -> None:
         self.close()
 
+    def look(self, os_rel_path: str) -> os.stat_result | None:
+        """What the path names now, looked at from the root without following it if it is a
+        link, or None when nothing can be seen there. Nothing is opened."""
+        try:
+            return os.stat(os_rel_path, dir_fd=self.fd, follow_symlinks=False)
+        except OSError:
+            return None
+
     def open_regular(self, os_rel_path: str, *, shown_as: str | None = None) -> int:
         """Open a regular file below the root for reading and return its descriptor.
 

@@ -372,13 +372,8 @@ class Uploader:
     ) -> Receipt:
         if content is None:
             return self._send_file(digest, attempts, slot)
-        try:
-            # By its path, not opened: what is sent is `content`, the read that held still.
-            now = os.stat(digest.entry.os_path, dir_fd=self._root.fd, follow_symlinks=False)
-        except OSError:
-            now = None
-        if now is None or not _same_as_hashed(now, digest):
-            raise FileChanged(f"{digest.rel_path}: changed after it was hashed")
+        # By its path, not opened: what is sent is `content`, the read that held still.
+        _check_unchanged(self._root.look(digest.entry.os_path), digest)
         document_id = self._api.upload_document(
             self._task_id, digest.rel_path, digest.sha256, digest.size, content
         )
@@ -399,7 +394,7 @@ class Uploader:
             if digest.size <= WHOLE_UPLOAD_MAX_SIZE:
                 # Read and checked whole before the request starts, and sent in one write with
                 # its multipart frame.
-                _check_unchanged(fd, digest, "changed after it was hashed")
+                _check_unchanged(os.fstat(fd), digest)
                 content: bytes | Iterator[bytes | FileSpan] = _verified_rest(fd, digest, 0)
             else:
                 content = counted(verified_chunks(fd, digest))
@@ -464,7 +459,7 @@ def verified_chunks(fd: int, digest: Digest) -> Iterator[bytes | FileSpan]:
     back. (The content is not hashed a second time: on large files that doubled the client's
     CPU; nor copied through Python: sendfile halved the client's system time on large files.)
     """
-    _check_unchanged(fd, digest, "changed after it was hashed")
+    _check_unchanged(os.fstat(fd), digest)
     size, offset = digest.size, 0
     while size - offset > CHUNK_SIZE:
         yield FileSpan(fd, offset, CHUNK_SIZE, digest.rel_path)
@@ -483,19 +478,20 @@ def _verified_rest(fd: int, digest: Digest, offset: int) -> bytes:
         raise FileChanged.shrank(digest.rel_path)
     if os.pread(fd, 1, digest.size):
         raise FileChanged(f"{digest.rel_path}: grew while it was uploaded")
-    _check_unchanged(fd, digest, "changed while it was uploaded")
+    _check_unchanged(os.fstat(fd), digest, "changed while it was uploaded")
     return rest
 
 
-def _check_unchanged(fd: int, digest: Digest, what: str) -> None:
-    if not _same_as_hashed(os.fstat(fd), digest):
-        raise FileChanged(f"{digest.rel_path}: {what}")
-
-
-def _same_as_hashed(now: os.stat_result, digest: Digest) -> bool:
-    return (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (
+def _check_unchanged(
+    now: os.stat_result | None, digest: Digest, what: str = "changed after it was hashed"
+) -> None:
+    """`FileChanged` unless `now` (a look at the file, None when it is gone) shows the very file
+    that was hashed, as it was: its inode, size, mtime and ctime."""
+    same = now is not None and (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (
         digest.inode,
         digest.size,
         digest.mtime_ns,
         digest.ctime_ns,
     )
+    if not same:
+        raise FileChanged(f"{digest.rel_path}: {what}")
